@@ -1,0 +1,224 @@
+//! Curve25519 keys and preshared keys in WireGuard's base64 and hex forms.
+#![forbid(unsafe_code)]
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use rand::rngs::OsRng;
+use rand::RngCore;
+use std::fmt;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("key is not 44 characters of base64 encoding 32 bytes")]
+    BadBase64,
+    #[error("key is not 64 hex characters")]
+    BadHex,
+}
+
+fn decode_base64(s: &str) -> Result<[u8; 32], KeyError> {
+    let s = s.trim();
+    if s.len() != 44 || !s.ends_with('=') {
+        return Err(KeyError::BadBase64);
+    }
+    let mut out = [0u8; 32];
+    match BASE64.decode_slice(s, &mut out) {
+        Ok(32) => Ok(out),
+        _ => Err(KeyError::BadBase64),
+    }
+}
+
+fn decode_hex(s: &str) -> Result<[u8; 32], KeyError> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return Err(KeyError::BadHex);
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16).ok_or(KeyError::BadHex)?;
+        let lo = (pair[1] as char).to_digit(16).ok_or(KeyError::BadHex)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Ok(out)
+}
+
+fn encode_hex(bytes: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(64);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// A Curve25519 private key, clamped as X25519 requires, wiped on drop, never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+pub struct PrivateKey([u8; 32]);
+
+impl PrivateKey {
+    pub fn generate() -> Self {
+        let mut b = [0u8; 32];
+        OsRng.fill_bytes(&mut b);
+        Self::from_bytes(b)
+    }
+    /// Clamps the scalar as `wg genkey` and the kernel do.
+    pub fn from_bytes(mut b: [u8; 32]) -> Self {
+        b[0] &= 248;
+        b[31] &= 127;
+        b[31] |= 64;
+        let k = PrivateKey(b);
+        b.zeroize();
+        k
+    }
+    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
+        decode_base64(s).map(Self::from_bytes)
+    }
+    pub fn from_hex(s: &str) -> Result<Self, KeyError> {
+        decode_hex(s).map(Self::from_bytes)
+    }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    pub fn to_base64(&self) -> String {
+        BASE64.encode(self.0)
+    }
+    pub fn to_hex(&self) -> String {
+        encode_hex(&self.0)
+    }
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|&b| b == 0)
+    }
+    pub fn public_key(&self) -> PublicKey {
+        let secret = x25519_dalek::StaticSecret::from(self.0);
+        PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes())
+    }
+    /// X25519(self, peer). Returns None for a low-order peer key (all-zero shared secret),
+    /// which the protocol must reject.
+    pub fn diffie_hellman(&self, public: &PublicKey) -> Option<[u8; 32]> {
+        let secret = x25519_dalek::StaticSecret::from(self.0);
+        let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(public.0));
+        if shared.was_contributory() {
+            Some(shared.to_bytes())
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrivateKey(<redacted>)")
+    }
+}
+
+/// A Curve25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
+        decode_base64(s).map(PublicKey)
+    }
+    pub fn from_hex(s: &str) -> Result<Self, KeyError> {
+        decode_hex(s).map(PublicKey)
+    }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    pub fn to_base64(&self) -> String {
+        BASE64.encode(self.0)
+    }
+    pub fn to_hex(&self) -> String {
+        encode_hex(&self.0)
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.to_base64())
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_base64())
+    }
+}
+
+/// A 32-byte preshared key; all zeros means "none", as in the paper.
+#[derive(Clone, Default, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+pub struct PresharedKey([u8; 32]);
+
+impl PresharedKey {
+    pub fn generate() -> Self {
+        let mut b = [0u8; 32];
+        OsRng.fill_bytes(&mut b);
+        PresharedKey(b)
+    }
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        PresharedKey(b)
+    }
+    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
+        decode_base64(s).map(PresharedKey)
+    }
+    pub fn from_hex(s: &str) -> Result<Self, KeyError> {
+        decode_hex(s).map(PresharedKey)
+    }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    pub fn to_base64(&self) -> String {
+        BASE64.encode(self.0)
+    }
+    pub fn to_hex(&self) -> String {
+        encode_hex(&self.0)
+    }
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|&b| b == 0)
+    }
+}
+
+impl fmt::Debug for PresharedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PresharedKey(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamping_and_roundtrip() {
+        let k = PrivateKey::generate();
+        let b = k.as_bytes();
+        assert_eq!(b[0] & 7, 0);
+        assert_eq!(b[31] & 128, 0);
+        assert_eq!(b[31] & 64, 64);
+        assert_eq!(PrivateKey::from_base64(&k.to_base64()).unwrap(), k);
+        assert_eq!(PrivateKey::from_hex(&k.to_hex()).unwrap(), k);
+    }
+
+    #[test]
+    fn known_public_key_from_rfc7748() {
+        // RFC 7748 section 6.1, Alice's key pair.
+        let private = PrivateKey::from_hex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").unwrap();
+        assert_eq!(private.public_key().to_hex(), "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+    }
+
+    #[test]
+    fn malformed_keys() {
+        assert_eq!(PublicKey::from_base64("abc"), Err(KeyError::BadBase64));
+        assert_eq!(PublicKey::from_base64(&"A".repeat(44)), Err(KeyError::BadBase64));
+        assert_eq!(PublicKey::from_hex(&"g".repeat(64)), Err(KeyError::BadHex));
+        assert_eq!(PublicKey::from_hex("00"), Err(KeyError::BadHex));
+        assert!(format!("{:?}", PrivateKey::generate()).contains("redacted"));
+    }
+
+    #[test]
+    fn low_order_point_is_rejected() {
+        let k = PrivateKey::generate();
+        assert_eq!(k.diffie_hellman(&PublicKey([0; 32])), None);
+    }
+}

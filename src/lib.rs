@@ -1,0 +1,13 @@
+//! wgturbo: a userspace WireGuard for Linux.
+//!
+//! The protocol core (`noise`, `session`, `peer`, `routing`, `config`) is sans-IO: it takes
+//! bytes and a clock and returns bytes and actions. `io` holds every syscall; `device` and
+//! `dataplane` join the two.
+
+pub mod config;
+pub mod constants;
+pub mod keys;
+pub mod noise;
+pub mod peer;
+pub mod routing;
+pub mod session;

@@ -1,0 +1,206 @@
+//! mac1/mac2 and cookie replies: WireGuard's defence against handshake floods (paper 5.4.7).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use zeroize::Zeroize;
+
+use super::messages::CookieReply;
+use super::primitives::{hash, mac};
+use crate::constants::{COOKIE_LEN, COOKIE_REFRESH_TIME, LABEL_COOKIE, LABEL_MAC1, MAC_LEN, REKEY_TIMEOUT};
+use crate::keys::PublicKey;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+pub enum CookieError {
+    #[error("cookie reply does not decrypt (wrong peer or no matching message)")]
+    Undecryptable,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The bytes a cookie binds to: the source IP (4 or 16 bytes, v4-mapped addresses as v4)
+/// followed by the source port, big-endian.
+fn source_bytes(src: &SocketAddr) -> ([u8; 18], usize) {
+    let mut b = [0u8; 18];
+    let ip = match src.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    let n = match ip {
+        IpAddr::V4(v4) => {
+            b[..4].copy_from_slice(&v4.octets());
+            4
+        }
+        IpAddr::V6(v6) => {
+            b[..16].copy_from_slice(&v6.octets());
+            16
+        }
+    };
+    b[n..n + 2].copy_from_slice(&src.port().to_be_bytes());
+    (b, n + 2)
+}
+
+/// Responder side: checks mac1 and mac2 of messages sent to us and makes cookie replies.
+pub struct CookieChecker {
+    mac1_key: [u8; 32],
+    cookie_key: [u8; 32],
+    secret: [u8; 32],
+    secret_birth: Option<Instant>,
+}
+
+impl Drop for CookieChecker {
+    fn drop(&mut self) {
+        self.secret.zeroize();
+    }
+}
+
+impl CookieChecker {
+    pub fn new(our_public: &PublicKey) -> Self {
+        CookieChecker {
+            mac1_key: hash(&[LABEL_MAC1, our_public.as_bytes()]),
+            cookie_key: hash(&[LABEL_COOKIE, our_public.as_bytes()]),
+            secret: [0; 32],
+            secret_birth: None,
+        }
+    }
+
+    /// `msg` is a whole initiation or response; mac1 covers everything before it.
+    pub fn verify_mac1(&self, msg: &[u8], mac1_offset: usize) -> bool {
+        let expected = mac(&self.mac1_key, &[&msg[..mac1_offset]]);
+        constant_time_eq(&expected, &msg[mac1_offset..mac1_offset + MAC_LEN])
+    }
+
+    fn cookie_for(&mut self, src: &SocketAddr, now: Instant) -> [u8; COOKIE_LEN] {
+        let stale = self.secret_birth.is_none_or(|b| now.saturating_duration_since(b) >= COOKIE_REFRESH_TIME);
+        if stale {
+            rand::rngs::OsRng.fill_bytes(&mut self.secret);
+            self.secret_birth = Some(now);
+        }
+        let (bytes, n) = source_bytes(src);
+        mac(&self.secret, &[&bytes[..n]])
+    }
+
+    /// mac2 must be MAC(cookie(src), msg up to mac2) for the current cookie secret.
+    pub fn verify_mac2(&mut self, msg: &[u8], mac2_offset: usize, src: &SocketAddr, now: Instant) -> bool {
+        let cookie = self.cookie_for(src, now);
+        let expected = mac(&cookie, &[&msg[..mac2_offset]]);
+        constant_time_eq(&expected, &msg[mac2_offset..mac2_offset + MAC_LEN])
+    }
+
+    /// A cookie reply to a message whose sender index is `receiver` and whose mac1 is `mac1`.
+    pub fn create_reply(&mut self, receiver: u32, mac1: &[u8; MAC_LEN], src: &SocketAddr, now: Instant) -> CookieReply {
+        let mut cookie = self.cookie_for(src, now);
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let cipher = XChaCha20Poly1305::new((&self.cookie_key).into());
+        // Encryption of 16 bytes cannot fail.
+        let sealed =
+            cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: &cookie, aad: mac1 }).unwrap_or_default();
+        cookie.zeroize();
+        let mut encrypted_cookie = [0u8; 32];
+        encrypted_cookie.copy_from_slice(&sealed);
+        CookieReply { receiver, nonce, encrypted_cookie }
+    }
+}
+
+/// Initiator side, one per peer: stamps mac1/mac2 on our messages and keeps the peer's cookie.
+pub struct CookieGenerator {
+    mac1_key: [u8; 32],
+    cookie_key: [u8; 32],
+    cookie: Option<([u8; COOKIE_LEN], Instant)>,
+    last_mac1: Option<[u8; MAC_LEN]>,
+}
+
+impl CookieGenerator {
+    pub fn new(peer_public: &PublicKey) -> Self {
+        CookieGenerator {
+            mac1_key: hash(&[LABEL_MAC1, peer_public.as_bytes()]),
+            cookie_key: hash(&[LABEL_COOKIE, peer_public.as_bytes()]),
+            cookie: None,
+            last_mac1: None,
+        }
+    }
+
+    /// Writes mac1 and (with a fresh cookie) mac2 into a message about to be sent.
+    pub fn stamp(&mut self, msg: &mut [u8], mac1_offset: usize, mac2_offset: usize, now: Instant) {
+        let mac1 = mac(&self.mac1_key, &[&msg[..mac1_offset]]);
+        msg[mac1_offset..mac1_offset + MAC_LEN].copy_from_slice(&mac1);
+        self.last_mac1 = Some(mac1);
+        // A cookie is good for the secret's lifetime minus the latency allowance (kernel:
+        // COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY).
+        let max_age = COOKIE_REFRESH_TIME - REKEY_TIMEOUT;
+        let mac2 = match self.cookie {
+            Some((cookie, at)) if now.saturating_duration_since(at) < max_age => mac(&cookie, &[&msg[..mac2_offset]]),
+            _ => [0u8; MAC_LEN],
+        };
+        msg[mac2_offset..mac2_offset + MAC_LEN].copy_from_slice(&mac2);
+    }
+
+    /// Takes a cookie reply to the last message we stamped.
+    pub fn consume_reply(&mut self, reply: &CookieReply, now: Instant) -> Result<(), CookieError> {
+        let mac1 = self.last_mac1.ok_or(CookieError::Undecryptable)?;
+        let cipher = XChaCha20Poly1305::new((&self.cookie_key).into());
+        let cookie = cipher
+            .decrypt(XNonce::from_slice(&reply.nonce), Payload { msg: &reply.encrypted_cookie, aad: &mac1 })
+            .map_err(|_| CookieError::Undecryptable)?;
+        let mut c = [0u8; COOKIE_LEN];
+        c.copy_from_slice(&cookie);
+        self.cookie = Some((c, now));
+        // One reply per message: a replayed reply finds no mac1 to match.
+        self.last_mac1 = None;
+        Ok(())
+    }
+
+    pub fn has_fresh_cookie(&self, now: Instant) -> bool {
+        self.cookie
+            .is_some_and(|(_, at)| now.saturating_duration_since(at) < COOKIE_REFRESH_TIME - Duration::from_secs(5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+
+    #[test]
+    fn cookie_round_trip() {
+        let responder = PrivateKey::generate().public_key();
+        let mut checker = CookieChecker::new(&responder);
+        let mut generator = CookieGenerator::new(&responder);
+        let now = Instant::now();
+        let src: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let mut msg = [9u8; 148];
+        generator.stamp(&mut msg, 116, 132, now);
+        assert!(checker.verify_mac1(&msg, 116));
+        assert!(!checker.verify_mac2(&msg, 132, &src, now));
+        let mut mac1 = [0u8; 16];
+        mac1.copy_from_slice(&msg[116..132]);
+        let reply = checker.create_reply(77, &mac1, &src, now);
+        assert_eq!(reply.receiver, 77);
+        generator.consume_reply(&reply, now).unwrap();
+        // A replayed reply is refused.
+        assert_eq!(generator.consume_reply(&reply, now), Err(CookieError::Undecryptable));
+        generator.stamp(&mut msg, 116, 132, now);
+        assert!(checker.verify_mac1(&msg, 116));
+        assert!(checker.verify_mac2(&msg, 132, &src, now));
+        // Bound to the source address and port.
+        let other: SocketAddr = "192.0.2.1:51821".parse().unwrap();
+        assert!(!checker.verify_mac2(&msg, 132, &other, now));
+        // v4-mapped v6 is the same source as v4.
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:51820".parse().unwrap();
+        assert!(checker.verify_mac2(&msg, 132, &mapped, now));
+        // The secret rotates after two minutes, invalidating old cookies.
+        assert!(!checker.verify_mac2(&msg, 132, &src, now + COOKIE_REFRESH_TIME));
+        // Our own cookie expires too: no mac2 after it.
+        generator.stamp(&mut msg, 116, 132, now + COOKIE_REFRESH_TIME);
+        assert_eq!(&msg[132..148], &[0u8; 16]);
+        // A tampered mac1 fails.
+        msg[0] ^= 1;
+        assert!(!checker.verify_mac1(&msg, 116));
+    }
+}

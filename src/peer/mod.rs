@@ -1,0 +1,6 @@
+//! Per-peer protocol state driven by an injected clock.
+#![forbid(unsafe_code)]
+
+pub mod timers;
+
+pub use timers::{TimerAction, Timers};

@@ -1,0 +1,320 @@
+//! The paper's per-peer timers (section 6), as the kernel's timers.c arranges them: one hook per
+//! event, five deadlines, and `handle_timeout` returning what to send. No clock of its own.
+
+use std::time::{Duration, Instant};
+
+use crate::constants::{
+    KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REJECT_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerAction {
+    /// Send a handshake initiation; `retry` keeps the attempt count going.
+    SendInitiation {
+        retry: bool,
+    },
+    SendKeepalive,
+    /// REKEY_ATTEMPT_TIME passed without an answer: drop the packets waiting for a session.
+    GiveUp,
+    /// Nothing new for 3 x REJECT_AFTER_TIME: erase all keypairs and handshake state.
+    ZeroKeyMaterial,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timers {
+    retransmit_handshake: Option<Instant>,
+    send_keepalive: Option<Instant>,
+    new_handshake: Option<Instant>,
+    zero_key_material: Option<Instant>,
+    persistent_keepalive: Option<Instant>,
+    need_another_keepalive: bool,
+    handshake_attempts: u32,
+    persistent_keepalive_interval: u16,
+    last_sent_initiation: Option<Instant>,
+    rng: u64,
+}
+
+impl Timers {
+    pub fn new(seed: u64) -> Self {
+        Timers {
+            retransmit_handshake: None,
+            send_keepalive: None,
+            new_handshake: None,
+            zero_key_material: None,
+            persistent_keepalive: None,
+            need_another_keepalive: false,
+            handshake_attempts: 0,
+            persistent_keepalive_interval: 0,
+            last_sent_initiation: None,
+            rng: seed | 1,
+        }
+    }
+
+    fn jitter(&mut self) -> Duration {
+        // xorshift64: the jitter only has to desynchronise peers, not be secret.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        Duration::from_micros(self.rng % REKEY_TIMEOUT_JITTER_MAX.as_micros() as u64)
+    }
+
+    pub fn persistent_keepalive_interval(&self) -> u16 {
+        self.persistent_keepalive_interval
+    }
+
+    /// Setting an interval sends a keepalive at once, as wg(8) users expect.
+    pub fn set_persistent_keepalive(&mut self, interval: u16, now: Instant) {
+        self.persistent_keepalive_interval = interval;
+        self.persistent_keepalive = (interval > 0).then_some(now);
+    }
+
+    pub fn handshake_attempts(&self) -> u32 {
+        self.handshake_attempts
+    }
+
+    // ---- event hooks (kernel: wg_timers_*) ----
+
+    /// A data packet (not a keepalive) was sent.
+    pub fn data_sent(&mut self, now: Instant) {
+        if self.new_handshake.is_none() {
+            self.new_handshake = Some(now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self.jitter());
+        }
+    }
+
+    /// A data packet (not a keepalive) arrived.
+    pub fn data_received(&mut self, now: Instant) {
+        if self.send_keepalive.is_none() {
+            self.send_keepalive = Some(now + KEEPALIVE_TIMEOUT);
+        } else {
+            self.need_another_keepalive = true;
+        }
+    }
+
+    /// Any authenticated packet (data, keepalive, handshake) was sent: no keepalive is due.
+    pub fn any_authenticated_packet_sent(&mut self, _now: Instant) {
+        self.send_keepalive = None;
+    }
+
+    /// Any authenticated packet arrived: the peer is alive, no new handshake is needed.
+    pub fn any_authenticated_packet_received(&mut self, _now: Instant) {
+        self.new_handshake = None;
+    }
+
+    /// Any authenticated packet went either way: restart the persistent keepalive.
+    pub fn any_authenticated_packet_traversal(&mut self, now: Instant) {
+        if self.persistent_keepalive_interval > 0 {
+            self.persistent_keepalive = Some(now + Duration::from_secs(self.persistent_keepalive_interval as u64));
+        }
+    }
+
+    pub fn handshake_initiated(&mut self, now: Instant) {
+        self.retransmit_handshake = Some(now + REKEY_TIMEOUT + self.jitter());
+    }
+
+    pub fn handshake_complete(&mut self, _now: Instant) {
+        self.retransmit_handshake = None;
+        self.handshake_attempts = 0;
+    }
+
+    pub fn session_derived(&mut self, now: Instant) {
+        self.zero_key_material = Some(now + REJECT_AFTER_TIME * 3);
+    }
+
+    /// May an initiation go out now? At most one per REKEY_TIMEOUT unless it is a retry;
+    /// a fresh (non-retry) attempt resets the attempt count.
+    pub fn permit_initiation(&mut self, retry: bool, now: Instant) -> bool {
+        if !retry {
+            if self.last_sent_initiation.is_some_and(|t| now.saturating_duration_since(t) < REKEY_TIMEOUT) {
+                return false;
+            }
+            self.handshake_attempts = 0;
+        }
+        self.last_sent_initiation = Some(now);
+        true
+    }
+
+    /// Stop everything (peer removed or keys zeroed).
+    pub fn stop(&mut self) {
+        self.retransmit_handshake = None;
+        self.send_keepalive = None;
+        self.new_handshake = None;
+        self.zero_key_material = None;
+        self.persistent_keepalive = None;
+        self.need_another_keepalive = false;
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.retransmit_handshake,
+            self.send_keepalive,
+            self.new_handshake,
+            self.zero_key_material,
+            self.persistent_keepalive,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Fires every deadline at or before `now`, returning what the peer must do.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<TimerAction> {
+        let mut actions = Vec::new();
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        if due(self.retransmit_handshake) {
+            self.retransmit_handshake = None;
+            if self.handshake_attempts >= MAX_TIMER_HANDSHAKES {
+                self.send_keepalive = None;
+                actions.push(TimerAction::GiveUp);
+                if self.zero_key_material.is_none() {
+                    self.zero_key_material = Some(now + REJECT_AFTER_TIME * 3);
+                }
+            } else {
+                self.handshake_attempts += 1;
+                actions.push(TimerAction::SendInitiation { retry: true });
+            }
+        }
+        if due(self.send_keepalive) {
+            self.send_keepalive = None;
+            actions.push(TimerAction::SendKeepalive);
+            if self.need_another_keepalive {
+                self.need_another_keepalive = false;
+                self.send_keepalive = Some(now + KEEPALIVE_TIMEOUT);
+            }
+        }
+        if due(self.new_handshake) {
+            self.new_handshake = None;
+            actions.push(TimerAction::SendInitiation { retry: false });
+        }
+        if due(self.zero_key_material) {
+            self.zero_key_material = None;
+            actions.push(TimerAction::ZeroKeyMaterial);
+        }
+        if due(self.persistent_keepalive) {
+            self.persistent_keepalive = None;
+            if self.persistent_keepalive_interval > 0 && !actions.contains(&TimerAction::SendKeepalive) {
+                actions.push(TimerAction::SendKeepalive);
+            }
+        }
+        actions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::constants::REKEY_ATTEMPT_TIME;
+
+    /// Steps a virtual clock from deadline to deadline, applying `on_action`, until `end`.
+    fn run(
+        t: &mut Timers,
+        mut now: Instant,
+        end: Instant,
+        mut on_action: impl FnMut(&mut Timers, TimerAction, Instant),
+    ) {
+        while let Some(d) = t.next_deadline() {
+            if d > end {
+                break;
+            }
+            now = now.max(d);
+            for a in t.handle_timeout(now) {
+                on_action(t, a, now);
+            }
+        }
+    }
+
+    #[test]
+    fn handshake_retries_with_jitter_then_gives_up() {
+        let t0 = Instant::now();
+        let mut t = Timers::new(99);
+        assert!(t.permit_initiation(false, t0));
+        t.handshake_initiated(t0);
+        let mut sends = vec![t0];
+        let mut gave_up_at = None;
+        run(&mut t, t0, t0 + Duration::from_secs(600), |t, a, now| match a {
+            TimerAction::SendInitiation { retry: true } => {
+                assert!(t.permit_initiation(true, now));
+                t.handshake_initiated(now);
+                sends.push(now);
+            }
+            TimerAction::GiveUp => gave_up_at = Some(now),
+            TimerAction::ZeroKeyMaterial => {}
+            other => panic!("unexpected {other:?}"),
+        });
+        // One initiation plus MAX_TIMER_HANDSHAKES retries, each REKEY_TIMEOUT plus jitter apart.
+        assert_eq!(sends.len() as u32, 1 + MAX_TIMER_HANDSHAKES);
+        for w in sends.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(gap >= REKEY_TIMEOUT && gap < REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX, "{gap:?}");
+        }
+        let gave_up = gave_up_at.expect("gives up") - t0;
+        assert!(gave_up >= REKEY_ATTEMPT_TIME && gave_up < REKEY_ATTEMPT_TIME + Duration::from_secs(10), "{gave_up:?}");
+    }
+
+    #[test]
+    fn completed_handshake_stops_retries() {
+        let t0 = Instant::now();
+        let mut t = Timers::new(1);
+        t.handshake_initiated(t0);
+        t.handshake_complete(t0 + Duration::from_millis(3));
+        assert_eq!(t.next_deadline(), None);
+        // Initiations are rate limited to one per REKEY_TIMEOUT unless retried.
+        assert!(t.permit_initiation(false, t0));
+        assert!(!t.permit_initiation(false, t0 + Duration::from_secs(1)));
+        assert!(t.permit_initiation(true, t0 + Duration::from_secs(1)));
+        assert!(t.permit_initiation(false, t0 + REKEY_TIMEOUT + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn passive_keepalive_after_receiving_data() {
+        let t0 = Instant::now();
+        let mut t = Timers::new(3);
+        t.data_received(t0);
+        assert_eq!(t.next_deadline(), Some(t0 + KEEPALIVE_TIMEOUT));
+        assert!(t.handle_timeout(t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(t.handle_timeout(t0 + KEEPALIVE_TIMEOUT), vec![TimerAction::SendKeepalive]);
+        // Sending anything authenticated cancels a due keepalive.
+        t.data_received(t0 + Duration::from_secs(20));
+        t.any_authenticated_packet_sent(t0 + Duration::from_secs(21));
+        assert!(t.handle_timeout(t0 + Duration::from_secs(40)).is_empty());
+        // Data received again while one is pending asks for another one after it.
+        t.data_received(t0 + Duration::from_secs(50));
+        t.data_received(t0 + Duration::from_secs(51));
+        assert_eq!(t.handle_timeout(t0 + Duration::from_secs(60)), vec![TimerAction::SendKeepalive]);
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(70)));
+    }
+
+    #[test]
+    fn new_handshake_when_sent_data_gets_no_answer() {
+        let t0 = Instant::now();
+        let mut t = Timers::new(5);
+        t.data_sent(t0);
+        let d = t.next_deadline().unwrap() - t0;
+        assert!(
+            d >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT && d < KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX
+        );
+        // An answer cancels it.
+        t.any_authenticated_packet_received(t0 + Duration::from_secs(1));
+        assert_eq!(t.next_deadline(), None);
+        t.data_sent(t0 + Duration::from_secs(2));
+        let actions = t.handle_timeout(t0 + Duration::from_secs(30));
+        assert_eq!(actions, vec![TimerAction::SendInitiation { retry: false }]);
+    }
+
+    #[test]
+    fn persistent_keepalive_and_key_zeroing() {
+        let t0 = Instant::now();
+        let mut t = Timers::new(7);
+        t.set_persistent_keepalive(25, t0);
+        assert_eq!(t.handle_timeout(t0), vec![TimerAction::SendKeepalive]);
+        t.any_authenticated_packet_traversal(t0);
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(25)));
+        t.any_authenticated_packet_traversal(t0 + Duration::from_secs(10));
+        assert!(t.handle_timeout(t0 + Duration::from_secs(25)).is_empty());
+        assert_eq!(t.handle_timeout(t0 + Duration::from_secs(35)), vec![TimerAction::SendKeepalive]);
+        t.set_persistent_keepalive(0, t0);
+        t.session_derived(t0);
+        assert_eq!(t.next_deadline(), Some(t0 + REJECT_AFTER_TIME * 3));
+        assert_eq!(t.handle_timeout(t0 + REJECT_AFTER_TIME * 3), vec![TimerAction::ZeroKeyMaterial]);
+        assert_eq!(t.next_deadline(), None);
+    }
+}
