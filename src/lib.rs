@@ -11,3 +11,6 @@ pub mod noise;
 pub mod peer;
 pub mod routing;
 pub mod session;
+pub mod io;
+pub mod dataplane;
+pub mod device;

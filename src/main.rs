@@ -1,1 +1,155 @@
-fn main() {}
+//! `wgturbo [-f|--foreground] IFACE` and the key helpers `genkey`, `pubkey`, `genpsk`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, ExitCode, Stdio};
+
+use wgturbo::keys::{PresharedKey, PrivateKey};
+
+const USAGE: &str = "Usage: wgturbo [-f/--foreground] INTERFACE-NAME\n       wgturbo genkey | pubkey | genpsk\n\n\
+Creates the TUN interface and serves /var/run/wireguard/INTERFACE-NAME.sock for wg(8).\n\
+Environment: LOG_LEVEL=error|info|debug (default info), WGTURBO_WORKERS=N.";
+
+/// Set in the background child: its stdout is a pipe to the parent, which waits for "ready".
+const READY_ENV: &str = "WGTURBO_READY_PIPE";
+
+fn init_logging() {
+    let level = match std::env::var("LOG_LEVEL").unwrap_or_default().to_ascii_lowercase().as_str() {
+        "error" | "silent" => tracing::Level::ERROR,
+        "debug" | "verbose" => tracing::Level::DEBUG,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn key_command(cmd: &str) -> ExitCode {
+    match cmd {
+        "genkey" => println!("{}", PrivateKey::generate().to_base64()),
+        "genpsk" => println!("{}", PresharedKey::generate().to_base64()),
+        "pubkey" => {
+            let mut input = String::new();
+            if std::io::stdin().read_to_string(&mut input).is_err() {
+                eprintln!("wgturbo: error: cannot read a private key from stdin");
+                return ExitCode::FAILURE;
+            }
+            match PrivateKey::from_base64(input.trim()) {
+                Ok(k) => println!("{}", k.public_key().to_base64()),
+                Err(e) => {
+                    eprintln!("wgturbo: error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => unreachable!(),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Starts the daemon in the background and returns once it reports ready (or failed).
+fn spawn_background(iface: &str) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("wgturbo: error: cannot find own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stderr = if std::env::var_os("LOG_LEVEL").is_some() { Stdio::inherit() } else { Stdio::null() };
+    let mut child = match {
+        use std::os::unix::process::CommandExt;
+        Command::new(exe)
+            .arg("--foreground")
+            .arg(iface)
+            .env(READY_ENV, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+    } {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wgturbo: error: cannot start the daemon: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    match line.trim_end() {
+        "ready" => ExitCode::SUCCESS,
+        msg => {
+            let _ = child.wait();
+            let msg = msg.strip_prefix("error: ").unwrap_or(if msg.is_empty() { "daemon exited during start-up" } else { msg });
+            eprintln!("wgturbo: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_foreground(iface: &str) -> ExitCode {
+    let via_pipe = std::env::var_os(READY_ENV).is_some();
+    let result = wgturbo::device::run(iface, || {
+        if via_pipe {
+            let mut out = std::io::stdout();
+            let _ = out.write_all(b"ready\n");
+            let _ = out.flush();
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let hint = match &e {
+                wgturbo::device::DeviceError::Tun(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                    " (creating a TUN interface needs root or CAP_NET_ADMIN)"
+                }
+                _ => "",
+            };
+            if via_pipe {
+                println!("error: {e}{hint}");
+            } else {
+                eprintln!("wgturbo: error: {e}{hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut foreground = false;
+    let mut iface = None;
+    for a in &args {
+        match a.as_str() {
+            "-f" | "--foreground" => foreground = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "--version" | "-v" => {
+                println!("wgturbo {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            "genkey" | "pubkey" | "genpsk" if args.len() == 1 => return key_command(a),
+            s if s.starts_with('-') => {
+                eprintln!("wgturbo: error: unknown option '{s}'\n{USAGE}");
+                return ExitCode::FAILURE;
+            }
+            s if iface.is_none() => iface = Some(s.to_string()),
+            s => {
+                eprintln!("wgturbo: error: unexpected argument '{s}'\n{USAGE}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let Some(iface) = iface else {
+        eprintln!("{USAGE}");
+        return ExitCode::FAILURE;
+    };
+    init_logging();
+    if foreground {
+        run_foreground(&iface)
+    } else {
+        spawn_background(&iface)
+    }
+}

@@ -1,0 +1,608 @@
+//! The control thread: applies configuration, runs handshakes and timers, publishes the
+//! routing snapshot, index table and keypairs the workers read.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Receiver;
+use rand::Rng;
+use tracing::{debug, info, warn};
+
+use super::shared::{ControlMsg, HandshakePacket, IndexEntry, PeerShared, Shared};
+use crate::config::uapi::{self, Request, ERRNO_IO, ERRNO_PORT_IN_USE};
+use crate::config::{DeviceChange, DeviceStatus, PeerStatus};
+use crate::constants::{MAX_STAGED_PACKETS, REKEY_TIMEOUT};
+use crate::io::UdpSocket;
+use crate::keys::{PresharedKey, PublicKey};
+use crate::noise::messages::{padded_len, Initiation, Response};
+use crate::noise::{consume_initiation, CookieChecker, Handshake, Packet, StaticIdentity, Tai64N};
+use crate::peer::{TimerAction, Timers};
+use crate::routing::AllowedIps;
+use crate::session::{Keypair, Keypairs};
+
+/// Capacity of the handshake queue; "under load" from 1/8 full, as the kernel decides.
+pub const HANDSHAKE_QUEUE: usize = 4096;
+const UNDER_LOAD_AFTER: usize = HANDSHAKE_QUEUE / 8;
+const UNDER_LOAD_STICKY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Last values of a peer's worker-written stamps that the timers have seen.
+#[derive(Default, Clone, Copy)]
+struct Seen {
+    sent: u64,
+    received: u64,
+    data_sent: u64,
+    data_received: u64,
+}
+
+struct PeerState {
+    shared: Arc<PeerShared>,
+    handshake: Handshake,
+    timers: Timers,
+    staged: VecDeque<Vec<u8>>,
+    last_handshake: Option<SystemTime>,
+    seen: Seen,
+    handshake_requested_at: Option<Instant>,
+}
+
+pub struct Control {
+    shared: Arc<Shared>,
+    identity: Option<StaticIdentity>,
+    checker: Option<CookieChecker>,
+    listen_port: u16,
+    fwmark: u32,
+    workers: usize,
+    peers: HashMap<PublicKey, PeerState>,
+    allowed: AllowedIps<Arc<PeerShared>>,
+    /// Local indices of initiations in flight.
+    pending: HashMap<u32, PublicKey>,
+    /// Master copy of the published index table.
+    indices: HashMap<u32, IndexEntry>,
+    under_load_until: Option<Instant>,
+    handshake_rx: Receiver<HandshakePacket>,
+    control_rx: Receiver<ControlMsg>,
+}
+
+impl Control {
+    pub fn new(
+        shared: Arc<Shared>,
+        listen_port: u16,
+        workers: usize,
+        handshake_rx: Receiver<HandshakePacket>,
+        control_rx: Receiver<ControlMsg>,
+    ) -> Self {
+        Control {
+            shared,
+            identity: None,
+            checker: None,
+            listen_port,
+            fwmark: 0,
+            workers,
+            peers: HashMap::new(),
+            allowed: AllowedIps::default(),
+            pending: HashMap::new(),
+            indices: HashMap::new(),
+            under_load_until: None,
+            handshake_rx,
+            control_rx,
+        }
+    }
+
+    /// Handles whatever arrives until `deadline`, then returns so the caller can run timers.
+    pub fn run_until(&mut self, deadline: Instant) {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            crossbeam_channel::select! {
+                recv(self.handshake_rx) -> msg => if let Ok(msg) = msg { self.on_handshake_packet(msg) },
+                recv(self.control_rx) -> msg => if let Ok(msg) = msg { self.on_control(msg) },
+                default(deadline - now) => return,
+            }
+        }
+    }
+
+    fn socket(&self) -> Option<Arc<UdpSocket>> {
+        self.shared.sockets.load().first().cloned()
+    }
+
+    fn send_to_peer(&self, peer: &PeerShared, bytes: &[u8], now: Instant) {
+        let Some(endpoint) = peer.endpoint.load_full() else {
+            debug!("peer {}: no endpoint, not sending", peer.public_key);
+            return;
+        };
+        let Some(sock) = self.socket() else { return };
+        match sock.send_to(bytes, *endpoint) {
+            Ok(_) => {
+                peer.tx_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                peer.last_sent.store(self.shared.stamp(now), Ordering::Relaxed);
+            }
+            Err(e) => debug!("peer {}: send to {endpoint} failed: {e}", peer.public_key),
+        }
+    }
+
+    fn allocate_index(&self) -> u32 {
+        let mut rng = rand::thread_rng();
+        loop {
+            let i: u32 = rng.gen();
+            if !self.indices.contains_key(&i) && !self.pending.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    fn publish_indices(&self) {
+        self.shared.indices.store(Arc::new(self.indices.clone()));
+    }
+
+    fn publish_routing(&self) {
+        self.shared.routing.store(Arc::new(self.allowed.clone()));
+    }
+
+    /// Puts a new keypair in the peer's slots and the index table; forgets the one it displaces.
+    fn install_keypair(&mut self, pk: &PublicKey, keypair: Arc<Keypair>) {
+        let Some(peer) = self.peers.get_mut(pk) else { return };
+        let old = peer.shared.keypairs.load_full();
+        let new = old.with_new(keypair.clone());
+        peer.shared.keypairs.store(Arc::new(new.clone()));
+        peer.shared.handshake_requested.store(false, Ordering::Relaxed);
+        peer.handshake_requested_at = None;
+        let keep: Vec<u32> = new.indices().collect();
+        for i in old.indices() {
+            if !keep.contains(&i) {
+                self.indices.remove(&i);
+            }
+        }
+        self.indices.insert(keypair.local_index, IndexEntry { keypair, peer: peer.shared.clone() });
+        self.publish_indices();
+    }
+
+    fn clear_keypairs(&mut self, pk: &PublicKey) {
+        let Some(peer) = self.peers.get_mut(pk) else { return };
+        let old = peer.shared.keypairs.swap(Arc::new(Keypairs::default()));
+        peer.handshake.clear();
+        for i in old.indices() {
+            self.indices.remove(&i);
+        }
+        self.pending.retain(|_, p| p != pk);
+        self.publish_indices();
+    }
+
+    fn send_initiation(&mut self, pk: &PublicKey, retry: bool, now: Instant) {
+        let Some(identity) = self.identity.clone() else { return };
+        let index = self.allocate_index();
+        let Some(peer) = self.peers.get_mut(pk) else { return };
+        if peer.shared.endpoint.load().is_none() {
+            return;
+        }
+        if !peer.timers.permit_initiation(retry, now) {
+            return;
+        }
+        let msg = match peer.handshake.create_initiation(&identity, index, Tai64N::now(), now) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("peer {pk}: cannot create initiation: {e}");
+                return;
+            }
+        };
+        self.pending.retain(|_, p| p != pk);
+        self.pending.insert(index, *pk);
+        peer.timers.handshake_initiated(now);
+        debug!("peer {pk}: sending handshake initiation (retry: {retry})");
+        let shared = peer.shared.clone();
+        self.send_to_peer(&shared, &msg, now);
+    }
+
+    /// Seals and sends whatever waited for a session; a keepalive if nothing did.
+    fn send_staged(&mut self, pk: &PublicKey, keepalive_if_empty: bool, now: Instant) {
+        let Some(peer) = self.peers.get_mut(pk) else { return };
+        let keypairs = peer.shared.keypairs.load_full();
+        let Some(keypair) = keypairs.current.clone() else { return };
+        let mut packets: Vec<Vec<u8>> = peer.staged.drain(..).collect();
+        let data = !packets.is_empty();
+        if packets.is_empty() && keepalive_if_empty {
+            packets.push(Vec::new());
+        }
+        let mtu = self.shared.mtu.load(Ordering::Relaxed);
+        let shared = peer.shared.clone();
+        for p in packets {
+            let Some(counter) = keypair.reserve_counters(1, now) else { return };
+            let padded = padded_len(p.len(), mtu);
+            let mut buf = vec![0u8; 16 + padded + 16];
+            buf[16..16 + p.len()].copy_from_slice(&p);
+            if let Ok(n) = keypair.seal(counter, &mut buf, padded) {
+                self.send_to_peer(&shared, &buf[..n], now);
+            }
+        }
+        if data {
+            shared.last_data_sent.store(self.shared.stamp(now), Ordering::Relaxed);
+        }
+    }
+
+    fn send_keepalive(&mut self, pk: &PublicKey, now: Instant) {
+        let Some(peer) = self.peers.get(pk) else { return };
+        let usable = peer.shared.keypairs.load().current.as_ref().is_some_and(|k| k.usable_for_receive(now));
+        if usable {
+            self.send_staged(pk, true, now);
+        } else {
+            self.send_initiation(pk, false, now);
+        }
+    }
+
+    fn under_load(&mut self, now: Instant) -> bool {
+        if self.handshake_rx.len() >= UNDER_LOAD_AFTER {
+            self.under_load_until = Some(now + UNDER_LOAD_STICKY);
+        }
+        self.under_load_until.is_some_and(|t| now < t)
+    }
+
+    fn on_handshake_packet(&mut self, msg: HandshakePacket) {
+        let now = Instant::now();
+        let under_load = self.under_load(now);
+        let (Some(identity), Some(checker)) = (self.identity.clone(), self.checker.as_mut()) else { return };
+        let bytes = &msg.packet;
+        let packet = match Packet::parse(bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!("from {}: {e}", msg.src);
+                return;
+            }
+        };
+        // mac1 first (cheap, proves the sender knows our public key), then the cookie under load.
+        let (mac1_at, mac2_at, sender, mac1) = match &packet {
+            Packet::Initiation(i) => (Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, i.sender, i.mac1),
+            Packet::Response(r) => (Response::MAC1_OFFSET, Response::MAC2_OFFSET, r.sender, r.mac1),
+            Packet::CookieReply(c) => {
+                if let Some(pk) = self.pending.get(&c.receiver).copied() {
+                    if let Some(peer) = self.peers.get_mut(&pk) {
+                        match peer.handshake.cookies.consume_reply(c, now) {
+                            Ok(()) => debug!("peer {pk}: got a cookie reply"),
+                            Err(e) => debug!("peer {pk}: {e}"),
+                        }
+                    }
+                }
+                return;
+            }
+            Packet::Transport { .. } => return,
+        };
+        if !checker.verify_mac1(bytes, mac1_at) {
+            debug!("from {}: handshake message with invalid mac1", msg.src);
+            return;
+        }
+        if under_load && !checker.verify_mac2(bytes, mac2_at, &msg.src, now) {
+            let reply = checker.create_reply(sender, &mac1, &msg.src, now);
+            if let Some(sock) = self.socket() {
+                let _ = sock.send_to(&reply.to_bytes(), msg.src);
+            }
+            debug!("from {}: under load, sent a cookie reply", msg.src);
+            return;
+        }
+        match packet {
+            Packet::Initiation(init) => self.on_initiation(&identity, &init, msg.src, now),
+            Packet::Response(resp) => self.on_response(&identity, &resp, msg.src, now),
+            _ => {}
+        }
+    }
+
+    fn on_initiation(&mut self, identity: &StaticIdentity, init: &Initiation, src: SocketAddr, now: Instant) {
+        let for_us = match consume_initiation(identity, init) {
+            Ok(f) => f,
+            Err(e) => {
+                debug!("from {src}: {e}");
+                return;
+            }
+        };
+        let pk = for_us.remote_static;
+        let index = self.allocate_index();
+        let Some(peer) = self.peers.get_mut(&pk) else {
+            debug!("from {src}: initiation from unknown peer {pk}");
+            return;
+        };
+        if let Err(e) = peer.handshake.consume_initiation(for_us, now) {
+            debug!("peer {pk} at {src}: {e}");
+            return;
+        }
+        let (response, keys) = match peer.handshake.create_response(index, now) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("peer {pk}: {e}");
+                return;
+            }
+        };
+        peer.shared.set_endpoint_if_changed(src);
+        peer.shared.last_received.store(self.shared.stamp(now), Ordering::Relaxed);
+        peer.timers.session_derived(now);
+        let shared = peer.shared.clone();
+        self.install_keypair(&pk, Arc::new(Keypair::new(&keys, now)));
+        debug!("peer {pk}: answered handshake initiation from {src}");
+        self.send_to_peer(&shared, &response, now);
+    }
+
+    fn on_response(&mut self, identity: &StaticIdentity, resp: &Response, src: SocketAddr, now: Instant) {
+        let Some(pk) = self.pending.get(&resp.receiver).copied() else {
+            debug!("from {src}: response to no initiation of ours");
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&pk) else { return };
+        let keys = match peer.handshake.consume_response(identity, resp) {
+            Ok(k) => k,
+            Err(e) => {
+                debug!("peer {pk} at {src}: {e}");
+                return;
+            }
+        };
+        self.pending.remove(&resp.receiver);
+        peer.shared.set_endpoint_if_changed(src);
+        peer.shared.last_received.store(self.shared.stamp(now), Ordering::Relaxed);
+        peer.timers.handshake_complete(now);
+        peer.timers.session_derived(now);
+        peer.last_handshake = Some(SystemTime::now());
+        self.install_keypair(&pk, Arc::new(Keypair::new(&keys, now)));
+        info!("peer {pk}: handshake complete (we initiated), endpoint {src}");
+        // The initiator confirms the session at once: staged packets, or a keepalive.
+        self.send_staged(&pk, true, now);
+    }
+
+    fn on_control(&mut self, msg: ControlMsg) {
+        let now = Instant::now();
+        match msg {
+            ControlMsg::Staged { peer, packet } => {
+                let pk = peer.public_key;
+                let Some(state) = self.peers.get_mut(&pk) else { return };
+                if state.staged.len() >= MAX_STAGED_PACKETS {
+                    state.staged.pop_front();
+                }
+                state.staged.push_back(packet);
+                // A session may have appeared since the worker looked.
+                let ready = state.shared.keypairs.load().current.as_ref().is_some_and(|k| k.usable_for_receive(now));
+                if ready {
+                    self.send_staged(&pk, false, now);
+                } else {
+                    self.send_initiation(&pk, false, now);
+                }
+            }
+            ControlMsg::WantHandshake(peer) => {
+                let pk = peer.public_key;
+                if let Some(state) = self.peers.get_mut(&pk) {
+                    state.handshake_requested_at = Some(now);
+                }
+                self.send_initiation(&pk, false, now);
+            }
+            ControlMsg::Confirmed(peer) => {
+                let pk = peer.public_key;
+                if let Some(state) = self.peers.get_mut(&pk) {
+                    state.timers.handshake_complete(now);
+                    state.last_handshake = Some(SystemTime::now());
+                    info!("peer {pk}: handshake complete (they initiated)");
+                }
+                self.send_staged(&pk, false, now);
+            }
+            ControlMsg::Uapi(request, reply) => {
+                let text = match request {
+                    Request::Get => format!("{}errno=0\n\n", uapi::format_get(&self.status())),
+                    Request::Set(change) => match self.apply(change, now) {
+                        Ok(()) => "errno=0\n\n".to_string(),
+                        Err(errno) => format!("errno={errno}\n\n"),
+                    },
+                };
+                let _ = reply.send(text);
+            }
+        }
+    }
+
+    /// Feeds the workers' stamps to each peer's timers, then fires what is due.
+    pub fn run_timers(&mut self) {
+        let now = Instant::now();
+        let keys: Vec<PublicKey> = self.peers.keys().copied().collect();
+        for pk in keys {
+            let actions = {
+                let Some(peer) = self.peers.get_mut(&pk) else { continue };
+                let s = &peer.shared;
+                let cur = Seen {
+                    sent: s.last_sent.load(Ordering::Relaxed),
+                    received: s.last_received.load(Ordering::Relaxed),
+                    data_sent: s.last_data_sent.load(Ordering::Relaxed),
+                    data_received: s.last_data_received.load(Ordering::Relaxed),
+                };
+                let at = |stamp| self.shared.instant(stamp).unwrap_or(now);
+                if cur.data_sent != peer.seen.data_sent {
+                    peer.timers.data_sent(at(cur.data_sent));
+                }
+                if cur.sent != peer.seen.sent {
+                    peer.timers.any_authenticated_packet_sent(at(cur.sent));
+                    peer.timers.any_authenticated_packet_traversal(at(cur.sent));
+                }
+                if cur.data_received != peer.seen.data_received {
+                    peer.timers.data_received(at(cur.data_received));
+                }
+                if cur.received != peer.seen.received {
+                    peer.timers.any_authenticated_packet_received(at(cur.received));
+                    peer.timers.any_authenticated_packet_traversal(at(cur.received));
+                }
+                peer.seen = cur;
+                // A worker's request for a handshake may be repeated after REKEY_TIMEOUT.
+                if peer.handshake_requested_at.is_some_and(|t| now.saturating_duration_since(t) >= REKEY_TIMEOUT) {
+                    peer.handshake_requested_at = None;
+                    peer.shared.handshake_requested.store(false, Ordering::Relaxed);
+                }
+                peer.timers.handle_timeout(now)
+            };
+            for action in actions {
+                match action {
+                    TimerAction::SendInitiation { retry } => self.send_initiation(&pk, retry, now),
+                    TimerAction::SendKeepalive => self.send_keepalive(&pk, now),
+                    TimerAction::GiveUp => {
+                        if let Some(peer) = self.peers.get_mut(&pk) {
+                            debug!("peer {pk}: handshake did not complete after {} attempts", peer.timers.handshake_attempts());
+                            peer.staged.clear();
+                        }
+                    }
+                    TimerAction::ZeroKeyMaterial => {
+                        debug!("peer {pk}: zeroing keys after 3 x REJECT_AFTER_TIME");
+                        self.clear_keypairs(&pk);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn status(&self) -> DeviceStatus {
+        let entries = self.allowed.entries();
+        let peers = self
+            .peers
+            .values()
+            .map(|p| PeerStatus {
+                public_key: p.shared.public_key,
+                preshared_key: p.handshake.preshared_key().clone(),
+                endpoint: p.shared.endpoint.load().as_deref().copied(),
+                last_handshake: p.last_handshake.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| (d.as_secs(), d.subsec_nanos())),
+                tx_bytes: p.shared.tx_bytes.load(Ordering::Relaxed),
+                rx_bytes: p.shared.rx_bytes.load(Ordering::Relaxed),
+                persistent_keepalive: p.timers.persistent_keepalive_interval(),
+                allowed_ips: entries.iter().filter(|(_, v)| Arc::ptr_eq(v, &p.shared)).map(|(n, _)| *n).collect(),
+            })
+            .collect();
+        DeviceStatus {
+            private_key: self.identity.as_ref().map(|i| i.private.clone()),
+            listen_port: self.listen_port,
+            fwmark: self.fwmark,
+            peers,
+        }
+    }
+
+    fn rebind(&mut self, port: u16) -> Result<(), i32> {
+        let first = UdpSocket::bind(port, self.fwmark).map_err(|e| {
+            warn!("cannot listen on UDP port {port}: {e}");
+            if e.kind() == std::io::ErrorKind::AddrInUse { ERRNO_PORT_IN_USE } else { ERRNO_IO }
+        })?;
+        let mut sockets = vec![Arc::new(first)];
+        for _ in 1..self.workers {
+            match sockets[0].clone_on_same_port(self.fwmark) {
+                Ok(s) => sockets.push(Arc::new(s)),
+                Err(e) => {
+                    warn!("one UDP socket for all workers: SO_REUSEPORT sibling failed ({e})");
+                    break;
+                }
+            }
+        }
+        self.listen_port = sockets[0].local_port().map_err(|_| ERRNO_IO)?;
+        let old = self.shared.sockets.swap(Arc::new(sockets));
+        for s in old.iter() {
+            s.shutdown();
+        }
+        info!("listening on UDP port {}", self.listen_port);
+        Ok(())
+    }
+
+    fn remove_peer(&mut self, pk: &PublicKey) {
+        self.clear_keypairs(pk);
+        if let Some(peer) = self.peers.remove(pk) {
+            self.allowed.remove_where(|v| Arc::ptr_eq(v, &peer.shared));
+            info!("peer {pk}: removed");
+        }
+    }
+
+    /// Applies a `set`: the port first (the only step that can fail), then everything else.
+    pub fn apply(&mut self, change: DeviceChange, now: Instant) -> Result<(), i32> {
+        if let Some(port) = change.listen_port {
+            if port != self.listen_port || port == 0 {
+                self.rebind(port)?;
+            }
+        }
+        if let Some(mark) = change.fwmark {
+            self.fwmark = mark;
+            for s in self.shared.sockets.load().iter() {
+                if let Err(e) = s.set_fwmark(mark) {
+                    warn!("cannot set fwmark {mark}: {e}");
+                }
+            }
+        }
+        if let Some(key) = change.private_key {
+            let new_identity = key.map(StaticIdentity::new);
+            let same = match (&self.identity, &new_identity) {
+                (Some(a), Some(b)) => a.private == b.private,
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                self.identity = new_identity;
+                self.checker = self.identity.as_ref().map(|i| CookieChecker::new(&i.public));
+                let keys: Vec<PublicKey> = self.peers.keys().copied().collect();
+                for pk in keys {
+                    self.clear_keypairs(&pk);
+                    if let (Some(id), Some(peer)) = (&self.identity, self.peers.get_mut(&pk)) {
+                        peer.handshake.set_identity(id);
+                    }
+                }
+                // A peer with our own public key cannot exist (the kernel removes it too).
+                if let Some(own) = self.identity.as_ref().map(|i| i.public) {
+                    self.remove_peer(&own);
+                }
+            }
+        }
+        if change.replace_peers {
+            let keys: Vec<PublicKey> = self.peers.keys().copied().collect();
+            for pk in keys {
+                self.remove_peer(&pk);
+            }
+        }
+        for pc in change.peers {
+            let pk = pc.public_key;
+            if pc.remove {
+                self.remove_peer(&pk);
+                continue;
+            }
+            if self.identity.as_ref().is_some_and(|i| i.public == pk) {
+                debug!("ignoring peer with our own public key");
+                continue;
+            }
+            if !self.peers.contains_key(&pk) {
+                if pc.update_only {
+                    continue;
+                }
+                let id = self.identity.clone().unwrap_or_else(|| StaticIdentity::new(crate::keys::PrivateKey::from_bytes([0; 32])));
+                let handshake = Handshake::new(&id, pk, PresharedKey::default());
+                let state = PeerState {
+                    shared: Arc::new(PeerShared::new(pk)),
+                    handshake,
+                    timers: Timers::new(rand::thread_rng().gen()),
+                    staged: VecDeque::new(),
+                    last_handshake: None,
+                    seen: Seen::default(),
+                    handshake_requested_at: None,
+                };
+                self.peers.insert(pk, state);
+                info!("peer {pk}: added");
+            }
+            let Some(peer) = self.peers.get_mut(&pk) else { continue };
+            if let Some(psk) = pc.preshared_key {
+                peer.handshake.set_preshared_key(psk);
+            }
+            if let Some(ep) = pc.endpoint {
+                peer.shared.endpoint.store(Some(Arc::new(crate::io::udp::canonical(ep))));
+            }
+            if pc.replace_allowed_ips {
+                let shared = peer.shared.clone();
+                self.allowed.remove_where(|v| Arc::ptr_eq(v, &shared));
+            }
+            let shared = peer.shared.clone();
+            for net in pc.allowed_ips {
+                self.allowed.insert(net, shared.clone());
+            }
+            if let Some(interval) = pc.persistent_keepalive {
+                let Some(peer) = self.peers.get_mut(&pk) else { continue };
+                let was = peer.timers.persistent_keepalive_interval();
+                peer.timers.set_persistent_keepalive(interval, now);
+                if was == interval && interval > 0 {
+                    // Unchanged: no need for the immediate keepalive a new interval gets.
+                    peer.timers.any_authenticated_packet_traversal(now);
+                }
+            }
+        }
+        self.publish_routing();
+        Ok(())
+    }
+}
