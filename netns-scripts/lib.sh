@@ -4,6 +4,7 @@
 # (namespaces by name, processes by PID), also when the caller fails.
 
 set -uo pipefail
+umask 077
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN_ID=${RUN_ID:-$(( ($$ + RANDOM) % 100000 ))}

@@ -1,6 +1,7 @@
 //! `wgturbo [-f|--foreground] IFACE` and the key helpers `genkey`, `pubkey`, `genpsk`.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 
 use wgturbo::keys::{PresharedKey, PrivateKey};
@@ -54,18 +55,16 @@ fn spawn_background(iface: &str) -> ExitCode {
         }
     };
     let stderr = if std::env::var_os("LOG_LEVEL").is_some() { Stdio::inherit() } else { Stdio::null() };
-    let mut child = match {
-        use std::os::unix::process::CommandExt;
-        Command::new(exe)
-            .arg("--foreground")
-            .arg(iface)
-            .env(READY_ENV, "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .process_group(0)
-            .spawn()
-    } {
+    let spawned = Command::new(exe)
+        .arg("--foreground")
+        .arg(iface)
+        .env(READY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wgturbo: error: cannot start the daemon: {e}");

@@ -99,7 +99,7 @@ impl Transcript {
         aead_seal(key, 0, plaintext, &self.hash, out);
         self.mix_hash(out);
     }
-    fn open(&mut self, key: &[u8; 32], ciphertext: &[u8], out: &mut [u8]) -> Result<(), ()> {
+    fn open(&mut self, key: &[u8; 32], ciphertext: &[u8], out: &mut [u8]) -> Result<(), super::primitives::AeadError> {
         aead_open(key, 0, ciphertext, &self.hash, out)?;
         self.mix_hash(ciphertext);
         Ok(())

@@ -76,10 +76,14 @@ pub fn aead_seal(key: &[u8; 32], counter: u64, plaintext: &[u8], aad: &[u8], out
     tag_out.copy_from_slice(tag.as_ref());
 }
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+#[error("AEAD authentication failed")]
+pub struct AeadError;
+
 /// Opens ciphertext || tag into `out` (ciphertext.len() - 16 bytes). Err on a bad tag.
-pub fn aead_open(key: &[u8; 32], counter: u64, ciphertext: &[u8], aad: &[u8], out: &mut [u8]) -> Result<(), ()> {
+pub fn aead_open(key: &[u8; 32], counter: u64, ciphertext: &[u8], aad: &[u8], out: &mut [u8]) -> Result<(), AeadError> {
     let mut buf = ciphertext.to_vec();
-    let plain = aead_key(key).open_in_place(nonce(counter), Aad::from(aad), &mut buf).map_err(|_| ())?;
+    let plain = aead_key(key).open_in_place(nonce(counter), Aad::from(aad), &mut buf).map_err(|_| AeadError)?;
     out.copy_from_slice(plain);
     buf.zeroize();
     Ok(())

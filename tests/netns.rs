@@ -1,0 +1,65 @@
+//! Real tunnels in network namespaces against wireguard-go and boringtun, driven by wg(8).
+//! Each test runs a script from netns-scripts/ (they need root, the peers and iperf3, which
+//! `netns-scripts/install-deps.sh` installs). Without root a test skips with a message; under
+//! CI (`CI=true`, always root) it fails instead, so CI cannot pass on skips.
+//! The tests run one at a time: they time traffic on a 2-core machine.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn script(name: &str, args: &[&str]) {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
+    if !is_root {
+        assert!(!ci, "netns tests need root under CI");
+        eprintln!("SKIP {name}: needs root");
+        return;
+    }
+    let wgturbo = PathBuf::from(env!("CARGO_BIN_EXE_wgturbo"));
+    let status = Command::new("bash")
+        .arg(root.join("netns-scripts").join(name))
+        .args(args)
+        .env("WGTURBO", &wgturbo)
+        .status()
+        .expect("run bash");
+    assert!(status.success(), "{name} {args:?} failed ({status})");
+}
+
+macro_rules! interop {
+    ($($test:ident: $a:literal -> $b:literal over $outer:literal;)*) => {
+        $( #[test] fn $test() { script("test-interop.sh", &[$a, $b, $outer]); } )*
+    };
+}
+
+interop! {
+    wgturbo_to_wgturbo_v4: "wgturbo" -> "wgturbo" over "4";
+    wgturbo_to_wgturbo_v6: "wgturbo" -> "wgturbo" over "6";
+    wgturbo_to_wireguard_go_v4: "wgturbo" -> "wireguard-go" over "4";
+    wgturbo_to_wireguard_go_v6: "wgturbo" -> "wireguard-go" over "6";
+    wireguard_go_to_wgturbo_v4: "wireguard-go" -> "wgturbo" over "4";
+    wireguard_go_to_wgturbo_v6: "wireguard-go" -> "wgturbo" over "6";
+    wgturbo_to_boringtun_v4: "wgturbo" -> "boringtun" over "4";
+    wgturbo_to_boringtun_v6: "wgturbo" -> "boringtun" over "6";
+    boringtun_to_wgturbo_v4: "boringtun" -> "wgturbo" over "4";
+    boringtun_to_wgturbo_v6: "boringtun" -> "wgturbo" over "6";
+}
+
+#[test]
+fn roaming_wgturbo_roams_wireguard_go_follows() {
+    script("test-roaming.sh", &["wireguard-go", "wgturbo"]);
+}
+
+#[test]
+fn roaming_wgturbo_roams_boringtun_follows() {
+    script("test-roaming.sh", &["boringtun", "wgturbo"]);
+}
+
+#[test]
+fn roaming_wgturbo_roams_wgturbo_follows() {
+    script("test-roaming.sh", &["wgturbo", "wgturbo"]);
+}
