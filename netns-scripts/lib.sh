@@ -88,7 +88,8 @@ genkey() { wg genkey > "$WORK/$1.key"; wg pubkey < "$WORK/$1.key" > "$WORK/$1.pu
 
 # ping_ok NS ADDR: a few pings must get through within a bounded time.
 ping_ok() {
-  ip netns exec "$1" ping -c 3 -i 0.2 -W 2 -w 10 "$2" >/dev/null 2>&1
+  # shellcheck disable=SC2086 # $2 may carry ping options such as -I SRC.
+  ip netns exec "$1" ping -c 3 -i 0.2 -W 2 -w 10 $2 >/dev/null 2>&1
 }
 
 # latest_handshake NS IFACE PEER_PUB: seconds since the epoch, 0 if none.

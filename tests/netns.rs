@@ -63,3 +63,13 @@ fn roaming_wgturbo_roams_boringtun_follows() {
 fn roaming_wgturbo_roams_wgturbo_follows() {
     script("test-roaming.sh", &["wgturbo", "wgturbo"]);
 }
+
+#[test]
+fn allowed_ips_enforced_against_wireguard_go() {
+    script("test-acl.sh", &["wireguard-go"]);
+}
+
+#[test]
+fn allowed_ips_enforced_against_boringtun() {
+    script("test-acl.sh", &["boringtun"]);
+}

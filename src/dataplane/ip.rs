@@ -1,6 +1,6 @@
 //! Just enough of IPv4 and IPv6 to route, check sources and answer with ICMP unreachable.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Version and addresses of an inner packet, and its length without WireGuard's padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,13 +60,23 @@ fn checksum(parts: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
-/// ICMP "host unreachable" (v4) or "address unreachable" (v6) for `original`, from `from`,
-/// as the kernel sends when no peer has the destination. None if the original should get no
-/// error (not IP, itself an ICMP error, or no source address to send from).
-pub fn unreachable(original: &[u8], from_v4: Option<Ipv4Addr>, from_v6: Option<Ipv6Addr>) -> Option<Vec<u8>> {
+/// ICMP "host unreachable" (v4) or "address unreachable" (v6) for `original`, as the kernel
+/// sends when no peer has the destination. The error comes from the unreachable address
+/// itself: it is written into TUN, and a source the host owns would be dropped as martian.
+/// None if the original must get no error (not IP, multicast, or itself an ICMP error).
+pub fn unreachable(original: &[u8]) -> Option<Vec<u8>> {
     let h = parse(original)?;
-    match (h.src, from_v4, from_v6) {
-        (IpAddr::V4(dst), Some(src), _) => {
+    // RFC 1122 3.2.2 and RFC 4443 2.4: no errors about multicast, broadcast or sourceless packets.
+    let silent = match (h.src, h.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => d.is_multicast() || d.is_broadcast() || s.is_unspecified() || s.is_multicast(),
+        (IpAddr::V6(s), IpAddr::V6(d)) => d.is_multicast() || s.is_unspecified() || s.is_multicast(),
+        _ => true,
+    };
+    if silent {
+        return None;
+    }
+    match (h.src, h.dst) {
+        (IpAddr::V4(dst), IpAddr::V4(src)) => {
             let ihl = ((original[0] & 0x0f) as usize) * 4;
             // Never answer an ICMP error with an error.
             if original[9] == 1 && original.get(ihl).is_some_and(|&t| matches!(t, 3 | 4 | 5 | 11 | 12)) {
@@ -90,7 +100,7 @@ pub fn unreachable(original: &[u8], from_v4: Option<Ipv4Addr>, from_v6: Option<I
             p[22..24].copy_from_slice(&c.to_be_bytes());
             Some(p)
         }
-        (IpAddr::V6(dst), _, Some(src)) => {
+        (IpAddr::V6(dst), IpAddr::V6(src)) => {
             if original[6] == 58 && original.get(40).is_some_and(|&t| t < 128) {
                 return None;
             }
@@ -118,6 +128,7 @@ pub fn unreachable(original: &[u8], from_v4: Option<Ipv4Addr>, from_v6: Option<I
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv6Addr;
 
     fn v4(len: usize) -> Vec<u8> {
         let mut p = vec![0u8; len];
@@ -145,16 +156,18 @@ mod tests {
     #[test]
     fn icmp_unreachable_is_well_formed() {
         let p = v4(100);
-        let icmp = unreachable(&p, Some(Ipv4Addr::new(10, 0, 0, 254)), None).unwrap();
+        let icmp = unreachable(&p).unwrap();
         let h = parse(&icmp).unwrap();
-        assert_eq!(h.src, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 254)));
+        assert_eq!(h.src, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99)));
         assert_eq!(h.dst, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(checksum(&[&icmp[..20]]), 0);
         assert_eq!(checksum(&[&icmp[20..]]), 0);
         assert_eq!((icmp[20], icmp[21]), (3, 1));
-        // No error about an error, and none without a source address.
-        assert!(unreachable(&icmp, Some(Ipv4Addr::new(1, 1, 1, 1)), None).is_none());
-        assert!(unreachable(&p, None, None).is_none());
+        // No error about an error.
+        assert!(unreachable(&icmp).is_none());
+        let mut multicast = v4(100);
+        multicast[16..20].copy_from_slice(&[224, 0, 0, 5]);
+        assert!(unreachable(&multicast).is_none());
     }
 
     #[test]
@@ -165,10 +178,10 @@ mod tests {
         p[6] = 17;
         p[8..24].copy_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
         p[24..40].copy_from_slice(&"fd00::99".parse::<Ipv6Addr>().unwrap().octets());
-        let src: Ipv6Addr = "fd00::fe".parse().unwrap();
-        let icmp = unreachable(&p, None, Some(src)).unwrap();
+        let icmp = unreachable(&p).unwrap();
         let len = (icmp.len() - 40) as u32;
         assert_eq!(checksum(&[&icmp[8..40], &len.to_be_bytes(), &[0, 0, 0, 58], &icmp[40..]]), 0);
         assert_eq!(parse(&icmp).unwrap().dst, IpAddr::V6("fd00::1".parse().unwrap()));
+        assert_eq!(parse(&icmp).unwrap().src, IpAddr::V6("fd00::99".parse().unwrap()));
     }
 }

@@ -58,8 +58,7 @@ pub fn run(shared: Arc<Shared>, tun: Tun, worker: usize) {
             };
             let Some(peer) = routing.lookup(header.dst) else {
                 DropCounters::bump(&shared.drops.no_peer_for_destination);
-                let from = shared.icmp_source.load();
-                if let Some(icmp) = ip::unreachable(&slot[HEADROOM..HEADROOM + n], from.0, from.1) {
+                if let Some(icmp) = ip::unreachable(&slot[HEADROOM..HEADROOM + n]) {
                     let _ = tun.write(&icmp);
                 }
                 continue;

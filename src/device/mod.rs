@@ -80,7 +80,6 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
         indices: ArcSwap::from_pointee(HashMap::new()),
         sockets: ArcSwap::from_pointee(Vec::new()),
         mtu: AtomicUsize::new(DEFAULT_MTU as usize),
-        icmp_source: ArcSwap::from_pointee((None, None)),
         handshake_tx,
         control_tx: control_tx.clone(),
         stop: AtomicBool::new(false),
@@ -146,10 +145,6 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
             }
             if let Ok(mtu) = tun::get_mtu(&iface) {
                 shared.mtu.store(mtu as usize, Ordering::Relaxed);
-            }
-            let addrs = tun::interface_addresses(&iface);
-            if **shared.icmp_source.load() != addrs {
-                shared.icmp_source.store(Arc::new(addrs));
             }
             tracing::debug!("drops: {}", shared.drops.summary());
         }

@@ -1,7 +1,7 @@
 //! State the control thread publishes and the workers read without locks.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,7 +123,6 @@ pub struct Shared {
     pub indices: ArcSwap<HashMap<u32, IndexEntry>>,
     pub sockets: ArcSwap<Vec<Arc<UdpSocket>>>,
     pub mtu: AtomicUsize,
-    pub icmp_source: ArcSwap<(Option<Ipv4Addr>, Option<Ipv6Addr>)>,
     pub handshake_tx: Sender<HandshakePacket>,
     pub control_tx: Sender<ControlMsg>,
     pub stop: AtomicBool,
