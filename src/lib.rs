@@ -6,11 +6,11 @@
 
 pub mod config;
 pub mod constants;
+pub mod dataplane;
+pub mod device;
+pub mod io;
 pub mod keys;
 pub mod noise;
 pub mod peer;
 pub mod routing;
 pub mod session;
-pub mod io;
-pub mod dataplane;
-pub mod device;

@@ -79,7 +79,11 @@ fn spawn_background(iface: &str) -> ExitCode {
         "ready" => ExitCode::SUCCESS,
         msg => {
             let _ = child.wait();
-            let msg = msg.strip_prefix("error: ").unwrap_or(if msg.is_empty() { "daemon exited during start-up" } else { msg });
+            let msg = msg.strip_prefix("error: ").unwrap_or(if msg.is_empty() {
+                "daemon exited during start-up"
+            } else {
+                msg
+            });
             eprintln!("wgturbo: error: {msg}");
             ExitCode::FAILURE
         }

@@ -73,3 +73,23 @@ fn allowed_ips_enforced_against_wireguard_go() {
 fn allowed_ips_enforced_against_boringtun() {
     script("test-acl.sh", &["boringtun"]);
 }
+
+#[test]
+fn wg_tool_drives_every_option() {
+    script("test-wg-tool.sh", &[]);
+}
+
+#[test]
+fn daemon_lifecycle_and_startup_errors() {
+    script("test-lifecycle.sh", &[]);
+}
+
+#[test]
+fn wg_quick_up_and_down() {
+    script("test-wg-quick.sh", &[]);
+}
+
+#[test]
+fn rekey_after_time_against_wireguard_go() {
+    script("test-rekey.sh", &[]);
+}

@@ -68,7 +68,9 @@ pub fn unreachable(original: &[u8]) -> Option<Vec<u8>> {
     let h = parse(original)?;
     // RFC 1122 3.2.2 and RFC 4443 2.4: no errors about multicast, broadcast or sourceless packets.
     let silent = match (h.src, h.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => d.is_multicast() || d.is_broadcast() || s.is_unspecified() || s.is_multicast(),
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            d.is_multicast() || d.is_broadcast() || s.is_unspecified() || s.is_multicast()
+        }
         (IpAddr::V6(s), IpAddr::V6(d)) => d.is_multicast() || s.is_unspecified() || s.is_multicast(),
         _ => true,
     };

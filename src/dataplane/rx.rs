@@ -26,7 +26,12 @@ pub fn run(shared: Arc<Shared>, tun: Tun, worker: usize) {
         drop(sockets);
         let got = match batch.recv(&sock) {
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
                 continue
             }
             Err(e) => {

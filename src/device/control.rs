@@ -436,7 +436,10 @@ impl Control {
                     TimerAction::SendKeepalive => self.send_keepalive(&pk, now),
                     TimerAction::GiveUp => {
                         if let Some(peer) = self.peers.get_mut(&pk) {
-                            debug!("peer {pk}: handshake did not complete after {} attempts", peer.timers.handshake_attempts());
+                            debug!(
+                                "peer {pk}: handshake did not complete after {} attempts",
+                                peer.timers.handshake_attempts()
+                            );
                             peer.staged.clear();
                         }
                     }
@@ -458,7 +461,10 @@ impl Control {
                 public_key: p.shared.public_key,
                 preshared_key: p.handshake.preshared_key().clone(),
                 endpoint: p.shared.endpoint.load().as_deref().copied(),
-                last_handshake: p.last_handshake.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| (d.as_secs(), d.subsec_nanos())),
+                last_handshake: p
+                    .last_handshake
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| (d.as_secs(), d.subsec_nanos())),
                 tx_bytes: p.shared.tx_bytes.load(Ordering::Relaxed),
                 rx_bytes: p.shared.rx_bytes.load(Ordering::Relaxed),
                 persistent_keepalive: p.timers.persistent_keepalive_interval(),
@@ -476,7 +482,11 @@ impl Control {
     fn rebind(&mut self, port: u16) -> Result<(), i32> {
         let first = UdpSocket::bind(port, self.fwmark).map_err(|e| {
             warn!("cannot listen on UDP port {port}: {e}");
-            if e.kind() == std::io::ErrorKind::AddrInUse { ERRNO_PORT_IN_USE } else { ERRNO_IO }
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                ERRNO_PORT_IN_USE
+            } else {
+                ERRNO_IO
+            }
         })?;
         let mut sockets = vec![Arc::new(first)];
         for _ in 1..self.workers {
@@ -563,7 +573,10 @@ impl Control {
                 if pc.update_only {
                     continue;
                 }
-                let id = self.identity.clone().unwrap_or_else(|| StaticIdentity::new(crate::keys::PrivateKey::from_bytes([0; 32])));
+                let id = self
+                    .identity
+                    .clone()
+                    .unwrap_or_else(|| StaticIdentity::new(crate::keys::PrivateKey::from_bytes([0; 32])));
                 let handshake = Handshake::new(&id, pk, PresharedKey::default());
                 let state = PeerState {
                     shared: Arc::new(PeerShared::new(pk)),

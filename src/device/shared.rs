@@ -75,7 +75,10 @@ pub struct HandshakePacket {
 
 pub enum ControlMsg {
     /// A packet for a peer without a usable session: keep it and start a handshake.
-    Staged { peer: Arc<PeerShared>, packet: Vec<u8> },
+    Staged {
+        peer: Arc<PeerShared>,
+        packet: Vec<u8>,
+    },
     /// The current keypair is due for renewal (REKEY_AFTER_TIME / _MESSAGES).
     WantHandshake(Arc<PeerShared>),
     /// A responder's `next` keypair got its first packet and is now current.

@@ -278,9 +278,7 @@ impl SendBatch {
         let mut result = Ok(0);
         while sent < n {
             // SAFETY: headers[sent..n] point at live buffers and addresses owned by self.
-            let rc = unsafe {
-                libc::sendmmsg(sock.fd(), self.headers[sent..].as_mut_ptr(), (n - sent) as u32, 0)
-            };
+            let rc = unsafe { libc::sendmmsg(sock.fd(), self.headers[sent..].as_mut_ptr(), (n - sent) as u32, 0) };
             if rc < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {

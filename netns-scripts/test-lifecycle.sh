@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# test-lifecycle.sh: the daemon as a user runs it. Background start returns once ready;
+# `ip link del`, removing the UAPI socket, SIGTERM and SIGINT each end it cleanly; start-up
+# errors (socket in use, no root, no usable /dev/net/tun) give one error line and exit 1.
+source "$(dirname "$0")/lib.sh"
+require_root
+trap cleanup EXIT
+A=$(make_ns a)
+
+# pid_of IFACE: the daemon serving IFACE (by its unique command line, then tracked by PID).
+pid_of() {
+  local p
+  for p in /proc/[0-9]*; do
+    [ "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" = "$WGTURBO --foreground $1 " ] && { echo "${p#/proc/}"; return; }
+  done
+}
+gone_within() { # PID SECONDS
+  for _ in $(seq 1 $(($2 * 10))); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  return 1
+}
+
+# Background start: returns 0 once the interface and socket exist.
+I1="wgt${RUN_ID}l1"
+ip netns exec "$A" "$WGTURBO" "$I1" || die "background start failed"
+[ -S "/var/run/wireguard/$I1.sock" ] || die "no UAPI socket after start returned"
+ip -n "$A" link show "$I1" >/dev/null || die "no interface after start returned"
+pid=$(pid_of "$I1"); [ -n "$pid" ] || die "daemon not found"
+PIDS+=("$pid")
+# A second daemon for the same interface refuses with one line.
+err=$(ip netns exec "$A" "$WGTURBO" "$I1" 2>&1) && die "second daemon on $I1 started"
+[ "$(wc -l <<<"$err")" = 1 ] || die "expected one error line, got: $err"
+grep -q "in use" <<<"$err" || die "unclear error: $err"
+ip -n "$A" link del "$I1"
+gone_within "$pid" 3 || die "daemon survived ip link del"
+[ -e "/var/run/wireguard/$I1.sock" ] && die "socket left behind after link del"
+
+for how in TERM INT socket; do
+  I="wgt${RUN_ID}${how:0:1}"
+  ip netns exec "$A" "$WGTURBO" "$I" || die "start $I"
+  pid=$(pid_of "$I"); PIDS+=("$pid")
+  case $how in
+    socket) rm -f "/var/run/wireguard/$I.sock" ;;
+    *) kill -s "$how" "$pid" ;;
+  esac
+  gone_within "$pid" 3 || die "daemon survived $how"
+  ip -n "$A" link show "$I" >/dev/null 2>&1 && die "interface left behind after $how"
+  [ -e "/var/run/wireguard/$I.sock" ] && die "socket left behind after $how"
+done
+
+# No root: a clear message and exit 1.
+err=$(ip netns exec "$A" setpriv --reuid=65534 --regid=65534 --clear-groups "$WGTURBO" "wgt${RUN_ID}n" 2>&1); rc=$?
+[ "$rc" = 1 ] || die "non-root start exited $rc"
+grep -qi "root" <<<"$err" || die "non-root error does not say why: $err"
+# No usable /dev/net/tun.
+err=$(ip netns exec "$A" unshare -m sh -c "mount --bind /dev/null /dev/net/tun && exec '$WGTURBO' -f wgt${RUN_ID}t" 2>&1); rc=$?
+[ "$rc" = 1 ] || die "start without /dev/net/tun exited $rc"
+grep -q "TUN" <<<"$err" || die "missing-TUN error unclear: $err"
+[ "$(wc -l <<<"$err")" = 1 ] || die "expected one line, got: $err"
+# A bad interface name.
+err=$("$WGTURBO" -f "this-name-is-far-too-long" 2>&1) && die "accepted a 25-character name"
+grep -q "invalid interface name" <<<"$err" || die "bad name error unclear: $err"
+log "ok: background start, link del, SIGTERM, SIGINT, socket removal, start-up errors"
