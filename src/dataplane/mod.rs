@@ -2,6 +2,7 @@
 //! routing snapshot, index table and keypairs through atomics and never take a lock.
 
 pub mod ip;
+pub mod offload;
 pub mod rx;
 pub mod tx;
 

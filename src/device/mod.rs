@@ -33,6 +33,12 @@ pub enum DeviceError {
     Thread(std::io::Error),
 }
 
+/// `WGTURBO_NO_OFFLOAD=1` turns off TUN vnet_hdr/TSO/GRO and UDP GSO/GRO: the fallback path,
+/// tested and benchmarked on its own.
+pub fn offloads_disabled() -> bool {
+    std::env::var_os("WGTURBO_NO_OFFLOAD").is_some_and(|v| v != "0")
+}
+
 /// How many workers: one per core unless WGTURBO_WORKERS says otherwise.
 fn worker_count() -> usize {
     std::env::var("WGTURBO_WORKERS")
@@ -47,14 +53,24 @@ fn worker_count() -> usize {
 /// deleted, the socket file removed, or SIGINT/SIGTERM arrives.
 pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
     let workers = worker_count();
-    let first = match Tun::open(iface, workers > 1) {
+    let vnet = !offloads_disabled();
+    let first = match Tun::open(iface, workers > 1, vnet) {
         Ok(t) => t,
-        Err(e) if workers > 1 && e.raw_os_error() == Some(libc::EINVAL) => {
-            warn!("multi-queue TUN unavailable ({e}); falling back to one queue and one worker");
-            Tun::open(iface, false).map_err(DeviceError::Tun)?
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            warn!("multi-queue/vnet_hdr TUN refused ({e}); falling back to one plain queue and one worker");
+            Tun::open(iface, false, false).map_err(DeviceError::Tun)?
         }
         Err(e) => return Err(DeviceError::Tun(e)),
     };
+    if first.has_vnet_hdr() {
+        use crate::io::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+        match first.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) {
+            Ok(()) => info!("TUN offloads on: checksum, TSO4, TSO6 (and GRO on write)"),
+            Err(e) => warn!("TUN offloads refused ({e}); packets come one by one"),
+        }
+    } else {
+        info!("TUN offloads off");
+    }
     let iface = first.name().to_string();
     let mut queues = vec![first];
     for _ in 1..workers {

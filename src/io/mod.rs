@@ -3,6 +3,7 @@
 
 pub mod tun;
 pub mod udp;
+pub mod vnet;
 
 pub use tun::Tun;
 pub use udp::{RecvBatch, SendBatch, UdpSocket};

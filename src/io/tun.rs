@@ -30,12 +30,17 @@ impl IfReq {
 pub struct Tun {
     file: File,
     name: String,
+    vnet_hdr: bool,
 }
+
+/// TUNSETOFFLOAD: _IOW('T', 208, unsigned int).
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 
 impl Tun {
     /// Creates (or attaches a queue to) the TUN interface `name`. `multi_queue` lets several
-    /// workers each own a queue.
-    pub fn open(name: &str, multi_queue: bool) -> io::Result<Tun> {
+    /// workers each own a queue; `vnet_hdr` prefixes every packet with a virtio_net_hdr so
+    /// the kernel can hand us TSO super-packets and take GRO ones.
+    pub fn open(name: &str, multi_queue: bool, vnet_hdr: bool) -> io::Result<Tun> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -47,6 +52,9 @@ impl Tun {
         if multi_queue {
             flags |= libc::IFF_MULTI_QUEUE as u16;
         }
+        if vnet_hdr {
+            flags |= libc::IFF_VNET_HDR as u16;
+        }
         req.data[..2].copy_from_slice(&flags.to_ne_bytes());
         // SAFETY: TUNSETIFF reads and writes a struct ifreq; `req` is one, laid out as the kernel's.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };
@@ -56,17 +64,34 @@ impl Tun {
         }
         let end = req.name.iter().position(|&b| b == 0).unwrap_or(IFNAMSIZ);
         let name = String::from_utf8_lossy(&req.name[..end]).into_owned();
-        Ok(Tun { file, name })
+        Ok(Tun { file, name, vnet_hdr })
+    }
+
+    /// Whether packets on this queue carry a virtio_net_hdr.
+    pub fn has_vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// Asks for checksum and segmentation offloads (TUN_F_* flags); the kernel refuses
+    /// flags it does not know with EINVAL.
+    pub fn set_offload(&self, flags: u32) -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+        let rc = unsafe { libc::ioctl(self.fd(), TUNSETOFFLOAD, flags as libc::c_ulong) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// A second handle on the same queue (one thread reads it while another writes).
     pub fn try_clone(&self) -> io::Result<Tun> {
-        Ok(Tun { file: self.file.try_clone()?, name: self.name.clone() })
+        Ok(Tun { file: self.file.try_clone()?, name: self.name.clone(), vnet_hdr: self.vnet_hdr })
     }
 
     /// Another queue of the same multi-queue interface.
     pub fn open_queue(&self) -> io::Result<Tun> {
-        Tun::open(&self.name, true)
+        Tun::open(&self.name, true, self.vnet_hdr)
     }
 
     pub fn name(&self) -> &str {

@@ -1,0 +1,423 @@
+//! Segmentation and coalescing for the TUN offloads, as pure functions over byte slices:
+//! `TsoSplit` cuts a TCP super-packet the kernel handed us (TSO) into MSS-sized packets;
+//! `Coalescer` merges consecutive TCP segments of a flow into one super-packet the kernel
+//! takes in a single write (GRO). Checksums follow RFC 1071.
+
+use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN};
+
+const PROTO_TCP: u8 = 6;
+const TCP_FIN: u8 = 0x01;
+const TCP_PSH: u8 = 0x08;
+const TCP_ACK: u8 = 0x10;
+const TCP_CWR: u8 = 0x80;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+pub enum OffloadError {
+    #[error("super-packet is not IPv4/IPv6 TCP with sane header lengths")]
+    BadHeaders,
+    #[error("checksum offsets point outside the packet")]
+    BadChecksumOffsets,
+    #[error("gso_size of zero")]
+    ZeroSegmentSize,
+}
+
+/// One's complement sum of `data` added to `initial` (not folded).
+pub fn sum(data: &[u8], initial: u64) -> u64 {
+    let mut acc = initial;
+    let mut words = data.chunks_exact(4);
+    for w in &mut words {
+        acc += u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as u64;
+    }
+    let rest = words.remainder();
+    let mut tail = [0u8; 4];
+    tail[..rest.len()].copy_from_slice(rest);
+    acc + u32::from_be_bytes(tail) as u64
+}
+
+pub fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// Sum of the TCP/UDP pseudo-header for a packet whose IP header starts `ip`.
+fn pseudo_header_sum(ip: &[u8], l4_len: usize) -> u64 {
+    let proto = if ip[0] >> 4 == 4 { ip[9] } else { ip[6] };
+    let addrs = if ip[0] >> 4 == 4 { &ip[12..20] } else { &ip[8..40] };
+    sum(addrs, proto as u64 + l4_len as u64)
+}
+
+/// Completes a checksum the kernel left partial (VIRTIO_NET_HDR_F_NEEDS_CSUM): the field holds
+/// the pseudo-header sum; the checksum covers everything from `csum_start`.
+pub fn complete_checksum(pkt: &mut [u8], csum_start: usize, csum_offset: usize) -> Result<(), OffloadError> {
+    let field = csum_start.checked_add(csum_offset).ok_or(OffloadError::BadChecksumOffsets)?;
+    if field + 2 > pkt.len() {
+        return Err(OffloadError::BadChecksumOffsets);
+    }
+    let c = !fold(sum(&pkt[csum_start..], 0));
+    pkt[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+fn ipv4_header_checksum(ip: &mut [u8], ihl: usize) {
+    ip[10] = 0;
+    ip[11] = 0;
+    let c = !fold(sum(&ip[..ihl], 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Lengths of the IP and TCP headers of a TCP packet (no IPv6 extension headers).
+fn tcp_headers(pkt: &[u8]) -> Option<(usize, usize)> {
+    let ip_hl = match pkt.first()? >> 4 {
+        4 if pkt.len() >= 20 && pkt[9] == PROTO_TCP => ((pkt[0] & 0x0f) as usize) * 4,
+        6 if pkt.len() >= 40 && pkt[6] == PROTO_TCP => 40,
+        _ => return None,
+    };
+    if ip_hl < 20 || pkt.len() < ip_hl + 20 {
+        return None;
+    }
+    let tcp_hl = ((pkt[ip_hl + 12] >> 4) as usize) * 4;
+    if tcp_hl < 20 || pkt.len() < ip_hl + tcp_hl {
+        return None;
+    }
+    Some((ip_hl, tcp_hl))
+}
+
+/// A TSO super-packet and how to cut it.
+pub struct TsoSplit<'a> {
+    pkt: &'a [u8],
+    ip_hl: usize,
+    hdr_len: usize,
+    gso_size: usize,
+    count: usize,
+}
+
+impl<'a> TsoSplit<'a> {
+    pub fn new(pkt: &'a [u8], hdr: &VnetHdr) -> Result<Self, OffloadError> {
+        let (ip_hl, tcp_hl) = tcp_headers(pkt).ok_or(OffloadError::BadHeaders)?;
+        let gso_size = hdr.gso_size as usize;
+        if gso_size == 0 {
+            return Err(OffloadError::ZeroSegmentSize);
+        }
+        let hdr_len = ip_hl + tcp_hl;
+        let payload = pkt.len() - hdr_len;
+        let count = payload.div_ceil(gso_size).max(1);
+        Ok(TsoSplit { pkt, ip_hl, hdr_len, gso_size, count })
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Length of segment `i` (headers included).
+    pub fn segment_len(&self, i: usize) -> usize {
+        let payload = self.pkt.len() - self.hdr_len;
+        self.hdr_len + (payload - i * self.gso_size).min(self.gso_size)
+    }
+
+    /// Writes segment `i` with its headers fixed up into `dst`; returns its length.
+    pub fn write_segment(&self, i: usize, dst: &mut [u8]) -> usize {
+        let (ip_hl, hdr_len) = (self.ip_hl, self.hdr_len);
+        let len = self.segment_len(i);
+        let start = hdr_len + i * self.gso_size;
+        dst[..hdr_len].copy_from_slice(&self.pkt[..hdr_len]);
+        dst[hdr_len..len].copy_from_slice(&self.pkt[start..start + len - hdr_len]);
+        let seg = &mut dst[..len];
+        if seg[0] >> 4 == 4 {
+            seg[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            let id = u16::from_be_bytes([seg[4], seg[5]]).wrapping_add(i as u16);
+            seg[4..6].copy_from_slice(&id.to_be_bytes());
+            ipv4_header_checksum(seg, ip_hl);
+        } else {
+            seg[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+        }
+        let tcp = ip_hl;
+        let seq = u32::from_be_bytes([seg[tcp + 4], seg[tcp + 5], seg[tcp + 6], seg[tcp + 7]])
+            .wrapping_add((i * self.gso_size) as u32);
+        seg[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
+        if i + 1 != self.count {
+            seg[tcp + 13] &= !(TCP_FIN | TCP_PSH);
+        }
+        if i != 0 {
+            seg[tcp + 13] &= !TCP_CWR;
+        }
+        seg[tcp + 16] = 0;
+        seg[tcp + 17] = 0;
+        let c = !fold(sum(&seg[tcp..], pseudo_header_sum(seg, len - ip_hl)));
+        seg[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
+        len
+    }
+}
+
+/// The flow a TCP segment belongs to: addresses and ports, as raw bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FlowKey {
+    addrs: [u8; 32],
+    ports: [u8; 4],
+    v6: bool,
+}
+
+struct Item {
+    key: FlowKey,
+    /// VNET_HDR_LEN bytes of room, then the first packet's headers, then all payloads.
+    data: Vec<u8>,
+    ip_hl: usize,
+    hdr_len: usize,
+    gso_size: usize,
+    last_len: usize,
+    count: usize,
+    next_seq: u32,
+    open: bool,
+}
+
+/// Up to this many bytes per coalesced packet (the IP length field's limit).
+const MAX_COALESCED: usize = 65_535;
+
+/// Coalesces a batch of received packets, in order, into as few TUN writes as possible.
+#[derive(Default)]
+pub struct Coalescer {
+    items: Vec<Item>,
+    pool: Vec<Vec<u8>>,
+}
+
+fn tcp_flags(pkt: &[u8], ip_hl: usize) -> u8 {
+    pkt[ip_hl + 13]
+}
+
+impl Coalescer {
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Takes a TCP packet (true) or leaves it to the caller to write as it is (false).
+    pub fn push(&mut self, pkt: &[u8]) -> bool {
+        let Some((ip_hl, tcp_hl)) = tcp_headers(pkt) else { return false };
+        let v6 = pkt[0] >> 4 == 6;
+        if !v6 && ip_hl != 20 {
+            return false; // IP options: leave it alone
+        }
+        let mut key = FlowKey { addrs: [0; 32], ports: [0; 4], v6 };
+        if v6 {
+            key.addrs.copy_from_slice(&pkt[8..40]);
+        } else {
+            key.addrs[..8].copy_from_slice(&pkt[12..20]);
+        }
+        key.ports.copy_from_slice(&pkt[ip_hl..ip_hl + 4]);
+        let hdr_len = ip_hl + tcp_hl;
+        let payload = &pkt[hdr_len..];
+        let flags = tcp_flags(pkt, ip_hl);
+        let seq = u32::from_be_bytes([pkt[ip_hl + 4], pkt[ip_hl + 5], pkt[ip_hl + 6], pkt[ip_hl + 7]]);
+        let plain = flags & !(TCP_PSH) == TCP_ACK;
+        // IPv4 fragments never coalesce.
+        let fragment = !v6 && (u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff) != 0;
+        let mergeable = plain && !payload.is_empty() && !fragment;
+
+        if mergeable {
+            if let Some(item) = self.items.iter_mut().rev().find(|it| it.key == key) {
+                if item.open && Self::can_append(item, pkt, ip_hl, hdr_len, seq, payload.len()) {
+                    item.data.extend_from_slice(payload);
+                    item.count += 1;
+                    item.last_len = payload.len();
+                    item.next_seq = seq.wrapping_add(payload.len() as u32);
+                    if flags & TCP_PSH != 0 {
+                        let at = VNET_HDR_LEN + ip_hl + 13;
+                        item.data[at] |= TCP_PSH;
+                        item.open = false;
+                    }
+                    return true;
+                }
+            }
+        }
+        // A new item, also for segments that cannot merge, so a flow keeps its order.
+        let mut data = self.pool.pop().unwrap_or_else(|| Vec::with_capacity(VNET_HDR_LEN + MAX_COALESCED));
+        data.clear();
+        data.resize(VNET_HDR_LEN, 0);
+        data.extend_from_slice(pkt);
+        self.items.push(Item {
+            key,
+            data,
+            ip_hl,
+            hdr_len,
+            gso_size: payload.len(),
+            last_len: payload.len(),
+            count: 1,
+            next_seq: seq.wrapping_add(payload.len() as u32),
+            open: mergeable && flags & TCP_PSH == 0,
+        });
+        true
+    }
+
+    fn can_append(item: &Item, pkt: &[u8], ip_hl: usize, hdr_len: usize, seq: u32, len: usize) -> bool {
+        let first = &item.data[VNET_HDR_LEN..VNET_HDR_LEN + item.hdr_len];
+        if hdr_len != item.hdr_len || seq != item.next_seq || len > item.gso_size || item.last_len != item.gso_size {
+            return false;
+        }
+        if item.data.len() - VNET_HDR_LEN + len > MAX_COALESCED {
+            return false;
+        }
+        // IP: same TOS/traffic class, TTL/hop limit, DF; TCP: same ack, window and options.
+        let ip_same = if item.key.v6 {
+            first[..4] == pkt[..4] && first[7] == pkt[7]
+        } else {
+            first[1] == pkt[1] && first[8] == pkt[8] && (first[6] & 0x40) == (pkt[6] & 0x40)
+        };
+        let t = ip_hl;
+        ip_same && first[t + 8..t + 12] == pkt[t + 8..t + 12] && first[t + 14..t + 16] == pkt[t + 14..t + 16]
+            && first[t + 20..hdr_len] == pkt[t + 20..hdr_len]
+    }
+
+    /// Emits every item (virtio_net_hdr first) in arrival order and empties the table.
+    pub fn drain(&mut self, mut emit: impl FnMut(&mut [u8])) {
+        for mut item in self.items.drain(..) {
+            let d = &mut item.data;
+            let hdr = if item.count == 1 {
+                VnetHdr { gso_type: GSO_NONE, ..Default::default() }
+            } else {
+                let ip = VNET_HDR_LEN;
+                let total = d.len() - VNET_HDR_LEN;
+                let tcp_len = total - item.ip_hl;
+                if item.key.v6 {
+                    d[ip + 4..ip + 6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+                } else {
+                    d[ip + 2..ip + 4].copy_from_slice(&(total as u16).to_be_bytes());
+                    ipv4_header_checksum(&mut d[ip..], item.ip_hl);
+                }
+                // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, not complemented.
+                let pseudo = fold(pseudo_header_sum(&d[ip..], tcp_len));
+                let at = ip + item.ip_hl + 16;
+                d[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+                VnetHdr {
+                    flags: F_NEEDS_CSUM,
+                    gso_type: if item.key.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+                    hdr_len: item.hdr_len as u16,
+                    gso_size: item.gso_size as u16,
+                    csum_start: item.ip_hl as u16,
+                    csum_offset: 16,
+                }
+            };
+            hdr.write(&mut d[..VNET_HDR_LEN]);
+            emit(d);
+            self.pool.push(item.data);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TCP/IPv4 packet with a valid checksum and `payload` bytes of data.
+    fn tcp4(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 20 + 32];
+        p[0] = 0x45;
+        p[6] = 0x40; // DF
+        p[8] = 64;
+        p[9] = PROTO_TCP;
+        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        p[20..22].copy_from_slice(&5000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&80u16.to_be_bytes());
+        p[24..28].copy_from_slice(&seq.to_be_bytes());
+        p[28..32].copy_from_slice(&7u32.to_be_bytes());
+        p[32] = 8 << 4; // 32-byte TCP header (timestamps)
+        p[33] = flags;
+        p[34..36].copy_from_slice(&512u16.to_be_bytes());
+        p[40..52].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        p.extend_from_slice(payload);
+        let len = p.len();
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        ipv4_header_checksum(&mut p, 20);
+        let c = !fold(sum(&p[20..], pseudo_header_sum(&p, len - 20)));
+        p[36..38].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    fn valid(p: &[u8]) -> bool {
+        let (ip_hl, _) = tcp_headers(p).unwrap();
+        let ip_ok = p[0] >> 4 == 6 || fold(sum(&p[..ip_hl], 0)) == 0xffff;
+        ip_ok && fold(sum(&p[ip_hl..], pseudo_header_sum(p, p.len() - ip_hl))) == 0xffff
+    }
+
+    #[test]
+    fn checksum_known_answer() {
+        // RFC 1071 section 3 example: 0001 f203 f4f5 f6f7 sums to ddf2.
+        assert_eq!(fold(sum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7], 0)), 0xddf2);
+        assert!(valid(&tcp4(1, TCP_ACK, b"hello")));
+    }
+
+    #[test]
+    fn tso_split_then_coalesce_is_identity() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let big = tcp4(1000, TCP_ACK | TCP_PSH, &payload);
+        let hdr = VnetHdr { gso_type: GSO_TCPV4, gso_size: 1400, ..Default::default() };
+        let split = TsoSplit::new(&big, &hdr).unwrap();
+        assert_eq!(split.count(), 8);
+        let mut segs = Vec::new();
+        for i in 0..split.count() {
+            let mut buf = vec![0u8; 2000];
+            let n = split.write_segment(i, &mut buf);
+            buf.truncate(n);
+            assert!(valid(&buf), "segment {i} checksums");
+            let flags = buf[33];
+            assert_eq!(flags & TCP_PSH != 0, i == 7, "PSH only on the last segment");
+            segs.push(buf);
+        }
+        assert_eq!(segs[7].len(), 52 + 10_000 - 7 * 1400);
+        let mut c = Coalescer::default();
+        for s in &segs {
+            assert!(c.push(s));
+        }
+        let mut out = Vec::new();
+        c.drain(|d| out.push(d.to_vec()));
+        assert_eq!(out.len(), 1, "one super-packet");
+        let v = VnetHdr::parse(&out[0]).unwrap();
+        assert_eq!((v.gso_type, v.gso_size, v.hdr_len, v.csum_start, v.csum_offset), (GSO_TCPV4, 1400, 52, 20, 16));
+        let merged = &out[0][VNET_HDR_LEN..];
+        assert_eq!(&merged[52..], &payload[..]);
+        assert_eq!(u16::from_be_bytes([merged[2], merged[3]]) as usize, merged.len());
+        assert_eq!(fold(sum(&merged[..20], 0)), 0xffff);
+        // Completing the partial checksum gives the original super-packet's checksum.
+        let mut done = merged.to_vec();
+        complete_checksum(&mut done, 20, 16).unwrap();
+        assert!(valid(&done));
+    }
+
+    #[test]
+    fn coalescer_keeps_order_and_refuses_gaps() {
+        let mut c = Coalescer::default();
+        assert!(c.push(&tcp4(0, TCP_ACK, &[1; 100])));
+        assert!(c.push(&tcp4(100, TCP_ACK, &[2; 100])));
+        assert!(c.push(&tcp4(300, TCP_ACK, &[3; 100]))); // gap: new item
+        assert!(c.push(&tcp4(400, TCP_ACK | TCP_FIN, &[4; 10]))); // FIN: never merged
+        assert!(!c.push(&[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])); // UDP
+        let mut sizes = Vec::new();
+        c.drain(|d| sizes.push(d.len() - VNET_HDR_LEN));
+        assert_eq!(sizes, vec![52 + 200, 52 + 100, 52 + 10]);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn needs_csum_completion() {
+        let mut p = tcp4(5, TCP_ACK, b"abcdefg");
+        let good = p.clone();
+        // What the kernel hands over: the pseudo-header sum in the field.
+        let pseudo = fold(pseudo_header_sum(&p, p.len() - 20));
+        p[36..38].copy_from_slice(&pseudo.to_be_bytes());
+        complete_checksum(&mut p, 20, 16).unwrap();
+        assert_eq!(p, good);
+        assert_eq!(complete_checksum(&mut p, 20, 9999), Err(OffloadError::BadChecksumOffsets));
+        assert_eq!(complete_checksum(&mut p, usize::MAX, 2), Err(OffloadError::BadChecksumOffsets));
+    }
+
+    #[test]
+    fn malformed_super_packets_are_refused() {
+        let hdr = VnetHdr { gso_type: GSO_TCPV4, gso_size: 1400, ..Default::default() };
+        assert!(TsoSplit::new(&[0x45; 10], &hdr).is_err());
+        let mut p = tcp4(1, TCP_ACK, &[0; 4]);
+        p[32] = 15 << 4; // a 60-byte TCP header in a 56-byte packet
+        assert!(TsoSplit::new(&p, &hdr).is_err());
+        let zero = VnetHdr { gso_size: 0, ..hdr };
+        assert_eq!(TsoSplit::new(&tcp4(1, TCP_ACK, &[0; 10]), &zero).err(), Some(OffloadError::ZeroSegmentSize));
+    }
+}
