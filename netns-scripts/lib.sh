@@ -11,6 +11,8 @@ RUN_ID=${RUN_ID:-$(( ($$ + RANDOM) % 100000 ))}
 WGTURBO=${WGTURBO:-$ROOT/target/release/wgturbo}
 BORINGTUN=${BORINGTUN:-$(command -v boringtun-cli || echo "$HOME/.cargo/bin/boringtun-cli")}
 WIREGUARD_GO=${WIREGUARD_GO:-$(command -v wireguard-go || true)}
+WIREGUARD_GO_TRIXIE=${WIREGUARD_GO_TRIXIE:-$ROOT/netns-scripts/.cache/wireguard-go-trixie/usr/bin/wireguard-go}
+GOTATUN=${GOTATUN:-$(command -v gotatun || echo "$HOME/.cargo/bin/gotatun")}
 WORK=$(mktemp -d "/tmp/wgturbo-$RUN_ID.XXXX")
 declare -a PIDS=()
 declare -a NAMESPACES=()
@@ -62,6 +64,8 @@ start_impl() {
     wgturbo) ip netns exec "$ns" env LOG_LEVEL=${LOG_LEVEL:-info} "$WGTURBO" -f "$iface" >"$logf" 2>&1 & ;;
     wireguard-go) ip netns exec "$ns" env LOG_LEVEL=${LOG_LEVEL:-error} "$WIREGUARD_GO" -f "$iface" >"$logf" 2>&1 & ;;
     boringtun) ip netns exec "$ns" "$BORINGTUN" -f --disable-drop-privileges "$iface" >"$logf" 2>&1 & ;;
+    wireguard-go-trixie) ip netns exec "$ns" env LOG_LEVEL=error "$WIREGUARD_GO_TRIXIE" -f "$iface" >"$logf" 2>&1 & ;;
+    gotatun) ip netns exec "$ns" "$GOTATUN" -f --disable-drop-privileges -l "$logf" "$iface" >"$logf.out" 2>&1 & ;;
     *) die "unknown implementation $impl" ;;
   esac
   PIDS+=("$!")

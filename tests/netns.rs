@@ -11,6 +11,10 @@ use std::sync::Mutex;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn script(name: &str, args: &[&str]) {
+    script_env(name, args, &[]);
+}
+
+fn script_env(name: &str, args: &[&str], env: &[(&str, &str)]) {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
@@ -25,6 +29,7 @@ fn script(name: &str, args: &[&str]) {
         .arg(root.join("netns-scripts").join(name))
         .args(args)
         .env("WGTURBO", &wgturbo)
+        .envs(env.iter().copied())
         .status()
         .expect("run bash");
     assert!(status.success(), "{name} {args:?} failed ({status})");
@@ -92,4 +97,15 @@ fn wg_quick_up_and_down() {
 #[test]
 fn rekey_after_time_against_wireguard_go() {
     script("test-rekey.sh", &[]);
+}
+
+/// The fallback dataplane (no vnet_hdr, TSO/GRO, UDP GSO/GRO) against both real peers.
+#[test]
+fn without_offloads_against_wireguard_go() {
+    script_env("test-interop.sh", &["wgturbo", "wireguard-go", "4"], &[("WGTURBO_NO_OFFLOAD", "1")]);
+}
+
+#[test]
+fn without_offloads_from_boringtun() {
+    script_env("test-interop.sh", &["boringtun", "wgturbo", "6"], &[("WGTURBO_NO_OFFLOAD", "1")]);
 }

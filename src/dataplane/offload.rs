@@ -263,7 +263,9 @@ impl Coalescer {
             first[1] == pkt[1] && first[8] == pkt[8] && (first[6] & 0x40) == (pkt[6] & 0x40)
         };
         let t = ip_hl;
-        ip_same && first[t + 8..t + 12] == pkt[t + 8..t + 12] && first[t + 14..t + 16] == pkt[t + 14..t + 16]
+        ip_same
+            && first[t + 8..t + 12] == pkt[t + 8..t + 12]
+            && first[t + 14..t + 16] == pkt[t + 14..t + 16]
             && first[t + 20..hdr_len] == pkt[t + 20..hdr_len]
     }
 

@@ -46,7 +46,10 @@ pub fn run(shared: Arc<Shared>, tun: Tun, worker: usize) {
         let got = match batch.recv(&sock) {
             Ok(n) => n,
             Err(e)
-                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) =>
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
             {
                 continue
             }

@@ -130,8 +130,12 @@ impl Round<'_> {
             },
             GSO_NONE => {
                 if hdr.flags & F_NEEDS_CSUM != 0
-                    && complete_checksum(&mut pkt[..header.total_len], hdr.csum_start as usize, hdr.csum_offset as usize)
-                        .is_err()
+                    && complete_checksum(
+                        &mut pkt[..header.total_len],
+                        hdr.csum_start as usize,
+                        hdr.csum_offset as usize,
+                    )
+                    .is_err()
                 {
                     DropCounters::bump(&drops.malformed);
                     return;
@@ -146,7 +150,8 @@ impl Round<'_> {
         let pkt = &pkt[..if split.is_some() { pkt.len() } else { header.total_len }];
         let count = split.as_ref().map_or(1, |s| s.count());
         let keypairs = peer.keypairs.load();
-        let reserved = keypairs.current.as_ref().and_then(|k| k.reserve_counters(count as u64, self.now).map(|c| (k, c)));
+        let reserved =
+            keypairs.current.as_ref().and_then(|k| k.reserve_counters(count as u64, self.now).map(|c| (k, c)));
         let Some((keypair, first_counter)) = reserved else {
             self.stage(peer, pkt, split.as_ref());
             return;

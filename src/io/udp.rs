@@ -58,7 +58,13 @@ impl UdpSocket {
             let one: libc::c_int = 1;
             // SAFETY: setsockopt reads one c_int from a live local.
             unsafe {
-                libc::setsockopt(s.as_raw_fd(), libc::SOL_UDP, UDP_GRO, (&one as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_UDP,
+                    UDP_GRO,
+                    (&one as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as u32,
+                )
             };
         }
         Ok(s)
@@ -172,7 +178,9 @@ impl UdpSocket {
         let mut v: libc::c_int = 0;
         let mut len = size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: getsockopt writes at most `len` bytes into a live local.
-        let rc = unsafe { libc::getsockopt(self.fd(), libc::SOL_UDP, UDP_SEGMENT, (&mut v as *mut libc::c_int).cast(), &mut len) };
+        let rc = unsafe {
+            libc::getsockopt(self.fd(), libc::SOL_UDP, UDP_SEGMENT, (&mut v as *mut libc::c_int).cast(), &mut len)
+        };
         rc == 0
     }
 }
@@ -331,7 +339,11 @@ impl SendBatch {
         self.tail += len;
         if self.gso {
             if let Some(g) = self.groups.last_mut() {
-                if same_addr(&g.addr, &addr) && !g.closed && len <= g.segment && g.count < MAX_GSO_SEGMENTS && g.len + len <= MAX_GSO_BYTES
+                if same_addr(&g.addr, &addr)
+                    && !g.closed
+                    && len <= g.segment
+                    && g.count < MAX_GSO_SEGMENTS
+                    && g.len + len <= MAX_GSO_BYTES
                 {
                     g.len += len;
                     g.count += 1;
