@@ -4,6 +4,7 @@
 # (namespaces by name, processes by PID), also when the caller fails.
 
 set -uo pipefail
+# Never pipe into `grep -q` here: with pipefail an early exit of grep fails the writer (SIGPIPE).
 umask 077
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -31,11 +31,11 @@ for p in /proc/[0-9]*; do
 done
 [ -n "$pid" ] || die "no wgturbo daemon after wg-quick up"
 PIDS+=("$pid")
-ip -n "$A" route show dev "$IA" | grep -q "10.99.0.0/16" || die "wg-quick did not route AllowedIPs"
+grep -q "10.99.0.0/16" <<<"$(ip -n "$A" route show dev "$IA")" || die "wg-quick did not route AllowedIPs"
 [ "$(ip -n "$A" -j link show "$IA" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])')" = 1400 ] || die "MTU"
 ping_ok "$A" 10.200.0.2 || die "ping through a wg-quick tunnel"
 ping_ok "$A" fd00:200::2 || die "ping6 through a wg-quick tunnel"
-ip netns exec "$A" wg show "$IA" persistent-keepalive | grep -q 15 || die "keepalive from the config"
+grep -q 15 <<<"$(ip netns exec "$A" wg show "$IA" persistent-keepalive)" || die "keepalive from the config"
 ip netns exec "$A" env WG_QUICK_USERSPACE_IMPLEMENTATION="$WGTURBO" wg-quick down "$WORK/$IA.conf" 2>"$WORK/down.log" \
   || { cat "$WORK/down.log" >&2; die "wg-quick down"; }
 for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done

@@ -33,9 +33,9 @@ expect "AllowedIPs = 10.200.0.2/32, fd00:200::2/128"
 expect "Endpoint = [2001:db8::3]:1234"
 [ "$(wgA show "$IA" public-key)" = "$PA" ] || die "public key"
 wgA set "$IA" peer "$PC" remove || die "peer remove"
-wgA show "$IA" peers | grep -q "$PC" && die "removed peer still listed"
+grep -q "$PC" <<<"$(wgA show "$IA" peers)" && die "removed peer still listed"
 wgA set "$IA" fwmark off peer "$PB" persistent-keepalive off || die "wg set off"
-wgA showconf "$IA" | grep -q "FwMark\|PersistentKeepalive" && die "fwmark/keepalive not turned off"
+grep -q "FwMark\|PersistentKeepalive" <<<"$(wgA showconf "$IA")" && die "fwmark/keepalive not turned off"
 
 # Bad requests: errno as wireguard-go sends it, and nothing changes.
 before=$(wgA showconf "$IA")
@@ -72,7 +72,7 @@ configure "$B" "$IB" "$WORK/b.key" 51821 10.200.0.2/24 fd00:200::2/64 "$PA" 10.2
 ip -n "$A" addr add 10.200.0.1/24 dev "$IA"; ip -n "$A" addr add fd00:200::1/64 dev "$IA" nodad; ip -n "$A" link set "$IA" up
 ip netns exec "$A" ping -c 1 -W 1 10.200.0.2 >/dev/null 2>&1 && die "ping worked with mismatched preshared keys"
 wgA setconf "$IA" "$WORK/a.conf" || die "setconf"
-wgA showconf "$IA" | grep -q PresharedKey && die "setconf kept the old preshared key"
+grep -q PresharedKey <<<"$(wgA showconf "$IA")" && die "setconf kept the old preshared key"
 ping_ok "$A" 10.200.0.2 || die "ping after setconf"
 
 # addconf adds, syncconf removes what the file lacks and keeps the live session.

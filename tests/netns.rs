@@ -109,3 +109,8 @@ fn without_offloads_against_wireguard_go() {
 fn without_offloads_from_boringtun() {
     script_env("test-interop.sh", &["boringtun", "wgturbo", "6"], &[("WGTURBO_NO_OFFLOAD", "1")]);
 }
+
+#[test]
+fn handshake_flood_gets_cookies_and_real_peer_gets_through() {
+    script("test-dos.sh", &[]);
+}
