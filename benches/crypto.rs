@@ -37,7 +37,9 @@ fn transport(c: &mut Criterion) {
                 m
             })
             .collect();
-        group.bench_with_input(BenchmarkId::new("open", size), &size, |b, _| {
+        // One iteration opens the whole batch.
+        group.throughput(Throughput::Bytes(size as u64 * BATCH));
+        group.bench_with_input(BenchmarkId::new("open_x4096", size), &size, |b, _| {
             b.iter_batched_ref(
                 || (Keypair::new(&keys(false), now), sealed.clone()),
                 |(receiver, msgs)| {
