@@ -18,4 +18,8 @@ if ! command -v boringtun-cli >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/boring
   echo "install-deps: cargo install boringtun-cli"
   cargo install --locked boringtun-cli --version 0.7.1 >/dev/null 2>&1 || cargo install boringtun-cli
 fi
+if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
+  echo "install-deps: cargo install cargo-fuzz"
+  cargo install --locked cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
+fi
 echo "install-deps: ok"

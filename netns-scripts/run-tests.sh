@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash netns-scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --release -- -D warnings
+bash netns-scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 log=$(mktemp)
 status=0
 cargo test --release --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?

@@ -46,7 +46,7 @@ pub fn run(shared: Arc<Shared>, tun: Tun, worker: usize) {
         warn!("worker {worker}: TUN queue cannot be made non-blocking ({e}); batching disabled");
     }
     let vnet = tun.has_vnet_hdr();
-    let mut read_buf = vec![0u8; VNET_HDR_LEN + 65_536];
+    let mut read_buf = vec![0u8; VNET_HDR_LEN + 65_536 + 128];
     let mut batch: Option<SendBatch> = None;
     while !shared.stopping() {
         let sockets = shared.sockets.load();
