@@ -22,11 +22,18 @@ fn init_logging() {
     tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
 }
 
-fn key_command(cmd: &str) -> ExitCode {
+#[derive(Clone, Copy)]
+enum KeyCommand {
+    GenKey,
+    GenPsk,
+    PubKey,
+}
+
+fn key_command(cmd: KeyCommand) -> ExitCode {
     match cmd {
-        "genkey" => println!("{}", PrivateKey::generate().to_base64()),
-        "genpsk" => println!("{}", PresharedKey::generate().to_base64()),
-        "pubkey" => {
+        KeyCommand::GenKey => println!("{}", PrivateKey::generate().to_base64()),
+        KeyCommand::GenPsk => println!("{}", PresharedKey::generate().to_base64()),
+        KeyCommand::PubKey => {
             let mut input = String::new();
             if std::io::stdin().read_to_string(&mut input).is_err() {
                 eprintln!("wgturbo: error: cannot read a private key from stdin");
@@ -40,7 +47,6 @@ fn key_command(cmd: &str) -> ExitCode {
                 }
             }
         }
-        _ => unreachable!(),
     }
     ExitCode::SUCCESS
 }
@@ -133,7 +139,9 @@ fn main() -> ExitCode {
                 println!("wgturbo {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
             }
-            "genkey" | "pubkey" | "genpsk" if args.len() == 1 => return key_command(a),
+            "genkey" if args.len() == 1 => return key_command(KeyCommand::GenKey),
+            "genpsk" if args.len() == 1 => return key_command(KeyCommand::GenPsk),
+            "pubkey" if args.len() == 1 => return key_command(KeyCommand::PubKey),
             s if s.starts_with('-') => {
                 eprintln!("wgturbo: error: unknown option '{s}'\n{USAGE}");
                 return ExitCode::FAILURE;

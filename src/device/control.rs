@@ -18,6 +18,7 @@ use crate::constants::{MAX_STAGED_PACKETS, REKEY_TIMEOUT};
 use crate::io::UdpSocket;
 use crate::keys::{PresharedKey, PublicKey};
 use crate::noise::messages::{padded_len, Initiation, Response};
+use crate::noise::ratelimiter::RateLimiter;
 use crate::noise::{consume_initiation, CookieChecker, Handshake, Packet, StaticIdentity, Tai64N};
 use crate::peer::{TimerAction, Timers};
 use crate::routing::AllowedIps;
@@ -61,6 +62,7 @@ pub struct Control {
     /// Master copy of the published index table.
     indices: HashMap<u32, IndexEntry>,
     under_load_until: Option<Instant>,
+    ratelimiter: RateLimiter,
     handshake_rx: Receiver<HandshakePacket>,
     control_rx: Receiver<ControlMsg>,
 }
@@ -85,6 +87,7 @@ impl Control {
             pending: HashMap::new(),
             indices: HashMap::new(),
             under_load_until: None,
+            ratelimiter: RateLimiter::default(),
             handshake_rx,
             control_rx,
         }
@@ -278,6 +281,11 @@ impl Control {
                 let _ = sock.send_to(&reply.to_bytes(), msg.src);
             }
             debug!("from {}: under load, sent a cookie reply", msg.src);
+            return;
+        }
+        // Under load even a source that proved its address gets a bounded share of DH work.
+        if under_load && !self.ratelimiter.allow(msg.src.ip(), now) {
+            debug!("from {}: handshake rate limited", msg.src);
             return;
         }
         match packet {

@@ -5,6 +5,7 @@ pub mod cookie;
 pub mod handshake;
 pub mod messages;
 pub mod primitives;
+pub mod ratelimiter;
 pub mod tai64n;
 
 pub use cookie::{CookieChecker, CookieError, CookieGenerator};

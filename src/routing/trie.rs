@@ -48,42 +48,66 @@ impl<V: Clone> Trie<V> {
     /// Inserts or replaces the value of `key/len` (host bits are ignored).
     pub fn insert(&mut self, key: u128, len: u8, value: V) -> Option<V> {
         let key = key & mask(len);
-        let mut slot = &mut self.root;
-        loop {
-            let Some(node) = slot else {
-                *slot = Some(Box::new(Node { key, len, value: Some(value), children: [None, None] }));
-                self.len += 1;
-                return None;
-            };
-            let common = common_prefix(node.key, key, node.len.min(len));
-            if common == node.len && common == len {
-                let old = node.value.replace(value);
-                if old.is_none() {
-                    self.len += 1;
-                }
-                return old;
-            }
-            if common == node.len {
-                slot = &mut slot.as_mut().unwrap_or_else(|| unreachable!()).children[bit(key, common)];
-                continue;
-            }
-            // The new prefix and the node diverge (or the new one is shorter): put a node at
-            // the common prefix above the old one.
-            let old = slot.take().unwrap_or_else(|| unreachable!());
-            let old_side = bit(old.key, common);
-            let mut parent =
-                Box::new(Node { key: key & mask(common), len: common, value: None, children: [None, None] });
-            if common == len {
-                parent.value = Some(value);
-                parent.children[old_side] = Some(old);
-            } else {
-                parent.children[old_side] = Some(old);
-                parent.children[1 - old_side] =
-                    Some(Box::new(Node { key, len, value: Some(value), children: [None, None] }));
-            }
-            *slot = Some(parent);
+        let (old, added) = Self::insert_at(&mut self.root, key, len, value);
+        if added {
             self.len += 1;
-            return None;
+        }
+        old
+    }
+
+    /// Returns the replaced value and whether a new prefix was added.
+    fn insert_at(slot: &mut Option<Box<Node<V>>>, key: u128, len: u8, value: V) -> (Option<V>, bool) {
+        enum Step {
+            Leaf,
+            Replace,
+            Descend(usize),
+            Split(u8),
+        }
+        let step = match slot.as_deref() {
+            None => Step::Leaf,
+            Some(node) => {
+                let common = common_prefix(node.key, key, node.len.min(len));
+                if common == node.len && common == len {
+                    Step::Replace
+                } else if common == node.len {
+                    Step::Descend(bit(key, common))
+                } else {
+                    Step::Split(common)
+                }
+            }
+        };
+        let leaf = |value| Box::new(Node { key, len, value: Some(value), children: [None, None] });
+        match (step, slot.take()) {
+            (Step::Leaf, _) | (_, None) => {
+                *slot = Some(leaf(value));
+                (None, true)
+            }
+            (Step::Replace, Some(mut node)) => {
+                let old = node.value.replace(value);
+                *slot = Some(node);
+                let added = old.is_none();
+                (old, added)
+            }
+            (Step::Descend(side), Some(mut node)) => {
+                let result = Self::insert_at(&mut node.children[side], key, len, value);
+                *slot = Some(node);
+                result
+            }
+            // The new prefix and the node diverge, or the new one is shorter: a node at the
+            // common prefix goes above the old one.
+            (Step::Split(common), Some(old)) => {
+                let old_side = bit(old.key, common);
+                let mut parent =
+                    Box::new(Node { key: key & mask(common), len: common, value: None, children: [None, None] });
+                if common == len {
+                    parent.value = Some(value);
+                } else {
+                    parent.children[1 - old_side] = Some(leaf(value));
+                }
+                parent.children[old_side] = Some(old);
+                *slot = Some(parent);
+                (None, true)
+            }
         }
     }
 
