@@ -18,7 +18,7 @@ one_run() { # IMPL -> Gbit/s
   (
     source netns-scripts/lib.sh
     trap cleanup EXIT
-    A=$(make_ns a); B=$(make_ns b)
+    make_ns A a; make_ns B b
     link_ns "$A" "$B" 0 192.0.2.1 192.0.2.2 2001:db8::1 2001:db8::2
     if [ "$impl" = veth ]; then iperf "$B" "$A" 192.0.2.2 "$SECS"; exit; fi
     genkey a; genkey b

@@ -8,7 +8,15 @@ set -uo pipefail
 umask 077
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-RUN_ID=${RUN_ID:-$(( ($$ + RANDOM) % 100000 ))}
+# Five digits keep every interface name (wgtRUNIDx, vaRUNIDn) within 15 characters.
+new_run_id() {
+  local id
+  while :; do
+    id=$(( (RANDOM * 32768 + RANDOM + $$) % 100000 ))
+    ls /run/netns/wgt"$id"* >/dev/null 2>&1 || { echo "$id"; return; }
+  done
+}
+RUN_ID=${RUN_ID:-$(new_run_id)}
 WGTURBO=${WGTURBO:-$ROOT/target/release/wgturbo}
 BORINGTUN=${BORINGTUN:-$(command -v boringtun-cli || echo "$HOME/.cargo/bin/boringtun-cli")}
 WIREGUARD_GO=${WIREGUARD_GO:-$(command -v wireguard-go || true)}
@@ -36,13 +44,15 @@ cleanup() {
   rm -rf "$WORK"
 }
 
-# ns NAME: a namespace unique to this run, with loopback up.
+# make_ns VAR SUFFIX: creates namespace wgt<RUN_ID><SUFFIX> (loopback up) and stores its name
+# in VAR. Not a command substitution: the name must reach NAMESPACES in this shell so that
+# cleanup removes it.
 make_ns() {
-  local ns="wgt${RUN_ID}$1"
-  ip netns add "$ns" || die "ip netns add $ns"
+  local ns="wgt${RUN_ID}$2"
   NAMESPACES+=("$ns")
+  ip netns add "$ns" || die "ip netns add $ns"
   ip -n "$ns" link set lo up
-  echo "$ns"
+  printf -v "$1" '%s' "$ns"
 }
 
 # link NS_A NS_B SUFFIX V4_A V4_B V6_A V6_B: a veth pair with outer addresses.

@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib.sh"
 require_root
 trap cleanup EXIT
-A=$(make_ns a); B=$(make_ns b)
+make_ns A a; make_ns B b
 link_ns "$A" "$B" 0 192.0.2.1 192.0.2.2 2001:db8::1 2001:db8::2
 genkey a; genkey b
 IA="wgt${RUN_ID}a" IB="wgt${RUN_ID}b"

@@ -6,7 +6,7 @@ source "$(dirname "$0")/lib.sh"
 require_root
 trap cleanup EXIT
 IMPL_A=$1 IMPL_B=$2 OUTER=${3:-4}
-A=$(make_ns a); B=$(make_ns b)
+make_ns A a; make_ns B b
 link_ns "$A" "$B" 0 192.0.2.1 192.0.2.2 2001:db8::1 2001:db8::2
 genkey a; genkey b
 IA="wgt${RUN_ID}a" IB="wgt${RUN_ID}b"
@@ -23,8 +23,9 @@ ping_ok "$B" fd00:200::1 || die "$IMPL_B -> $IMPL_A ping IPv6"
 
 tcp=$(iperf "$B" "$A" 10.200.0.2 2) || die "iperf3 TCP over the tunnel"
 udp=$(iperf "$A" "$B" fd00:200::1 2 -u -b 200M) || die "iperf3 UDP over the tunnel"
-awk -v t="$tcp" 'BEGIN { exit !(t > 0.01) }' || die "TCP throughput $tcp Gbit/s"
-awk -v u="$udp" 'BEGIN { exit !(u > 0.01) }' || die "UDP throughput $udp Gbit/s"
+above() { python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)' "$1" "$2" 2>/dev/null; }
+above "$tcp" 0.01 || die "TCP throughput '$tcp' Gbit/s"
+above "$udp" 0.01 || die "UDP throughput '$udp' Gbit/s"
 
 now=$(date +%s)
 for side in "A $A $IA $IMPL_A b" "B $B $IB $IMPL_B a"; do

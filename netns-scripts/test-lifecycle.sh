@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib.sh"
 require_root
 trap cleanup EXIT
-A=$(make_ns a)
+make_ns A a
 
 # pid_of IFACE: the daemon serving IFACE (by its unique command line, then tracked by PID).
 pid_of() {

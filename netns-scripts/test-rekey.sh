@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib.sh"
 require_root
 trap cleanup EXIT
-A=$(make_ns a); B=$(make_ns b); C=$(make_ns c); D=$(make_ns d)
+make_ns A a; make_ns B b; make_ns C c; make_ns D d
 link_ns "$A" "$B" 0 192.0.2.1 192.0.2.2 2001:db8::1 2001:db8::2
 link_ns "$C" "$D" 1 192.0.2.1 192.0.2.2 2001:db8::1 2001:db8::2
 genkey a; genkey b; genkey c; genkey d

@@ -145,21 +145,22 @@ impl Control {
         self.shared.routing.store(Arc::new(self.allowed.clone()));
     }
 
-    /// Puts a new keypair in the peer's slots and the index table; forgets the one it displaces.
+    /// Puts a new keypair in the peer's slots and the index table, and forgets the indices of
+    /// this peer's keypairs that are no longer in a slot (displaced now, or rotated out by a
+    /// worker confirming a `next`). `rcu` because a worker may rotate the slots concurrently.
     fn install_keypair(&mut self, pk: &PublicKey, keypair: Arc<Keypair>) {
         let Some(peer) = self.peers.get_mut(pk) else { return };
-        let old = peer.shared.keypairs.load_full();
-        let new = old.with_new(keypair.clone());
-        peer.shared.keypairs.store(Arc::new(new.clone()));
+        peer.shared.keypairs.rcu(|cur| Arc::new(cur.with_new(keypair.clone())));
         peer.shared.handshake_requested.store(false, Ordering::Relaxed);
         peer.handshake_requested_at = None;
-        let keep: Vec<u32> = new.indices().collect();
-        for i in old.indices() {
-            if !keep.contains(&i) {
-                self.indices.remove(&i);
-            }
-        }
-        self.indices.insert(keypair.local_index, IndexEntry { keypair, peer: peer.shared.clone() });
+        let shared = peer.shared.clone();
+        self.indices.insert(keypair.local_index, IndexEntry { keypair, peer: shared.clone() });
+        self.prune_indices(&shared);
+    }
+
+    fn prune_indices(&mut self, peer: &Arc<PeerShared>) {
+        let slots = peer.keypairs.load();
+        self.indices.retain(|_, e| !Arc::ptr_eq(&e.peer, peer) || slots.contains(&e.keypair));
         self.publish_indices();
     }
 
@@ -381,6 +382,7 @@ impl Control {
             }
             ControlMsg::Confirmed(peer) => {
                 let pk = peer.public_key;
+                self.prune_indices(&peer);
                 if let Some(state) = self.peers.get_mut(&pk) {
                     state.timers.handshake_complete(now);
                     state.last_handshake = Some(SystemTime::now());
