@@ -9,10 +9,7 @@ cargo build --release --quiet
 source netns-scripts/lib.sh
 require_root
 trap cleanup EXIT
-make_ns A a; make_ns B b
-link_ns "$A" "$B" 0 192.0.2.1 192.0.2.2 2001:db8::1 2001:db8::2
-genkey a; genkey b
-IA="wgt${RUN_ID}a" IB="wgt${RUN_ID}b"
+setup_pair
 start_impl wgturbo "$A" "$IA"
 start_impl "${DEMO_PEER:-wgturbo}" "$B" "$IB"
 configure "$A" "$IA" "$WORK/a.key" 51820 10.200.0.1/24 fd00:200::1/64 "$(cat "$WORK/b.pub")" 10.200.0.2/32,fd00:200::2/128 192.0.2.2:51821

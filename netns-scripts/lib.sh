@@ -99,6 +99,18 @@ configure() {
   ip -n "$ns" link set "$iface" up || die "link up $iface"
 }
 
+# setup_pair: namespaces A and B joined by a veth (192.0.2.1/2, 2001:db8::1/2), keys a and b,
+# and interface names IA and IB for the two ends.
+setup_pair() {
+  make_ns A a
+  make_ns B b
+  link_ns "$A" "$B" 0 192.0.2.1 192.0.2.2 2001:db8::1 2001:db8::2
+  genkey a
+  genkey b
+  IA="wgt${RUN_ID}a"
+  IB="wgt${RUN_ID}b"
+}
+
 genkey() { wg genkey > "$WORK/$1.key"; wg pubkey < "$WORK/$1.key" > "$WORK/$1.pub"; }
 
 # ping_ok NS ADDR: a few pings must get through within a bounded time.

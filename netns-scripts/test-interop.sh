@@ -6,10 +6,7 @@ source "$(dirname "$0")/lib.sh"
 require_root
 trap cleanup EXIT
 IMPL_A=$1 IMPL_B=$2 OUTER=${3:-4}
-make_ns A a; make_ns B b
-link_ns "$A" "$B" 0 192.0.2.1 192.0.2.2 2001:db8::1 2001:db8::2
-genkey a; genkey b
-IA="wgt${RUN_ID}a" IB="wgt${RUN_ID}b"
+setup_pair
 start_impl "$IMPL_A" "$A" "$IA"
 start_impl "$IMPL_B" "$B" "$IB"
 if [ "$OUTER" = 6 ]; then EP="[2001:db8::2]:51821"; else EP="192.0.2.2:51821"; fi
