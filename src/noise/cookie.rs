@@ -1,7 +1,7 @@
 //! mac1/mac2 and cookie replies: WireGuard's defence against handshake floods (paper 5.4.7).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
@@ -154,11 +154,6 @@ impl CookieGenerator {
         // One reply per message: a replayed reply finds no mac1 to match.
         self.last_mac1 = None;
         Ok(())
-    }
-
-    pub fn has_fresh_cookie(&self, now: Instant) -> bool {
-        self.cookie
-            .is_some_and(|(_, at)| now.saturating_duration_since(at) < COOKIE_REFRESH_TIME - Duration::from_secs(5))
     }
 }
 
