@@ -2,7 +2,8 @@
 //!
 //! The protocol core (`noise`, `session`, `peer`, `routing`, `config`) is sans-IO: it takes
 //! bytes and a clock and returns bytes and actions. `io` holds every syscall; `device` and
-//! `dataplane` join the two.
+//! `dataplane` join the two. Unsafe code is denied everywhere but in `io`.
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod constants;

@@ -4,6 +4,7 @@
 //! takes in a single write (GRO). Checksums follow RFC 1071.
 
 use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN};
+use crate::io::TunWriteBatch;
 
 const PROTO_TCP: u8 = 6;
 const TCP_FIN: u8 = 0x01;
@@ -174,11 +175,11 @@ struct Item {
 /// Up to this many bytes per coalesced packet (the IP length field's limit).
 const MAX_COALESCED: usize = 65_535;
 
-/// Coalesces a batch of received packets, in order, into as few TUN writes as possible.
+/// Coalesces a batch of received packets, in order, into as few TUN writes as possible. Its
+/// buffers come from, and go to, the TUN write batch.
 #[derive(Default)]
 pub struct Coalescer {
     items: Vec<Item>,
-    pool: Vec<Vec<u8>>,
 }
 
 fn tcp_flags(pkt: &[u8], ip_hl: usize) -> u8 {
@@ -191,7 +192,7 @@ impl Coalescer {
     }
 
     /// Takes a TCP packet (true) or leaves it to the caller to write as it is (false).
-    pub fn push(&mut self, pkt: &[u8]) -> bool {
+    pub fn push(&mut self, pkt: &[u8], out: &mut TunWriteBatch) -> bool {
         let Some((ip_hl, tcp_hl)) = tcp_headers(pkt) else { return false };
         let v6 = pkt[0] >> 4 == 6;
         if !v6 && ip_hl != 20 {
@@ -230,8 +231,8 @@ impl Coalescer {
             }
         }
         // A new item, also for segments that cannot merge, so a flow keeps its order.
-        let mut data = self.pool.pop().unwrap_or_else(|| Vec::with_capacity(VNET_HDR_LEN + MAX_COALESCED));
-        data.clear();
+        let mut data = out.take_buf();
+        data.reserve(VNET_HDR_LEN + MAX_COALESCED);
         data.resize(VNET_HDR_LEN, 0);
         data.extend_from_slice(pkt);
         self.items.push(Item {
@@ -269,8 +270,8 @@ impl Coalescer {
             && first[t + 20..hdr_len] == pkt[t + 20..hdr_len]
     }
 
-    /// Emits every item (virtio_net_hdr first) in arrival order and empties the table.
-    pub fn drain(&mut self, mut emit: impl FnMut(&mut [u8])) {
+    /// Moves every item (virtio_net_hdr first) into `out` in arrival order.
+    pub fn drain(&mut self, out: &mut TunWriteBatch) {
         for mut item in self.items.drain(..) {
             let d = &mut item.data;
             let hdr = if item.count == 1 {
@@ -299,8 +300,7 @@ impl Coalescer {
                 }
             };
             hdr.write(&mut d[..VNET_HDR_LEN]);
-            emit(d);
-            self.pool.push(item.data);
+            out.push(item.data);
         }
     }
 }
@@ -367,11 +367,12 @@ mod tests {
         }
         assert_eq!(segs[7].len(), 52 + 10_000 - 7 * 1400);
         let mut c = Coalescer::default();
+        let mut batch = TunWriteBatch::default();
         for s in &segs {
-            assert!(c.push(s));
+            assert!(c.push(s, &mut batch));
         }
-        let mut out = Vec::new();
-        c.drain(|d| out.push(d.to_vec()));
+        c.drain(&mut batch);
+        let out = batch.packets();
         assert_eq!(out.len(), 1, "one super-packet");
         let v = VnetHdr::parse(&out[0]).unwrap();
         assert_eq!((v.gso_type, v.gso_size, v.hdr_len, v.csum_start, v.csum_offset), (GSO_TCPV4, 1400, 52, 20, 16));
@@ -388,13 +389,14 @@ mod tests {
     #[test]
     fn coalescer_keeps_order_and_refuses_gaps() {
         let mut c = Coalescer::default();
-        assert!(c.push(&tcp4(0, TCP_ACK, &[1; 100])));
-        assert!(c.push(&tcp4(100, TCP_ACK, &[2; 100])));
-        assert!(c.push(&tcp4(300, TCP_ACK, &[3; 100]))); // gap: new item
-        assert!(c.push(&tcp4(400, TCP_ACK | TCP_FIN, &[4; 10]))); // FIN: never merged
-        assert!(!c.push(&[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])); // UDP
-        let mut sizes = Vec::new();
-        c.drain(|d| sizes.push(d.len() - VNET_HDR_LEN));
+        let mut b = TunWriteBatch::default();
+        assert!(c.push(&tcp4(0, TCP_ACK, &[1; 100]), &mut b));
+        assert!(c.push(&tcp4(100, TCP_ACK, &[2; 100]), &mut b));
+        assert!(c.push(&tcp4(300, TCP_ACK, &[3; 100]), &mut b)); // gap: new item
+        assert!(c.push(&tcp4(400, TCP_ACK | TCP_FIN, &[4; 10]), &mut b)); // FIN: never merged
+        assert!(!c.push(&[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2], &mut b)); // UDP
+        c.drain(&mut b);
+        let sizes: Vec<usize> = b.packets().iter().map(|d| d.len() - VNET_HDR_LEN).collect();
         assert_eq!(sizes, vec![52 + 200, 52 + 100, 52 + 10]);
         assert!(c.is_empty());
     }

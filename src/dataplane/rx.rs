@@ -1,115 +1,59 @@
-//! Inbound: receive datagrams in batches (UDP GRO hands several per buffer), open transport
-//! packets in place, check replay and allowed IPs, learn the endpoint, coalesce TCP segments
-//! and write to TUN. Handshake messages go to the control thread.
+//! Inbound: datagrams (several per receive with UDP GRO) are opened in place, checked against
+//! the replay window and the peer's allowed IPs, and queued for the TUN (TCP segments of a
+//! flow coalesced into one write). Handshake messages go to the control thread.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::debug;
-
 use super::ip;
-use super::offload::Coalescer;
+use super::shared::{ControlMsg, DropCounters, HandshakePacket, IndexEntry, PeerShared, Shared};
 use crate::constants::{KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT};
-use crate::device::shared::{ControlMsg, DropCounters, HandshakePacket, IndexEntry, PeerShared, Shared};
-use crate::io::vnet::{VnetHdr, VNET_HDR_LEN};
-use crate::io::{RecvBatch, Tun};
-use crate::noise::messages::{TransportHeader, MESSAGE_TRANSPORT, TRANSPORT_HEADER_LEN};
+use crate::noise::messages::{
+    TransportHeader, COOKIE_REPLY_LEN, INITIATION_LEN, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT, RESPONSE_LEN, TRANSPORT_HEADER_LEN,
+};
 use crate::routing::AllowedIps;
 use crate::session::SessionError;
 
-/// Buffers per recvmmsg; each holds up to 64 KiB of GRO-coalesced datagrams.
-const RX_BATCH: usize = 64;
-const RX_SLOT: usize = 65_536;
-
-struct Round<'a> {
-    shared: &'a Shared,
-    indices: &'a std::collections::HashMap<u32, IndexEntry>,
-    routing: &'a AllowedIps<Arc<PeerShared>>,
-    now: Instant,
-    stamp: u64,
+pub struct RxRound<'a> {
+    pub shared: &'a Shared,
+    pub indices: &'a std::collections::HashMap<u32, IndexEntry>,
+    pub routing: &'a AllowedIps<Arc<PeerShared>>,
+    pub now: Instant,
+    pub stamp: u64,
 }
 
-pub fn run(shared: Arc<Shared>, tun: Tun, worker: usize) {
-    let mut batch = RecvBatch::new(RX_BATCH, RX_SLOT);
-    let mut coalescer = Coalescer::default();
-    let vnet = tun.has_vnet_hdr();
-    while !shared.stopping() {
-        let sockets = shared.sockets.load();
-        let Some(sock) = sockets.get(worker % sockets.len().max(1)).cloned() else {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            continue;
-        };
-        drop(sockets);
-        let got = match batch.recv(&sock) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
-            Err(e) => {
-                debug!("worker {worker}: receive failed: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                continue;
-            }
-        };
-        let now = Instant::now();
-        let indices = shared.indices.load();
-        let routing = shared.routing.load();
-        let round = Round { shared: &shared, indices: &indices, routing: &routing, now, stamp: shared.stamp(now) };
-        for i in 0..got {
-            let (buf, src, stride) = batch.packet_mut(i);
-            let Some(src) = src else { continue };
-            for datagram in buf.chunks_mut(stride) {
-                let Some(len) = round.datagram(datagram, src) else { continue };
-                let plaintext = &datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
-                if vnet && coalescer.push(plaintext) {
-                    continue;
-                }
-                // Written in place: the virtio_net_hdr overwrites the spent transport header.
-                let result = if vnet {
-                    let start = TRANSPORT_HEADER_LEN - VNET_HDR_LEN;
-                    VnetHdr::default().write(&mut datagram[start..TRANSPORT_HEADER_LEN]);
-                    tun.write(&datagram[start..TRANSPORT_HEADER_LEN + len])
-                } else {
-                    tun.write(plaintext)
-                };
-                if let Err(e) = result {
-                    debug!("worker {worker}: TUN write failed: {e}");
-                }
-            }
-        }
-        coalescer.drain(|packet| {
-            if let Err(e) = tun.write(packet) {
-                debug!("worker {worker}: TUN write failed: {e}");
-            }
-        });
+/// The exact size of a handshake message of type `t`, None for other types.
+fn handshake_len(t: u32) -> Option<usize> {
+    match t {
+        MESSAGE_INITIATION => Some(INITIATION_LEN),
+        MESSAGE_RESPONSE => Some(RESPONSE_LEN),
+        MESSAGE_COOKIE_REPLY => Some(COOKIE_REPLY_LEN),
+        _ => None,
     }
 }
 
-impl Round<'_> {
+impl RxRound<'_> {
     /// Handles one datagram; returns the length of an inner packet to deliver, found at
     /// `datagram[16..16 + len]`.
-    fn datagram(&self, datagram: &mut [u8], src: SocketAddr) -> Option<usize> {
+    pub fn datagram(&self, datagram: &mut [u8], src: SocketAddr) -> Option<usize> {
         let drops = &self.shared.drops;
         if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
             DropCounters::bump(&drops.malformed);
             return None;
         }
-        if u32::from(datagram[0]) != MESSAGE_TRANSPORT {
-            if (1..=3).contains(&datagram[0]) {
-                let msg = HandshakePacket { packet: datagram.to_vec(), src };
-                if self.shared.handshake_tx.try_send(msg).is_err() {
-                    DropCounters::bump(&drops.handshake_queue_full);
-                }
-            } else {
+        let kind = u32::from(datagram[0]);
+        if kind != MESSAGE_TRANSPORT {
+            // Sized before anything is copied or queued: a wrong size is never a handshake.
+            if handshake_len(kind) != Some(datagram.len()) {
                 DropCounters::bump(&drops.malformed);
+                return None;
+            }
+            let msg = HandshakePacket { packet: datagram.to_vec(), src };
+            if self.shared.handshake_tx.try_send(msg).is_err() {
+                DropCounters::bump(&drops.handshake_queue_full);
             }
             return None;
         }

@@ -1,114 +1,73 @@
-//! Outbound: read packets (TSO super-packets when the TUN offloads are on) from TUN, pick the
-//! peer by destination, cut into segments, seal in place, send as UDP GSO batches.
+//! Outbound: packets read from the TUN (TSO super-packets when the TUN offloads are on) are
+//! routed by destination, cut into segments, sealed in place in the send batch, and sent as
+//! UDP GSO groups.
 
-use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::ip;
 use super::offload::{complete_checksum, TsoSplit};
-use crate::device::shared::{ControlMsg, DropCounters, PeerShared, Shared};
+use super::shared::{ControlMsg, DropCounters, PeerShared, Shared};
+use crate::constants::AEAD_TAG_LEN;
 use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN};
-use crate::io::{SendBatch, Tun, UdpSocket};
+use crate::io::{SendBatch, TunWriteBatch, WorkerIo};
 use crate::noise::messages::{padded_len, TRANSPORT_HEADER_LEN};
 use crate::routing::AllowedIps;
 
-/// TUN reads per round before the batch is sent.
-const READS_PER_ROUND: usize = 64;
-const ARENA_BYTES: usize = 4 << 20;
-const MAX_SENDS: usize = 2048;
-/// Worst case one TUN read can expand to: a 64 KiB super-packet cut at a tiny MSS.
-const WORST_READ_BYTES: usize = 256 << 10;
-const WORST_READ_SENDS: usize = 256;
+/// The send batch: arena bytes and messages (GSO groups, or datagrams without GSO).
+pub const SEND_ARENA_BYTES: usize = 4 << 20;
+pub const SEND_MAX_MESSAGES: usize = 2048;
 
-fn wait_readable(fd: i32, timeout_ms: i32) {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: poll reads and writes one pollfd that lives on this stack frame.
-    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+/// What one round of TUN reads needs, loaded once per round.
+pub struct TxRound<'a> {
+    pub shared: &'a Shared,
+    pub routing: &'a AllowedIps<Arc<PeerShared>>,
+    pub now: Instant,
+    pub stamp: u64,
+    pub mtu: usize,
+    pub vnet: bool,
+    pub worker: usize,
 }
 
-/// Per-round context, loaded once per batch.
-struct Round<'a> {
-    shared: &'a Shared,
-    routing: &'a AllowedIps<Arc<PeerShared>>,
-    sock: &'a UdpSocket,
-    tun: &'a Tun,
-    now: Instant,
-    stamp: u64,
-    mtu: usize,
-}
-
-pub fn run(shared: Arc<Shared>, tun: Tun, worker: usize) {
-    if let Err(e) = tun.set_nonblocking() {
-        warn!("worker {worker}: TUN queue cannot be made non-blocking ({e}); batching disabled");
+/// Sends what the batch holds; says once when the kernel refused GSO.
+pub fn flush(io: &mut dyn WorkerIo, batch: &mut SendBatch, worker: usize) {
+    let had_gso = batch.gso_enabled();
+    if let Err(e) = io.send_udp(batch) {
+        debug!("worker {worker}: send failed: {e}");
     }
-    let vnet = tun.has_vnet_hdr();
-    let mut read_buf = vec![0u8; VNET_HDR_LEN + 65_536 + 128];
-    let mut batch: Option<SendBatch> = None;
-    while !shared.stopping() {
-        let sockets = shared.sockets.load();
-        let Some(sock) = sockets.get(worker % sockets.len().max(1)).cloned() else {
-            wait_readable(tun.fd(), 100);
-            continue;
-        };
-        let batch = batch.get_or_insert_with(|| {
-            let gso = sock.supports_gso() && !crate::device::offloads_disabled();
-            SendBatch::new(ARENA_BYTES, MAX_SENDS, gso)
-        });
-        let routing = shared.routing.load();
-        let now = Instant::now();
-        let round = Round {
-            shared: &shared,
-            routing: &routing,
-            sock: &sock,
-            tun: &tun,
-            now,
-            stamp: shared.stamp(now),
-            mtu: shared.mtu.load(Ordering::Relaxed),
-        };
-        let mut reads = 0;
-        while reads < READS_PER_ROUND && batch.has_room(WORST_READ_BYTES, WORST_READ_SENDS) {
-            let n = match tun.read(&mut read_buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    debug!("worker {worker}: TUN read failed: {e}");
-                    wait_readable(tun.fd(), 100);
-                    break;
-                }
-            };
-            reads += 1;
-            let (hdr, pkt) = if vnet {
-                match (VnetHdr::parse(&read_buf[..n]), n >= VNET_HDR_LEN) {
-                    (Some(h), true) => (h, &mut read_buf[VNET_HDR_LEN..n]),
-                    _ => continue,
-                }
-            } else {
-                (VnetHdr::default(), &mut read_buf[..n])
-            };
-            round.packet(hdr, pkt, batch);
-        }
-        if !batch.is_empty() {
-            let had_gso = batch.gso_enabled();
-            if let Err(e) = batch.flush(&sock) {
-                debug!("worker {worker}: send failed: {e}");
-            }
-            if had_gso && !batch.gso_enabled() {
-                info!("worker {worker}: UDP GSO refused by the kernel; falling back to one datagram per send");
-            }
-        }
-        if reads == 0 {
-            wait_readable(tun.fd(), 500);
-        }
+    if had_gso && !batch.gso_enabled() {
+        info!("worker {worker}: UDP GSO refused by the kernel; falling back to one datagram per send");
     }
 }
 
-impl Round<'_> {
-    fn packet(&self, hdr: VnetHdr, pkt: &mut [u8], batch: &mut SendBatch) {
+impl TxRound<'_> {
+    /// Handles one TUN read (`buf`, virtio_net_hdr first when the queue has one).
+    pub fn read(&self, buf: &mut [u8], batch: &mut SendBatch, tun_out: &mut TunWriteBatch, io: &mut dyn WorkerIo) {
+        let (hdr, pkt) = if self.vnet {
+            match VnetHdr::parse(buf) {
+                Some(h) => (h, &mut buf[VNET_HDR_LEN..]),
+                None => {
+                    DropCounters::bump(&self.shared.drops.malformed);
+                    return;
+                }
+            }
+        } else {
+            (VnetHdr::default(), buf)
+        };
+        self.packet(hdr, pkt, batch, tun_out, io);
+    }
+
+    fn packet(
+        &self,
+        hdr: VnetHdr,
+        pkt: &mut [u8],
+        batch: &mut SendBatch,
+        tun_out: &mut TunWriteBatch,
+        io: &mut dyn WorkerIo,
+    ) {
         let drops = &self.shared.drops;
         let Some(header) = ip::parse(pkt) else {
             DropCounters::bump(&drops.malformed);
@@ -116,11 +75,12 @@ impl Round<'_> {
         };
         let Some(peer) = self.routing.lookup(header.dst) else {
             DropCounters::bump(&drops.no_peer_for_destination);
-            self.icmp_unreachable(&pkt[..header.total_len]);
+            if let Some(icmp) = ip::unreachable(&pkt[..header.total_len]) {
+                tun_out.push_plain(&icmp);
+            }
             return;
         };
-        let gso_type = hdr.gso_type & 0x7f;
-        let split = match gso_type {
+        let split = match hdr.gso_type & 0x7f {
             GSO_TCPV4 | GSO_TCPV6 => match TsoSplit::new(pkt, &hdr) {
                 Ok(s) => Some(s),
                 Err(_) => {
@@ -129,13 +89,9 @@ impl Round<'_> {
                 }
             },
             GSO_NONE => {
+                let whole = &mut pkt[..header.total_len];
                 if hdr.flags & F_NEEDS_CSUM != 0
-                    && complete_checksum(
-                        &mut pkt[..header.total_len],
-                        hdr.csum_start as usize,
-                        hdr.csum_offset as usize,
-                    )
-                    .is_err()
+                    && complete_checksum(whole, hdr.csum_start as usize, hdr.csum_offset as usize).is_err()
                 {
                     DropCounters::bump(&drops.malformed);
                     return;
@@ -162,19 +118,26 @@ impl Round<'_> {
         };
         let mut sent_bytes = 0u64;
         for i in 0..count {
+            let len = split.as_ref().map_or(pkt.len(), |s| s.segment_len(i));
+            let padded = padded_len(len, self.mtu);
+            let total = TRANSPORT_HEADER_LEN + padded + AEAD_TAG_LEN;
+            // One read can make more sends than a batch holds (a 64 KiB TSO read at a tiny
+            // MSS without GSO): send what is there and go on.
+            if !batch.has_room(total) {
+                flush(io, batch, self.worker);
+            }
             let space = batch.free_space();
             let body = &mut space[TRANSPORT_HEADER_LEN..];
-            let len = match &split {
+            match &split {
                 Some(s) => s.write_segment(i, body),
                 None => {
-                    body[..pkt.len()].copy_from_slice(pkt);
-                    pkt.len()
+                    body[..len].copy_from_slice(pkt);
+                    len
                 }
             };
-            let padded = padded_len(len, self.mtu);
             body[len..padded].fill(0);
             let Ok(total) = keypair.seal(first_counter + i as u64, space, padded) else { return };
-            batch.commit(total, *endpoint, self.sock);
+            batch.commit(total, *endpoint);
             sent_bytes += total as u64;
         }
         peer.tx_bytes.fetch_add(sent_bytes, Ordering::Relaxed);
@@ -199,20 +162,6 @@ impl Round<'_> {
         };
         for packet in packets {
             let _ = self.shared.control_tx.try_send(ControlMsg::Staged { peer: peer.clone(), packet });
-        }
-    }
-
-    fn icmp_unreachable(&self, pkt: &[u8]) {
-        let Some(icmp) = ip::unreachable(pkt) else { return };
-        let result = if self.tun.has_vnet_hdr() {
-            let mut framed = vec![0u8; VNET_HDR_LEN];
-            framed.extend_from_slice(&icmp);
-            self.tun.write(&framed)
-        } else {
-            self.tun.write(&icmp)
-        };
-        if let Err(e) = result {
-            debug!("ICMP unreachable not written: {e}");
         }
     }
 }

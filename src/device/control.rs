@@ -11,11 +11,11 @@ use crossbeam_channel::Receiver;
 use rand::Rng;
 use tracing::{debug, info, warn};
 
-use super::shared::{ControlMsg, HandshakePacket, IndexEntry, PeerShared, Shared};
 use crate::config::uapi::{self, Request, ERRNO_IO, ERRNO_PORT_IN_USE};
 use crate::config::{DeviceChange, DeviceStatus, PeerStatus};
 use crate::constants::{MAX_STAGED_PACKETS, REKEY_TIMEOUT};
-use crate::io::UdpSocket;
+use crate::dataplane::shared::{ControlMsg, HandshakePacket, IndexEntry, PeerShared, Shared};
+use crate::io::{Network, Socket};
 use crate::keys::{PresharedKey, PublicKey};
 use crate::noise::messages::{padded_len, Initiation, Response};
 use crate::noise::ratelimiter::RateLimiter;
@@ -54,6 +54,7 @@ pub struct Control {
     checker: Option<CookieChecker>,
     listen_port: u16,
     fwmark: u32,
+    network: Network,
     workers: usize,
     peers: HashMap<PublicKey, PeerState>,
     allowed: AllowedIps<Arc<PeerShared>>,
@@ -70,7 +71,7 @@ pub struct Control {
 impl Control {
     pub fn new(
         shared: Arc<Shared>,
-        listen_port: u16,
+        network: Network,
         workers: usize,
         handshake_rx: Receiver<HandshakePacket>,
         control_rx: Receiver<ControlMsg>,
@@ -79,8 +80,9 @@ impl Control {
             shared,
             identity: None,
             checker: None,
-            listen_port,
+            listen_port: 0,
             fwmark: 0,
+            network,
             workers,
             peers: HashMap::new(),
             allowed: AllowedIps::default(),
@@ -108,7 +110,7 @@ impl Control {
         }
     }
 
-    fn socket(&self) -> Option<Arc<UdpSocket>> {
+    fn socket(&self) -> Option<Arc<Socket>> {
         self.shared.sockets.load().first().cloned()
     }
 
@@ -490,7 +492,7 @@ impl Control {
     }
 
     fn rebind(&mut self, port: u16) -> Result<(), i32> {
-        let first = UdpSocket::bind(port, self.fwmark).map_err(|e| {
+        let sockets = self.network.bind(port, self.fwmark, self.workers).map_err(|e| {
             warn!("cannot listen on UDP port {port}: {e}");
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 ERRNO_PORT_IN_USE
@@ -498,17 +500,7 @@ impl Control {
                 ERRNO_IO
             }
         })?;
-        let mut sockets = vec![Arc::new(first)];
-        for _ in 1..self.workers {
-            match sockets[0].clone_on_same_port(self.fwmark) {
-                Ok(s) => sockets.push(Arc::new(s)),
-                Err(e) => {
-                    warn!("one UDP socket for all workers: SO_REUSEPORT sibling failed ({e})");
-                    break;
-                }
-            }
-        }
-        self.listen_port = sockets[0].local_port().map_err(|_| ERRNO_IO)?;
+        self.listen_port = sockets.first().and_then(|s| s.local_port().ok()).ok_or(ERRNO_IO)?;
         let old = self.shared.sockets.swap(Arc::new(sockets));
         for s in old.iter() {
             s.shutdown();
@@ -605,7 +597,7 @@ impl Control {
                 peer.handshake.set_preshared_key(psk);
             }
             if let Some(ep) = pc.endpoint {
-                peer.shared.endpoint.store(Some(Arc::new(crate::io::udp::canonical(ep))));
+                peer.shared.endpoint.store(Some(Arc::new(SocketAddr::new(ep.ip().to_canonical(), ep.port()))));
             }
             if pc.replace_allowed_ips {
                 let shared = peer.shared.clone();

@@ -1,7 +1,6 @@
 //! The daemon: TUN, UDP, the UAPI socket, the workers and the control thread.
 
 pub mod control;
-pub mod shared;
 pub mod uapi_server;
 
 use std::collections::HashMap;
@@ -10,12 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
+use crate::dataplane::shared::{ControlMsg, DropCounters, Shared};
+use crate::dataplane::worker::{self, WorkerConfig};
 use crate::io::tun::{self, Tun};
+use crate::io::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+use crate::io::{Backend, Network, TunQueue, WorkerIoConfig};
 use crate::routing::AllowedIps;
 use control::{Control, HANDSHAKE_QUEUE};
-use shared::{DropCounters, Shared};
 
 pub const DEFAULT_MTU: u32 = 1420;
 const TIMER_TICK: Duration = Duration::from_millis(100);
@@ -31,30 +34,188 @@ pub enum DeviceError {
     Udp(std::io::Error),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("WGTURBO_IO must be 'uring' or 'syscalls', not '{0}'")]
+    BadBackend(String),
+    #[error("a worker kept panicking; the daemon stopped (see the log)")]
+    WorkerFailed,
 }
 
-/// `WGTURBO_NO_OFFLOAD=1` turns off TUN vnet_hdr/TSO/GRO and UDP GSO/GRO: the fallback path,
-/// tested and benchmarked on its own.
-pub fn offloads_disabled() -> bool {
-    std::env::var_os("WGTURBO_NO_OFFLOAD").is_some_and(|v| v != "0")
+/// The knobs that reach a daemon started by wg-quick: environment variables, read here only.
+pub struct Settings {
+    pub workers: usize,
+    pub backend: Backend,
+    /// `WGTURBO_NO_OFFLOAD=1`: no TUN vnet_hdr/TSO/GRO and no UDP GSO/GRO (the fallback path,
+    /// tested and benchmarked on its own).
+    pub offloads: bool,
 }
 
-/// How many workers: one per core unless WGTURBO_WORKERS says otherwise.
-fn worker_count() -> usize {
-    std::env::var("WGTURBO_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-        .min(16)
+impl Settings {
+    pub fn from_env() -> Result<Settings, DeviceError> {
+        let workers = std::env::var("WGTURBO_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .min(16);
+        let backend = match std::env::var("WGTURBO_IO").unwrap_or_default().as_str() {
+            "" | "uring" | "io_uring" => Backend::Uring,
+            "syscalls" => Backend::Syscalls,
+            other => return Err(DeviceError::BadBackend(other.to_string())),
+        };
+        let offloads = std::env::var_os("WGTURBO_NO_OFFLOAD").is_none_or(|v| v == "0");
+        Ok(Settings { workers, backend, offloads })
+    }
 }
 
-/// Creates the interface and the UAPI socket, calls `ready`, then runs until the interface is
-/// deleted, the socket file removed, or SIGINT/SIGTERM arrives.
-pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
-    let workers = worker_count();
-    let vnet = !offloads_disabled();
-    let first = match Tun::open(iface, workers > 1, vnet) {
+/// What a device's workers run on.
+pub struct DeviceIo {
+    /// One TUN queue per worker.
+    pub queues: Vec<TunQueue>,
+    pub network: Network,
+    pub backend: Backend,
+    /// UDP GSO may be used where the socket supports it.
+    pub gso: bool,
+    /// The TUN queues carry a virtio_net_hdr.
+    pub vnet: bool,
+}
+
+/// A running device: its workers, and the control state the caller drives with `tick`.
+pub struct Device {
+    pub shared: Arc<Shared>,
+    control: Control,
+    control_tx: Sender<ControlMsg>,
+    /// The backend each worker runs, and the engaged offloads, for the start-up line.
+    pub summary: String,
+}
+
+impl Device {
+    /// Binds a random UDP port (as wireguard-go does until configured) and starts the workers.
+    pub fn start(io: DeviceIo) -> Result<Device, DeviceError> {
+        let workers = io.queues.len().max(1);
+        let (handshake_tx, handshake_rx) = crossbeam_channel::bounded(HANDSHAKE_QUEUE);
+        let (control_tx, control_rx) = crossbeam_channel::bounded(4096);
+        let shared = Arc::new(Shared {
+            epoch: Instant::now(),
+            routing: ArcSwap::from_pointee(AllowedIps::default()),
+            indices: ArcSwap::from_pointee(HashMap::new()),
+            sockets: ArcSwap::from_pointee(Vec::new()),
+            mtu: AtomicUsize::new(DEFAULT_MTU as usize),
+            handshake_tx,
+            control_tx: control_tx.clone(),
+            stop: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            drops: DropCounters::default(),
+        });
+        let mut control = Control::new(shared.clone(), io.network.clone(), workers, handshake_rx, control_rx);
+        let bind = crate::config::DeviceChange { listen_port: Some(0), ..Default::default() };
+        control
+            .apply(bind, Instant::now())
+            .map_err(|errno| DeviceError::Udp(std::io::Error::from_raw_os_error(-errno)))?;
+        let sockets = shared.sockets.load_full();
+        let gso = io.gso && sockets.first().is_some_and(|s| s.supports_gso());
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut backends = Vec::new();
+        for (i, queue) in io.queues.into_iter().enumerate() {
+            let socket = sockets[i % sockets.len()].clone();
+            let config = WorkerIoConfig { backend: io.backend, gso };
+            let (worker_io, fallback) = crate::io::worker_io(queue, socket, &config).map_err(DeviceError::Tun)?;
+            if let Some(reason) = fallback {
+                warn!("worker {i}: {reason}");
+            }
+            backends.push(worker_io.backend());
+            let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            let shared = shared.clone();
+            let config = WorkerConfig { index: i, vnet: io.vnet, gso };
+            std::thread::Builder::new()
+                .name(format!("wg-worker-{i}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    worker::supervise(shared, worker_io, config)
+                })
+                .map_err(DeviceError::Thread)?;
+        }
+        let mut names: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
+        names.dedup();
+        let udp = match (&io.network, gso) {
+            (Network::Os { gro: true }, true) => "UDP GSO+GRO",
+            (Network::Os { gro: true }, false) => "UDP GRO",
+            (_, true) => "UDP GSO",
+            _ => "no UDP offloads",
+        };
+        let summary = format!("{} worker(s) on {}; {udp}", backends.len(), names.join("+"));
+        Ok(Device { shared, control, control_tx, summary })
+    }
+
+    pub fn control_sender(&self) -> Sender<ControlMsg> {
+        self.control_tx.clone()
+    }
+
+    /// Handles control messages for one timer tick, then runs the timers.
+    pub fn tick(&mut self) {
+        self.control.run_until(Instant::now() + TIMER_TICK);
+        self.control.run_timers();
+    }
+
+    /// Stops the workers (they notice within their idle wait).
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A device whose control loop runs on a thread of its own: for tests and benchmarks over
+/// the in-memory twins. Dropping it stops the device.
+pub struct BackgroundDevice {
+    pub shared: Arc<Shared>,
+    control_tx: Sender<ControlMsg>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundDevice {
+    pub fn spawn(io: DeviceIo) -> Result<BackgroundDevice, DeviceError> {
+        let mut device = Device::start(io)?;
+        let shared = device.shared.clone();
+        let control_tx = device.control_sender();
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                while !device.shared.stopping() {
+                    device.tick();
+                }
+            })
+            .map_err(DeviceError::Thread)?;
+        Ok(BackgroundDevice { shared, control_tx, thread: Some(thread) })
+    }
+
+    /// Sends a UAPI request (`get=1` or `set=1` and its lines) and returns the reply text.
+    pub fn uapi(&self, request: &str) -> String {
+        match crate::config::uapi::parse_request(request) {
+            Ok(req) => {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                if self.control_tx.send(ControlMsg::Uapi(req, tx)).is_err() {
+                    return "errno=-5\n\n".to_string();
+                }
+                rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| "errno=-5\n\n".to_string())
+            }
+            Err(e) => format!("errno={}\n\n", e.errno()),
+        }
+    }
+}
+
+impl Drop for BackgroundDevice {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Opens the TUN: one queue per worker with vnet_hdr offloads where the kernel allows.
+/// Returns the queues and whether they carry a virtio_net_hdr, and what engaged.
+fn open_tun(iface: &str, workers: usize, offloads: bool) -> Result<(Vec<Tun>, bool, &'static str), DeviceError> {
+    let first = match Tun::open(iface, workers > 1, offloads) {
         Ok(t) => t,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             warn!("multi-queue/vnet_hdr TUN refused ({e}); falling back to one plain queue and one worker");
@@ -62,16 +223,18 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
         }
         Err(e) => return Err(DeviceError::Tun(e)),
     };
-    if first.has_vnet_hdr() {
-        use crate::io::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+    let mut vnet = first.has_vnet_hdr();
+    let mut engaged = "TUN offloads off";
+    if vnet {
         match first.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) {
-            Ok(()) => info!("TUN offloads on: checksum, TSO4, TSO6 (and GRO on write)"),
-            Err(e) => warn!("TUN offloads refused ({e}); packets come one by one"),
+            Ok(()) => engaged = "TUN checksum+TSO4+TSO6+GRO",
+            Err(e) => {
+                warn!("TUN offloads refused ({e}); packets come one by one");
+                engaged = "TUN vnet_hdr without TSO";
+            }
         }
-    } else {
-        info!("TUN offloads off");
     }
-    let iface = first.name().to_string();
+    let name = first.name().to_string();
     let mut queues = vec![first];
     for _ in 1..workers {
         match queues[0].open_queue() {
@@ -82,51 +245,30 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
             }
         }
     }
-    let workers = queues.len();
+    vnet &= queues.iter().all(|q| q.has_vnet_hdr());
+    let _ = name;
+    Ok((queues, vnet, engaged))
+}
+
+/// Creates the interface and the UAPI socket, calls `ready`, then runs until the interface is
+/// deleted, the socket file removed, or SIGINT/SIGTERM arrives.
+pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
+    let settings = Settings::from_env()?;
+    let (queues, vnet, tun_offloads) = open_tun(iface, settings.workers, settings.offloads)?;
+    let iface = queues[0].name().to_string();
     if let Err(e) = tun::set_mtu(&iface, DEFAULT_MTU) {
         warn!("cannot set MTU {DEFAULT_MTU} on {iface}: {e}");
     }
     let listener = uapi_server::bind(&iface).map_err(DeviceError::Uapi)?;
-
-    let (handshake_tx, handshake_rx) = crossbeam_channel::bounded(HANDSHAKE_QUEUE);
-    let (control_tx, control_rx) = crossbeam_channel::bounded(4096);
-    let shared = Arc::new(Shared {
-        epoch: Instant::now(),
-        routing: ArcSwap::from_pointee(AllowedIps::default()),
-        indices: ArcSwap::from_pointee(HashMap::new()),
-        sockets: ArcSwap::from_pointee(Vec::new()),
-        mtu: AtomicUsize::new(DEFAULT_MTU as usize),
-        handshake_tx,
-        control_tx: control_tx.clone(),
-        stop: AtomicBool::new(false),
-        drops: DropCounters::default(),
-    });
-    let mut control = Control::new(shared.clone(), 0, workers, handshake_rx, control_rx);
-    // Listen on a random port until configured, as wireguard-go does once the link is up.
-    let bind = crate::config::DeviceChange { listen_port: Some(0), ..Default::default() };
-    control.apply(bind, Instant::now()).map_err(|errno| DeviceError::Udp(std::io::Error::from_raw_os_error(-errno)))?;
-
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    for (i, queue) in queues.into_iter().enumerate() {
-        let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
-        let rx_queue = queue.try_clone().map_err(DeviceError::Tun)?;
-        for (kind, q) in [("tx", queue), ("rx", rx_queue)] {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("wg-{kind}-{i}"))
-                .spawn(move || {
-                    if let Some(core) = core {
-                        core_affinity::set_for_current(core);
-                    }
-                    if kind == "tx" {
-                        crate::dataplane::tx::run(shared, q, i)
-                    } else {
-                        crate::dataplane::rx::run(shared, q, i)
-                    }
-                })
-                .map_err(DeviceError::Thread)?;
-        }
-    }
+    let io = DeviceIo {
+        queues: queues.into_iter().map(TunQueue::Os).collect(),
+        network: Network::Os { gro: settings.offloads },
+        backend: settings.backend,
+        gso: settings.offloads,
+        vnet,
+    };
+    let mut device = Device::start(io)?;
+    let control_tx = device.control_sender();
     std::thread::Builder::new()
         .name("uapi".into())
         .spawn(move || uapi_server::serve(listener, control_tx))
@@ -136,16 +278,23 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, terminate.clone());
     }
-    info!("interface {iface} up with {workers} worker(s); UAPI at {}", uapi_server::socket_path(&iface).display());
+    info!(
+        "interface {iface} up: {}; {tun_offloads}; UAPI at {}",
+        device.summary,
+        uapi_server::socket_path(&iface).display()
+    );
     ready();
 
     let socket_path = uapi_server::socket_path(&iface);
     let mut next_housekeeping = Instant::now();
+    let shared = device.shared.clone();
     loop {
-        control.run_until(Instant::now() + TIMER_TICK);
-        control.run_timers();
+        device.tick();
         if terminate.load(Ordering::Relaxed) {
             info!("signal received, shutting down");
+            break;
+        }
+        if shared.stopping() {
             break;
         }
         let now = Instant::now();
@@ -165,7 +314,10 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
             tracing::debug!("drops: {}", shared.drops.summary());
         }
     }
-    shared.stop.store(true, Ordering::Relaxed);
+    device.stop();
     let _ = std::fs::remove_file(&socket_path);
+    if shared.failed.load(Ordering::Relaxed) {
+        return Err(DeviceError::WorkerFailed);
+    }
     Ok(())
 }

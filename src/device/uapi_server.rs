@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use crossbeam_channel::Sender;
 use tracing::{debug, warn};
 
-use super::shared::ControlMsg;
 use crate::config::uapi::{parse_request, UapiError};
+use crate::dataplane::shared::ControlMsg;
 
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 

@@ -1,9 +1,191 @@
-//! Everything that talks to the kernel: TUN, UDP batches, interface ioctls. Knows nothing of
-//! WireGuard. All of the crate's `unsafe` lives here, each block with its reason.
+//! Everything that talks to the kernel: TUN, UDP, io_uring, interface ioctls, and an in-memory
+//! twin of TUN and UDP for tests. Knows nothing of WireGuard. All of the crate's `unsafe`
+//! lives here, each block with its reason.
+//!
+//! The seam the workers use is [`WorkerIo`]: one TUN queue and one UDP socket, read and written
+//! in batches. It is one object per worker rather than a TUN half and a UDP half because the
+//! io_uring backend drives both through the worker's single ring. Three backends implement it:
+//! [`uring::UringIo`], [`syscalls::SyscallIo`] (poll, read/write, recvmmsg/sendmmsg) and
+//! [`twin::TwinIo`]. Offload choices arrive as parameters; nothing here reads the environment.
+#![allow(unsafe_code)]
 
+pub mod batch;
+pub mod syscalls;
 pub mod tun;
+pub mod twin;
 pub mod udp;
+pub mod uring;
 pub mod vnet;
 
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use batch::{Buf, SendBatch, TunWriteBatch};
 pub use tun::Tun;
-pub use udp::{RecvBatch, SendBatch, UdpSocket};
+pub use udp::OsSocket;
+
+/// TUN packets a worker reads per round, and UDP receives (each up to 64 KiB with GRO).
+pub const TUN_READ_BATCH: usize = 64;
+pub const UDP_RECV_BATCH: usize = 64;
+/// A TUN read buffer: the virtio_net_hdr and the largest (TSO) packet.
+pub const TUN_BUF: usize = vnet::VNET_HDR_LEN + 65_536;
+/// A UDP receive buffer: 64 KiB of GRO-coalesced datagrams.
+pub const UDP_BUF: usize = 65_536;
+
+/// One worker's I/O: its TUN queue and its UDP socket.
+pub trait WorkerIo: Send {
+    /// Which backend this is, for the start-up line.
+    fn backend(&self) -> Backend;
+    /// Waits up to `timeout` until the TUN or the socket has something to read.
+    fn wait(&mut self, timeout: Duration) -> io::Result<()>;
+    /// Moves the TUN packets read so far (without blocking, at most a batch) into `out`.
+    fn read_tun(&mut self, out: &mut Vec<Buf>) -> io::Result<()>;
+    /// Moves the UDP receives done so far (without blocking, at most a batch) into `out`.
+    fn recv_udp(&mut self, out: &mut Vec<Buf>) -> io::Result<()>;
+    /// Gives read buffers back once processed.
+    fn recycle_tun(&mut self, bufs: &mut Vec<Buf>);
+    fn recycle_udp(&mut self, bufs: &mut Vec<Buf>);
+    /// Sends every datagram in `batch` and empties it. When the kernel refuses GSO (EIO or
+    /// EINVAL on some devices), the group goes out datagram by datagram and the batch's GSO is
+    /// turned off for good (`batch.gso_enabled()` tells the caller, who says so once).
+    fn send_udp(&mut self, batch: &mut SendBatch) -> io::Result<()>;
+    /// Writes every packet in `batch` to the TUN and empties it; returns the first error.
+    fn write_tun(&mut self, batch: &mut TunWriteBatch) -> io::Result<()>;
+    /// The device rebound its port: use this socket from now on.
+    fn set_socket(&mut self, socket: Arc<Socket>);
+}
+
+/// Which I/O backend a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Uring,
+    Syscalls,
+    Twin,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Uring => "io_uring",
+            Backend::Syscalls => "syscalls",
+            Backend::Twin => "in-memory twin",
+        })
+    }
+}
+
+/// A UDP socket of the device: the kernel's, or the twin's.
+pub enum Socket {
+    Os(OsSocket),
+    Twin(twin::TwinSocket),
+}
+
+impl Socket {
+    pub fn send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
+        match self {
+            Socket::Os(s) => s.send_to(buf, addr),
+            Socket::Twin(s) => s.send_to(buf, addr),
+        }
+    }
+
+    pub fn local_port(&self) -> io::Result<u16> {
+        match self {
+            Socket::Os(s) => s.local_port(),
+            Socket::Twin(s) => Ok(s.port()),
+        }
+    }
+
+    pub fn set_fwmark(&self, mark: u32) -> io::Result<()> {
+        match self {
+            Socket::Os(s) => s.set_fwmark(mark),
+            Socket::Twin(_) => Ok(()),
+        }
+    }
+
+    /// Wakes the worker blocked on this socket once it is replaced.
+    pub fn shutdown(&self) {
+        match self {
+            Socket::Os(s) => s.shutdown(),
+            Socket::Twin(s) => s.shutdown(),
+        }
+    }
+
+    /// Whether a send may carry several datagrams (UDP GSO).
+    pub fn supports_gso(&self) -> bool {
+        match self {
+            Socket::Os(s) => s.supports_gso(),
+            Socket::Twin(_) => true,
+        }
+    }
+}
+
+/// Where sockets come from: the kernel (with or without UDP GRO), or a twin network.
+#[derive(Clone)]
+pub enum Network {
+    Os { gro: bool },
+    Twin(Arc<twin::TwinNet>),
+}
+
+impl Network {
+    /// `count` sockets on one port (SO_REUSEPORT), one per worker; fewer if the kernel
+    /// refuses siblings. Port 0 picks a free one.
+    pub fn bind(&self, port: u16, fwmark: u32, count: usize) -> io::Result<Vec<Arc<Socket>>> {
+        match self {
+            Network::Os { gro } => {
+                let first = OsSocket::bind(port, fwmark, *gro)?;
+                let port = first.local_port()?;
+                let mut sockets = vec![Arc::new(Socket::Os(first))];
+                for _ in 1..count {
+                    match OsSocket::bind(port, fwmark, *gro) {
+                        Ok(s) => sockets.push(Arc::new(Socket::Os(s))),
+                        Err(e) => {
+                            tracing::warn!("one UDP socket for all workers: SO_REUSEPORT sibling failed ({e})");
+                            break;
+                        }
+                    }
+                }
+                Ok(sockets)
+            }
+            Network::Twin(net) => Ok(vec![Arc::new(Socket::Twin(net.bind(port)?))]),
+        }
+    }
+}
+
+/// A TUN queue: the kernel's, or the twin's.
+pub enum TunQueue {
+    Os(Tun),
+    Twin(twin::TwinTun),
+}
+
+/// What a worker's I/O is built with.
+pub struct WorkerIoConfig {
+    pub backend: Backend,
+    /// Send runs of equal datagrams as one UDP GSO message.
+    pub gso: bool,
+}
+
+/// Builds a worker's I/O on the backend asked for. io_uring falls back to syscalls when the
+/// kernel refuses it; the reason comes back for the caller to say.
+pub fn worker_io(
+    tun: TunQueue,
+    socket: Arc<Socket>,
+    config: &WorkerIoConfig,
+) -> io::Result<(Box<dyn WorkerIo>, Option<String>)> {
+    match tun {
+        TunQueue::Twin(t) => Ok((Box::new(twin::TwinIo::new(t, socket)), None)),
+        TunQueue::Os(t) => {
+            if config.backend == Backend::Uring {
+                return match uring::probe() {
+                    Ok(ring) => Ok((Box::new(uring::UringIo::new(ring, t, socket)?), None)),
+                    Err(e) => {
+                        let reason = format!("io_uring unavailable ({e}); using syscalls");
+                        Ok((Box::new(syscalls::SyscallIo::new(t, socket)?), Some(reason)))
+                    }
+                };
+            }
+            Ok((Box::new(syscalls::SyscallIo::new(t, socket)?), None))
+        }
+    }
+}

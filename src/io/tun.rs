@@ -84,11 +84,6 @@ impl Tun {
         }
     }
 
-    /// A second handle on the same queue (one thread reads it while another writes).
-    pub fn try_clone(&self) -> io::Result<Tun> {
-        Ok(Tun { file: self.file.try_clone()?, name: self.name.clone(), vnet_hdr: self.vnet_hdr })
-    }
-
     /// Another queue of the same multi-queue interface.
     pub fn open_queue(&self) -> io::Result<Tun> {
         Tun::open(&self.name, true, self.vnet_hdr)
@@ -102,14 +97,17 @@ impl Tun {
         self.file.as_raw_fd()
     }
 
-    pub fn set_nonblocking(&self) -> io::Result<()> {
+    /// Non-blocking for the syscall backend; blocking for io_uring, which then arms a poll
+    /// instead of handing the read to a worker thread.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         // SAFETY: F_GETFL/F_SETFL on an fd we own; no memory is passed.
         let flags = unsafe { libc::fcntl(self.fd(), libc::F_GETFL) };
         if flags < 0 {
             return Err(io::Error::last_os_error());
         }
+        let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
         // SAFETY: as above.
-        if unsafe { libc::fcntl(self.fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        if unsafe { libc::fcntl(self.fd(), libc::F_SETFL, flags) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())

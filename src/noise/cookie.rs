@@ -27,11 +27,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// followed by the source port, big-endian.
 fn source_bytes(src: &SocketAddr) -> ([u8; 18], usize) {
     let mut b = [0u8; 18];
-    let ip = match src.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
-    let n = match ip {
+    let n = match src.ip().to_canonical() {
         IpAddr::V4(v4) => {
             b[..4].copy_from_slice(&v4.octets());
             4

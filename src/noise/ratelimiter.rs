@@ -20,16 +20,13 @@ enum SourceKey {
 }
 
 fn key(ip: IpAddr) -> SourceKey {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => SourceKey::V4(v4.octets()),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SourceKey::V4(v4.octets()),
-            None => {
-                let mut p = [0u8; 8];
-                p.copy_from_slice(&v6.octets()[..8]);
-                SourceKey::V6Prefix(p)
-            }
-        },
+        IpAddr::V6(v6) => {
+            let mut p = [0u8; 8];
+            p.copy_from_slice(&v6.octets()[..8]);
+            SourceKey::V6Prefix(p)
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_channel::Sender;
 
 use crate::config::uapi::Request;
-use crate::io::UdpSocket;
+use crate::io::Socket;
 use crate::keys::PublicKey;
 use crate::routing::AllowedIps;
 use crate::session::{Keypair, Keypairs};
@@ -97,6 +97,8 @@ pub struct DropCounters {
     pub no_peer_for_destination: AtomicU64,
     pub no_endpoint: AtomicU64,
     pub handshake_queue_full: AtomicU64,
+    /// Worker loops restarted after a panic (see `worker::supervise`).
+    pub worker_restarts: AtomicU64,
 }
 
 impl DropCounters {
@@ -107,7 +109,7 @@ impl DropCounters {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "malformed={} unknown_index={} decrypt_failed={} replayed={} source_not_allowed={} \
-             no_peer_for_destination={} no_endpoint={} handshake_queue_full={}",
+             no_peer_for_destination={} no_endpoint={} handshake_queue_full={} worker_restarts={}",
             l(&self.malformed),
             l(&self.unknown_index),
             l(&self.decrypt_failed),
@@ -115,7 +117,8 @@ impl DropCounters {
             l(&self.source_not_allowed),
             l(&self.no_peer_for_destination),
             l(&self.no_endpoint),
-            l(&self.handshake_queue_full)
+            l(&self.handshake_queue_full),
+            l(&self.worker_restarts)
         )
     }
 }
@@ -124,11 +127,13 @@ pub struct Shared {
     pub epoch: Instant,
     pub routing: ArcSwap<AllowedIps<Arc<PeerShared>>>,
     pub indices: ArcSwap<HashMap<u32, IndexEntry>>,
-    pub sockets: ArcSwap<Vec<Arc<UdpSocket>>>,
+    pub sockets: ArcSwap<Vec<Arc<Socket>>>,
     pub mtu: AtomicUsize,
     pub handshake_tx: Sender<HandshakePacket>,
     pub control_tx: Sender<ControlMsg>,
     pub stop: AtomicBool,
+    /// Set with `stop` when a worker gave up (the daemon then exits with an error).
+    pub failed: AtomicBool,
     pub drops: DropCounters,
 }
 
@@ -138,6 +143,11 @@ impl Shared {
     }
     pub fn instant(&self, stamp: Stamp) -> Option<Instant> {
         (stamp != 0).then(|| self.epoch + Duration::from_nanos(stamp - 1))
+    }
+    /// Stops the device because something broke for good.
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
     }
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)

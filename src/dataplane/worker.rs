@@ -1,0 +1,159 @@
+//! One worker: a loop over its TUN queue and UDP socket through the I/O seam. Each round reads
+//! what the TUN has (sealing into the send batch), sends, receives what the socket has
+//! (opening into the TUN batch), and writes to the TUN. The routing snapshot, index table and
+//! keypairs are loaded once per round, without locks.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error};
+
+use super::offload::Coalescer;
+use super::rx::RxRound;
+use super::shared::{DropCounters, Shared};
+use super::tx::{flush, TxRound, SEND_ARENA_BYTES, SEND_MAX_MESSAGES};
+use crate::io::{Buf, SendBatch, Socket, TunWriteBatch, WorkerIo, TUN_READ_BATCH, UDP_RECV_BATCH};
+use crate::noise::messages::TRANSPORT_HEADER_LEN;
+
+/// How long a worker sleeps when idle; it then looks again for a stop or a new socket.
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// A worker that panics more often than this within `PANIC_WINDOW` takes the daemon down.
+const MAX_PANICS: usize = 5;
+const PANIC_WINDOW: Duration = Duration::from_secs(60);
+
+/// What a worker is built with.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    pub index: usize,
+    /// The TUN queue carries a virtio_net_hdr (TSO reads, GRO writes).
+    pub vnet: bool,
+    /// UDP GSO may be used (the socket supports it and offloads are not turned off).
+    pub gso: bool,
+}
+
+/// Runs a worker until the device stops. The policy for a panic (a bug, never input: nothing
+/// from the network may panic): the worker's state is dropped and its loop restarted on the
+/// same TUN queue and socket, so no queue is left unread; the panic is logged and counted. More
+/// than `MAX_PANICS` within a minute stops the daemon, which exits with an error.
+pub fn supervise(shared: Arc<Shared>, mut io: Box<dyn WorkerIo>, config: WorkerConfig) {
+    let mut panics: Vec<Instant> = Vec::new();
+    loop {
+        let result = catch_unwind(AssertUnwindSafe(|| run(&shared, io.as_mut(), config)));
+        if result.is_ok() {
+            return;
+        }
+        let now = Instant::now();
+        panics.retain(|t| now.saturating_duration_since(*t) < PANIC_WINDOW);
+        panics.push(now);
+        DropCounters::bump(&shared.drops.worker_restarts);
+        if panics.len() > MAX_PANICS {
+            error!("worker {} panicked {} times within a minute; stopping the daemon", config.index, panics.len());
+            shared.fail();
+            return;
+        }
+        error!("worker {} panicked; restarting its loop on the same queue", config.index);
+    }
+}
+
+/// The worker's buffers, kept across rounds.
+struct State {
+    send: SendBatch,
+    tun_out: TunWriteBatch,
+    coalescer: Coalescer,
+    tun_reads: Vec<Buf>,
+    udp_reads: Vec<Buf>,
+    socket: Option<Arc<Socket>>,
+}
+
+fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
+    let mut st = State {
+        send: SendBatch::new(SEND_ARENA_BYTES, SEND_MAX_MESSAGES, config.gso),
+        tun_out: TunWriteBatch::default(),
+        coalescer: Coalescer::default(),
+        tun_reads: Vec::with_capacity(TUN_READ_BATCH),
+        udp_reads: Vec::with_capacity(UDP_RECV_BATCH),
+        socket: None,
+    };
+    while !shared.stopping() {
+        if !use_current_socket(shared, io, &mut st, config.index) {
+            std::thread::sleep(IDLE_WAIT);
+            continue;
+        }
+        if let Err(e) = io.wait(IDLE_WAIT) {
+            debug!("worker {}: wait failed: {e}", config.index);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        round(shared, io, &mut st, config);
+    }
+}
+
+/// Follows the device's sockets (a `listen-port` change rebinds them). False if none yet.
+fn use_current_socket(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, index: usize) -> bool {
+    let sockets = shared.sockets.load();
+    let Some(sock) = sockets.get(index % sockets.len().max(1)) else { return false };
+    if !st.socket.as_ref().is_some_and(|s| Arc::ptr_eq(s, sock)) {
+        io.set_socket(sock.clone());
+        st.socket = Some(sock.clone());
+    }
+    true
+}
+
+fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerConfig) {
+    let now = Instant::now();
+    let stamp = shared.stamp(now);
+    let routing = shared.routing.load();
+    let index = config.index;
+
+    if let Err(e) = io.read_tun(&mut st.tun_reads) {
+        debug!("worker {index}: TUN read failed: {e}");
+    }
+    if !st.tun_reads.is_empty() {
+        let tx = TxRound {
+            shared,
+            routing: &routing,
+            now,
+            stamp,
+            mtu: shared.mtu.load(Ordering::Relaxed),
+            vnet: config.vnet,
+            worker: index,
+        };
+        let mut reads = std::mem::take(&mut st.tun_reads);
+        for b in reads.iter_mut() {
+            tx.read(b.filled_mut(), &mut st.send, &mut st.tun_out, io);
+        }
+        if !st.send.is_empty() {
+            flush(io, &mut st.send, index);
+        }
+        io.recycle_tun(&mut reads);
+        st.tun_reads = reads;
+    }
+
+    if let Err(e) = io.recv_udp(&mut st.udp_reads) {
+        debug!("worker {index}: receive failed: {e}");
+    }
+    if !st.udp_reads.is_empty() {
+        let indices = shared.indices.load();
+        let rx = RxRound { shared, indices: &indices, routing: &routing, now, stamp };
+        for b in st.udp_reads.iter_mut() {
+            let Some(src) = b.src else { continue };
+            let stride = b.stride.max(1);
+            for datagram in b.filled_mut().chunks_mut(stride) {
+                let Some(len) = rx.datagram(datagram, src) else { continue };
+                let plaintext = &datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
+                if !(config.vnet && st.coalescer.push(plaintext, &mut st.tun_out)) {
+                    st.tun_out.push_plain(plaintext);
+                }
+            }
+        }
+        st.coalescer.drain(&mut st.tun_out);
+        io.recycle_udp(&mut st.udp_reads);
+    }
+
+    if !st.tun_out.is_empty() {
+        if let Err(e) = io.write_tun(&mut st.tun_out) {
+            debug!("worker {index}: TUN write failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The batches that cross the I/O seam, as plain data: every backend (io_uring, syscalls, the
+//! in-memory twin) fills or drains the same types, so the worker above never knows which runs.
+//!
+//! Reads hand out buffers the backend owns ([`Buf`]), moved to the worker and given back once
+//! processed, so an io_uring read never points at memory the worker is using. Writes take
+//! batches the worker owns ([`SendBatch`], [`TunWriteBatch`]); a backend returns from a write
+//! call only when the kernel is done with them.
+
+use std::net::SocketAddr;
+
+use super::vnet::VNET_HDR_LEN;
+
+/// One read buffer: a TUN packet (with its virtio_net_hdr first, when the queue has one) or a
+/// UDP receive holding one or more datagrams of `stride` bytes (the last may be shorter).
+pub struct Buf {
+    pub data: Box<[u8]>,
+    pub len: usize,
+    pub src: Option<SocketAddr>,
+    pub stride: usize,
+}
+
+impl Buf {
+    pub fn new(size: usize) -> Self {
+        Buf { data: vec![0u8; size].into_boxed_slice(), len: 0, src: None, stride: 0 }
+    }
+
+    pub fn filled_mut(&mut self) -> &mut [u8] {
+        &mut self.data[..self.len]
+    }
+}
+
+/// Most datagrams one UDP GSO send may carry (UDP_MAX_SEGMENTS on older kernels).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+/// Largest GSO send: the UDP length field's limit, less room for headers.
+const MAX_GSO_BYTES: usize = 65_000;
+
+/// A run of datagrams to one endpoint, sent as one message (UDP GSO) when `count > 1`.
+#[derive(Debug, Clone, Copy)]
+pub struct Group {
+    pub start: usize,
+    pub len: usize,
+    pub segment: usize,
+    pub count: usize,
+    /// A shorter datagram ended the group.
+    closed: bool,
+    pub addr: SocketAddr,
+}
+
+/// Datagrams to several endpoints, written in place into one arena. Consecutive datagrams to
+/// the same endpoint with the same size (the last may be shorter) form one GSO group.
+pub struct SendBatch {
+    arena: Vec<u8>,
+    tail: usize,
+    groups: Vec<Group>,
+    max_groups: usize,
+    gso: bool,
+}
+
+impl SendBatch {
+    /// An arena of `bytes`, at most `max_groups` messages; `gso` allows UDP GSO groups.
+    pub fn new(bytes: usize, max_groups: usize, gso: bool) -> Self {
+        SendBatch { arena: vec![0u8; bytes], tail: 0, groups: Vec::with_capacity(max_groups), max_groups, gso }
+    }
+
+    pub fn gso_enabled(&self) -> bool {
+        self.gso
+    }
+
+    /// Used by a backend whose kernel refused GSO: every later datagram is its own message.
+    pub fn disable_gso(&mut self) {
+        self.gso = false;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Room for one more datagram of up to `bytes`, even if it cannot join the last group?
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.tail + bytes <= self.arena.len() && self.groups.len() < self.max_groups
+    }
+
+    /// The free part of the arena, to write the next datagram into at its start.
+    pub fn free_space(&mut self) -> &mut [u8] {
+        &mut self.arena[self.tail..]
+    }
+
+    /// Appends the `len` bytes written at the start of `free_space()` as one datagram. The
+    /// caller checked `has_room(len)` first.
+    pub fn commit(&mut self, len: usize, addr: SocketAddr) {
+        let start = self.tail;
+        self.tail += len;
+        if self.gso {
+            if let Some(g) = self.groups.last_mut() {
+                if g.addr == addr
+                    && !g.closed
+                    && len <= g.segment
+                    && g.count < MAX_GSO_SEGMENTS
+                    && g.len + len <= MAX_GSO_BYTES
+                {
+                    g.len += len;
+                    g.count += 1;
+                    g.closed = len < g.segment;
+                    return;
+                }
+            }
+        }
+        self.groups.push(Group { start, len, segment: len, count: 1, closed: false, addr });
+    }
+
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// The bytes of a group (all its datagrams back to back).
+    pub fn bytes(&self, g: &Group) -> &[u8] {
+        &self.arena[g.start..g.start + g.len]
+    }
+
+    /// The datagrams of a group one by one, for a backend that cannot send it whole.
+    pub fn datagrams<'a>(&'a self, g: &Group) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.bytes(g).chunks(g.segment.max(1))
+    }
+
+    pub fn datagram_count(&self) -> usize {
+        self.groups.iter().map(|g| g.count).sum()
+    }
+
+    pub fn clear(&mut self) {
+        self.groups.clear();
+        self.tail = 0;
+    }
+}
+
+/// Buffers kept for reuse at most; beyond, a written buffer is freed (bounded memory).
+const TUN_POOL_MAX: usize = 256;
+
+/// Packets for the TUN, each `VNET_HDR_LEN` bytes of virtio_net_hdr then the packet. A queue
+/// without vnet_hdr writes each from `VNET_HDR_LEN` on.
+#[derive(Default)]
+pub struct TunWriteBatch {
+    packets: Vec<Vec<u8>>,
+    pool: Vec<Vec<u8>>,
+}
+
+impl TunWriteBatch {
+    /// An empty buffer to build one packet in (from the pool when there is one).
+    pub fn take_buf(&mut self) -> Vec<u8> {
+        let mut v = self.pool.pop().unwrap_or_default();
+        v.clear();
+        v
+    }
+
+    /// A buffer holding a zeroed virtio_net_hdr (no offload) and `packet`.
+    pub fn push_plain(&mut self, packet: &[u8]) {
+        let mut v = self.take_buf();
+        v.resize(VNET_HDR_LEN, 0);
+        v.extend_from_slice(packet);
+        self.packets.push(v);
+    }
+
+    /// A buffer built by the caller: virtio_net_hdr first.
+    pub fn push(&mut self, framed: Vec<u8>) {
+        self.packets.push(framed);
+    }
+
+    pub fn packets(&self) -> &[Vec<u8>] {
+        &self.packets
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    /// Empties the batch, keeping up to `TUN_POOL_MAX` buffers for reuse.
+    pub fn clear(&mut self) {
+        for v in self.packets.drain(..) {
+            if self.pool.len() < TUN_POOL_MAX {
+                self.pool.push(v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn put(b: &mut SendBatch, len: usize, to: SocketAddr) {
+        assert!(b.has_room(len));
+        b.free_space()[..len].fill(len as u8);
+        b.commit(len, to);
+    }
+
+    #[test]
+    fn equal_datagrams_to_one_endpoint_form_one_group() {
+        let mut b = SendBatch::new(1 << 16, 16, true);
+        for _ in 0..3 {
+            put(&mut b, 100, addr(1));
+        }
+        put(&mut b, 60, addr(1)); // shorter: ends the group
+        put(&mut b, 100, addr(1)); // so this starts a new one
+        put(&mut b, 100, addr(2));
+        let shape: Vec<_> = b.groups().iter().map(|g| (g.count, g.segment, g.len)).collect();
+        assert_eq!(shape, vec![(4, 100, 360), (1, 100, 100), (1, 100, 100)]);
+        let sizes: Vec<usize> = b.datagrams(&b.groups()[0]).map(|d| d.len()).collect();
+        assert_eq!(sizes, vec![100, 100, 100, 60]);
+        assert_eq!(b.datagram_count(), 6);
+    }
+
+    #[test]
+    fn without_gso_every_datagram_is_a_group_and_room_counts_groups() {
+        let mut b = SendBatch::new(1 << 16, 3, false);
+        for _ in 0..3 {
+            put(&mut b, 10, addr(1));
+        }
+        assert!(!b.has_room(10), "three groups is the limit");
+        b.clear();
+        assert!(b.is_empty() && b.has_room(10));
+    }
+
+    #[test]
+    fn tun_pool_is_bounded() {
+        let mut t = TunWriteBatch::default();
+        for _ in 0..TUN_POOL_MAX + 50 {
+            t.push_plain(&[0x45; 20]);
+        }
+        t.clear();
+        assert!(t.is_empty());
+        assert_eq!(t.pool.len(), TUN_POOL_MAX);
+    }
+}
