@@ -11,7 +11,7 @@ ROUNDS=${2:-3}
 bash netns-scripts/install-deps.sh >/dev/null
 bash netns-scripts/fetch-peers.sh >/dev/null || { echo "cannot fetch the comparison peers" >&2; exit 1; }
 cargo build --release --quiet
-IMPLS=${IMPLS:-"veth wgturbo wgturbo-nooffload wireguard-go-trixie gotatun wireguard-go boringtun"}
+IMPLS=${IMPLS:-"veth wgturbo wgturbo-syscalls wgturbo-nooffload wireguard-go-trixie gotatun wireguard-go boringtun"}
 
 one_run() { # IMPL -> Gbit/s
   local impl=$1
@@ -24,7 +24,11 @@ one_run() { # IMPL -> Gbit/s
     genkey a; genkey b
     IA="wgt${RUN_ID}a" IB="wgt${RUN_ID}b"
     real=$impl
-    if [ "$impl" = wgturbo-nooffload ]; then export WGTURBO_NO_OFFLOAD=1; real=wgturbo; fi
+    case "$impl" in
+      wgturbo-nooffload) export WGTURBO_NO_OFFLOAD=1; real=wgturbo ;;
+      wgturbo-syscalls) export WGTURBO_IO=syscalls; real=wgturbo ;;
+      wgturbo-uring) export WGTURBO_IO=uring; real=wgturbo ;;
+    esac
     start_impl "$real" "$A" "$IA" && start_impl "$real" "$B" "$IB"
     configure "$A" "$IA" "$WORK/a.key" 51820 10.200.0.1/24 fd00:200::1/64 "$(cat "$WORK/b.pub")" 10.200.0.2/32 192.0.2.2:51821 >/dev/null
     configure "$B" "$IB" "$WORK/b.key" 51821 10.200.0.2/24 fd00:200::2/64 "$(cat "$WORK/a.pub")" 10.200.0.1/32 "" >/dev/null
