@@ -39,4 +39,12 @@ if [ "$IMPL_B" != boringtun ]; then
   ep=$(ip netns exec "$B" wg show "$IB" endpoints | awk '{ print $2 }')
   case "$ep" in 192.0.2.1:51820|"[2001:db8::1]:51820") ;; *) die "responder endpoint '$ep'" ;; esac
 fi
+# The backend asked for (WGTURBO_IO, or EXPECT_BACKEND where a fallback is the point) is the
+# one the start-up line names.
+case "${EXPECT_BACKEND:-${WGTURBO_IO:-}}" in uring) want="on io_uring" ;; syscalls) want="on syscalls" ;; *) want="" ;; esac
+for side in "$IMPL_A $IA" "$IMPL_B $IB"; do
+  set -- $side
+  [ "$1" = wgturbo ] && [ -n "$want" ] || continue
+  grep -F "$want" "$WORK/$2.log" >/dev/null || { cat "$WORK/$2.log" >&2; die "wgturbo on $2 did not run $want"; }
+done
 log "ok: $IMPL_A -> $IMPL_B outer IPv$OUTER: TCP $tcp Gbit/s, UDP $udp Gbit/s"

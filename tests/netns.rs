@@ -35,23 +35,34 @@ fn script_env(name: &str, args: &[&str], env: &[(&str, &str)]) {
     assert!(status.success(), "{name} {args:?} failed ({status})");
 }
 
+/// The interop matrix runs on both I/O backends; the script checks from the daemon's start-up
+/// line that the backend asked for is the one that ran (no silent fallback).
 macro_rules! interop {
-    ($($test:ident: $a:literal -> $b:literal over $outer:literal;)*) => {
-        $( #[test] fn $test() { script("test-interop.sh", &[$a, $b, $outer]); } )*
+    ($($test:ident / $syscalls:ident: $a:literal -> $b:literal over $outer:literal;)*) => {
+        $(
+            #[test]
+            fn $test() {
+                script_env("test-interop.sh", &[$a, $b, $outer], &[("WGTURBO_IO", "uring")]);
+            }
+            #[test]
+            fn $syscalls() {
+                script_env("test-interop.sh", &[$a, $b, $outer], &[("WGTURBO_IO", "syscalls")]);
+            }
+        )*
     };
 }
 
 interop! {
-    wgturbo_to_wgturbo_v4: "wgturbo" -> "wgturbo" over "4";
-    wgturbo_to_wgturbo_v6: "wgturbo" -> "wgturbo" over "6";
-    wgturbo_to_wireguard_go_v4: "wgturbo" -> "wireguard-go" over "4";
-    wgturbo_to_wireguard_go_v6: "wgturbo" -> "wireguard-go" over "6";
-    wireguard_go_to_wgturbo_v4: "wireguard-go" -> "wgturbo" over "4";
-    wireguard_go_to_wgturbo_v6: "wireguard-go" -> "wgturbo" over "6";
-    wgturbo_to_boringtun_v4: "wgturbo" -> "boringtun" over "4";
-    wgturbo_to_boringtun_v6: "wgturbo" -> "boringtun" over "6";
-    boringtun_to_wgturbo_v4: "boringtun" -> "wgturbo" over "4";
-    boringtun_to_wgturbo_v6: "boringtun" -> "wgturbo" over "6";
+    wgturbo_to_wgturbo_v4 / wgturbo_to_wgturbo_v4_syscalls: "wgturbo" -> "wgturbo" over "4";
+    wgturbo_to_wgturbo_v6 / wgturbo_to_wgturbo_v6_syscalls: "wgturbo" -> "wgturbo" over "6";
+    wgturbo_to_wireguard_go_v4 / wgturbo_to_wireguard_go_v4_syscalls: "wgturbo" -> "wireguard-go" over "4";
+    wgturbo_to_wireguard_go_v6 / wgturbo_to_wireguard_go_v6_syscalls: "wgturbo" -> "wireguard-go" over "6";
+    wireguard_go_to_wgturbo_v4 / wireguard_go_to_wgturbo_v4_syscalls: "wireguard-go" -> "wgturbo" over "4";
+    wireguard_go_to_wgturbo_v6 / wireguard_go_to_wgturbo_v6_syscalls: "wireguard-go" -> "wgturbo" over "6";
+    wgturbo_to_boringtun_v4 / wgturbo_to_boringtun_v4_syscalls: "wgturbo" -> "boringtun" over "4";
+    wgturbo_to_boringtun_v6 / wgturbo_to_boringtun_v6_syscalls: "wgturbo" -> "boringtun" over "6";
+    boringtun_to_wgturbo_v4 / boringtun_to_wgturbo_v4_syscalls: "boringtun" -> "wgturbo" over "4";
+    boringtun_to_wgturbo_v6 / boringtun_to_wgturbo_v6_syscalls: "boringtun" -> "wgturbo" over "6";
 }
 
 #[test]
@@ -113,4 +124,10 @@ fn without_offloads_from_boringtun() {
 #[test]
 fn handshake_flood_gets_cookies_and_real_peer_gets_through() {
     script("test-dos.sh", &[]);
+}
+
+/// io_uring refused by the kernel: the daemon says so and runs on syscalls.
+#[test]
+fn uring_refused_falls_back_to_syscalls() {
+    script_env("test-uring-fallback.sh", &[], &[("WGTURBO_IO", "uring")]);
 }
