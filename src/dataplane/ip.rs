@@ -2,6 +2,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::checksum::checksum;
+
 /// Version and addresses of an inner packet, and its length without WireGuard's padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpHeader {
@@ -38,26 +40,6 @@ pub fn parse(p: &[u8]) -> Option<IpHeader> {
         }
         _ => None,
     }
-}
-
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut odd: Option<u8> = None;
-    for part in parts {
-        for &b in part.iter() {
-            match odd.take() {
-                Some(hi) => sum += u32::from(u16::from_be_bytes([hi, b])),
-                None => odd = Some(b),
-            }
-        }
-    }
-    if let Some(hi) = odd {
-        sum += u32::from(u16::from_be_bytes([hi, 0]));
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// ICMP "host unreachable" (v4) or "address unreachable" (v6) for `original`, as the kernel

@@ -11,11 +11,11 @@ use tracing::{debug, info};
 use super::ip;
 use super::offload::{complete_checksum, TsoSplit};
 use super::shared::{ControlMsg, DropCounters, PeerShared, Shared};
-use crate::constants::AEAD_TAG_LEN;
 use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN};
 use crate::io::{SendBatch, TunWriteBatch, WorkerIo};
-use crate::noise::messages::{padded_len, TRANSPORT_HEADER_LEN};
+use crate::noise::messages::TRANSPORT_HEADER_LEN;
 use crate::routing::AllowedIps;
+use crate::session::Keypair;
 
 /// The send batch: arena bytes and messages (GSO groups, or datagrams without GSO).
 pub const SEND_ARENA_BYTES: usize = 4 << 20;
@@ -119,8 +119,7 @@ impl TxRound<'_> {
         let mut sent_bytes = 0u64;
         for i in 0..count {
             let len = split.as_ref().map_or(pkt.len(), |s| s.segment_len(i));
-            let padded = padded_len(len, self.mtu);
-            let total = TRANSPORT_HEADER_LEN + padded + AEAD_TAG_LEN;
+            let total = Keypair::sealed_len(len, self.mtu);
             // One read can make more sends than a batch holds (a 64 KiB TSO read at a tiny
             // MSS without GSO): send what is there and go on.
             if !batch.has_room(total) {
@@ -135,8 +134,7 @@ impl TxRound<'_> {
                     len
                 }
             };
-            body[len..padded].fill(0);
-            let Ok(total) = keypair.seal(first_counter + i as u64, space, padded) else { return };
+            let Ok(total) = keypair.seal_padded(first_counter + i as u64, space, len, self.mtu) else { return };
             batch.commit(total, *endpoint);
             sent_bytes += total as u64;
         }

@@ -17,7 +17,7 @@ use crate::constants::{MAX_STAGED_PACKETS, REKEY_TIMEOUT};
 use crate::dataplane::shared::{ControlMsg, HandshakePacket, IndexEntry, PeerShared, Shared};
 use crate::io::{Network, Socket};
 use crate::keys::{PresharedKey, PublicKey};
-use crate::noise::messages::{padded_len, Initiation, Response};
+use crate::noise::messages::{Initiation, Response, TRANSPORT_HEADER_LEN};
 use crate::noise::ratelimiter::RateLimiter;
 use crate::noise::{consume_initiation, CookieChecker, Handshake, Packet, StaticIdentity, Tai64N};
 use crate::peer::{TimerAction, Timers};
@@ -216,10 +216,9 @@ impl Control {
         let shared = peer.shared.clone();
         for p in packets {
             let Some(counter) = keypair.reserve_counters(1, now) else { return };
-            let padded = padded_len(p.len(), mtu);
-            let mut buf = vec![0u8; 16 + padded + 16];
-            buf[16..16 + p.len()].copy_from_slice(&p);
-            if let Ok(n) = keypair.seal(counter, &mut buf, padded) {
+            let mut buf = vec![0u8; Keypair::sealed_len(p.len(), mtu)];
+            buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + p.len()].copy_from_slice(&p);
+            if let Ok(n) = keypair.seal_padded(counter, &mut buf, p.len(), mtu) {
                 self.send_to_peer(&shared, &buf[..n], now);
             }
         }

@@ -78,6 +78,7 @@ impl fmt::Display for IpNet {
     }
 }
 
+/// The top `len` bits of a left-aligned 128-bit key.
 fn mask(len: u8) -> u128 {
     if len == 0 {
         0

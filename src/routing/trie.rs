@@ -1,19 +1,13 @@
 //! A path-compressed binary trie for longest-prefix match, keys left-aligned in a u128.
 
+use super::mask;
+
 #[derive(Clone, Debug)]
 struct Node<V> {
     key: u128,
     len: u8,
     value: Option<V>,
     children: [Option<Box<Node<V>>>; 2],
-}
-
-fn mask(len: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        !0u128 << (128 - len as u32)
-    }
 }
 
 fn bit(key: u128, at: u8) -> usize {

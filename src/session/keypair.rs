@@ -10,7 +10,7 @@ use super::replay::ReplayWindow;
 use crate::constants::{
     AEAD_TAG_LEN, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
 };
-use crate::noise::messages::{TransportHeader, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
+use crate::noise::messages::{padded_len, TransportHeader, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
 use crate::noise::primitives::nonce;
 use crate::noise::SessionKeys;
 
@@ -106,6 +106,22 @@ impl Keypair {
         TransportHeader { receiver: self.remote_index, counter }.write(&mut header);
         head.copy_from_slice(&header);
         Ok(total)
+    }
+
+    /// Pads the `len` plaintext bytes at `buf[16..]` with zeros as the paper asks (to a
+    /// multiple of 16, not beyond the MTU) and seals in place; returns the message length.
+    pub fn seal_padded(&self, counter: u64, buf: &mut [u8], len: usize, mtu: usize) -> Result<usize, SessionError> {
+        let padded = padded_len(len, mtu);
+        let body = buf
+            .get_mut(TRANSPORT_HEADER_LEN + len..TRANSPORT_HEADER_LEN + padded)
+            .ok_or(SessionError::BufferTooSmall)?;
+        body.fill(0);
+        self.seal(counter, buf, padded)
+    }
+
+    /// The length of the sealed message for `len` plaintext bytes.
+    pub fn sealed_len(len: usize, mtu: usize) -> usize {
+        TRANSPORT_HEADER_LEN + padded_len(len, mtu) + AEAD_TAG_LEN
     }
 
     /// Opens a whole transport message in place; returns the counter and the padded

@@ -214,7 +214,7 @@ mod tests {
                 let (w, accepted, start) = (w.clone(), accepted.clone(), start.clone());
                 std::thread::spawn(move || {
                     start.wait();
-                    let mut offer = |k: u64| {
+                    let offer = |k: u64| {
                         if w.check_and_update(k * JUMP) {
                             accepted[k as usize].fetch_add(1, Ordering::Relaxed);
                         }
