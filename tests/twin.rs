@@ -27,6 +27,7 @@ fn node(net: &Arc<TwinNet>, port: u16, vnet: bool) -> Node {
         backend: Backend::Twin,
         gso: true,
         vnet,
+        uso: vnet,
     };
     let dev = BackgroundDevice::spawn(io).expect("device starts");
     let key = PrivateKey::generate();

@@ -2,13 +2,14 @@
 //! into the GRO coalescer: split, checksum and coalesce must never panic or overrun.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use wgturbo::dataplane::offload::{complete_checksum, Coalescer, TsoSplit};
+use wgturbo::dataplane::offload::{complete_checksum, Coalescer, GsoSplit};
 use wgturbo::io::vnet::VnetHdr;
+use wgturbo::io::TunWriteBatch;
 
 fuzz_target!(|data: &[u8]| {
     let Some(hdr) = VnetHdr::parse(data) else { return };
     let pkt = &data[10..];
-    if let Ok(split) = TsoSplit::new(pkt, &hdr) {
+    if let Ok(split) = GsoSplit::new(pkt, &hdr) {
         if split.count() <= 1024 {
             let mut buf = vec![0u8; 70_000];
             for i in 0..split.count() {
@@ -19,10 +20,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut copy = pkt.to_vec();
     let _ = complete_checksum(&mut copy, hdr.csum_start as usize, hdr.csum_offset as usize);
-    let mut c = Coalescer::default();
+    let mut c = Coalescer::with_udp(hdr.flags & 1 == 1);
+    let mut out = TunWriteBatch::default();
     for chunk in pkt.chunks(1 + (hdr.gso_size as usize % 200)) {
-        c.push(chunk);
-        c.push(pkt);
+        c.push(chunk, &mut out);
+        c.push(pkt, &mut out);
     }
-    c.drain(|d| assert!(d.len() >= 10));
+    c.drain(&mut out);
+    assert!(out.packets().iter().all(|d| d.len() >= 10));
 });

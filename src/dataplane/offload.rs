@@ -1,13 +1,17 @@
 //! Segmentation and coalescing for the TUN offloads, as pure functions over byte slices:
-//! `TsoSplit` cuts a TCP super-packet the kernel handed us (TSO) into MSS-sized packets;
-//! `Coalescer` merges consecutive TCP segments of a flow into one super-packet the kernel
-//! takes in a single write (GRO). Checksums follow RFC 1071.
+//! `GsoSplit` cuts a TCP (TSO) or UDP (USO) super-packet the kernel handed us into packets of
+//! `gso_size` bytes of payload; `Coalescer` merges consecutive TCP segments, or equal-sized UDP
+//! datagrams, of a flow into one super-packet the kernel takes in a single write (GRO). Checksums follow RFC 1071.
 
 use super::checksum::{fold, sum};
-use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN};
+use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::io::TunWriteBatch;
 
 const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const UDP_HEADER_LEN: usize = 8;
+/// Most datagrams one UDP GSO packet may carry (the kernel's UDP_MAX_SEGMENTS).
+const MAX_UDP_SEGMENTS: usize = 64;
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;
@@ -15,7 +19,7 @@ const TCP_CWR: u8 = 0x80;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
 pub enum OffloadError {
-    #[error("super-packet is not IPv4/IPv6 TCP with sane header lengths")]
+    #[error("super-packet is not IPv4/IPv6 TCP or UDP with sane header lengths")]
     BadHeaders,
     #[error("checksum offsets point outside the packet")]
     BadChecksumOffsets,
@@ -49,16 +53,20 @@ fn ipv4_header_checksum(ip: &mut [u8], ihl: usize) {
     ip[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
-/// Lengths of the IP and TCP headers of a TCP packet (no IPv6 extension headers).
-fn tcp_headers(pkt: &[u8]) -> Option<(usize, usize)> {
+/// The IP header length of an IPv4/IPv6 packet carrying `proto` (no IPv6 extension headers),
+/// if the packet holds at least `l4_min` bytes beyond it.
+fn ip_header_for(pkt: &[u8], proto: u8, l4_min: usize) -> Option<usize> {
     let ip_hl = match pkt.first()? >> 4 {
-        4 if pkt.len() >= 20 && pkt[9] == PROTO_TCP => ((pkt[0] & 0x0f) as usize) * 4,
-        6 if pkt.len() >= 40 && pkt[6] == PROTO_TCP => 40,
+        4 if pkt.len() >= 20 && pkt[9] == proto => ((pkt[0] & 0x0f) as usize) * 4,
+        6 if pkt.len() >= 40 && pkt[6] == proto => 40,
         _ => return None,
     };
-    if ip_hl < 20 || pkt.len() < ip_hl + 20 {
-        return None;
-    }
+    (ip_hl >= 20 && pkt.len() >= ip_hl + l4_min).then_some(ip_hl)
+}
+
+/// Lengths of the IP and TCP headers of a TCP packet.
+fn tcp_headers(pkt: &[u8]) -> Option<(usize, usize)> {
+    let ip_hl = ip_header_for(pkt, PROTO_TCP, 20)?;
     let tcp_hl = ((pkt[ip_hl + 12] >> 4) as usize) * 4;
     if tcp_hl < 20 || pkt.len() < ip_hl + tcp_hl {
         return None;
@@ -66,26 +74,45 @@ fn tcp_headers(pkt: &[u8]) -> Option<(usize, usize)> {
     Some((ip_hl, tcp_hl))
 }
 
-/// A TSO super-packet and how to cut it.
-pub struct TsoSplit<'a> {
+/// Lengths of the IP and UDP headers of a UDP packet.
+fn udp_headers(pkt: &[u8]) -> Option<(usize, usize)> {
+    Some((ip_header_for(pkt, PROTO_UDP, UDP_HEADER_LEN)?, UDP_HEADER_LEN))
+}
+
+/// Sets an IP header's length fields for a packet of `len` bytes (and the IPv4 checksum).
+fn set_ip_len(p: &mut [u8], ip_hl: usize, len: usize) {
+    if p[0] >> 4 == 4 {
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        ipv4_header_checksum(p, ip_hl);
+    } else {
+        p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+    }
+}
+
+/// A TSO or USO super-packet and how to cut it.
+pub struct GsoSplit<'a> {
     pkt: &'a [u8],
     ip_hl: usize,
     hdr_len: usize,
     gso_size: usize,
     count: usize,
+    udp: bool,
 }
 
-impl<'a> TsoSplit<'a> {
+impl<'a> GsoSplit<'a> {
+    /// For a read whose virtio_net_hdr says GSO_TCPV4, GSO_TCPV6 or GSO_UDP_L4.
     pub fn new(pkt: &'a [u8], hdr: &VnetHdr) -> Result<Self, OffloadError> {
-        let (ip_hl, tcp_hl) = tcp_headers(pkt).ok_or(OffloadError::BadHeaders)?;
+        let udp = hdr.gso_type & 0x7f == GSO_UDP_L4;
+        let headers = if udp { udp_headers(pkt) } else { tcp_headers(pkt) };
+        let (ip_hl, l4_hl) = headers.ok_or(OffloadError::BadHeaders)?;
         let gso_size = hdr.gso_size as usize;
         if gso_size == 0 {
             return Err(OffloadError::ZeroSegmentSize);
         }
-        let hdr_len = ip_hl + tcp_hl;
+        let hdr_len = ip_hl + l4_hl;
         let payload = pkt.len() - hdr_len;
         let count = payload.div_ceil(gso_size).max(1);
-        Ok(TsoSplit { pkt, ip_hl, hdr_len, gso_size, count })
+        Ok(GsoSplit { pkt, ip_hl, hdr_len, gso_size, count, udp })
     }
 
     pub fn count(&self) -> usize {
@@ -107,37 +134,44 @@ impl<'a> TsoSplit<'a> {
         dst[hdr_len..len].copy_from_slice(&self.pkt[start..start + len - hdr_len]);
         let seg = &mut dst[..len];
         if seg[0] >> 4 == 4 {
-            seg[2..4].copy_from_slice(&(len as u16).to_be_bytes());
             let id = u16::from_be_bytes([seg[4], seg[5]]).wrapping_add(i as u16);
             seg[4..6].copy_from_slice(&id.to_be_bytes());
-            ipv4_header_checksum(seg, ip_hl);
+        }
+        set_ip_len(seg, ip_hl, len);
+        let l4 = ip_hl;
+        let csum_at = if self.udp {
+            seg[l4 + 4..l4 + 6].copy_from_slice(&((len - ip_hl) as u16).to_be_bytes());
+            l4 + 6
         } else {
-            seg[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+            let seq = u32::from_be_bytes([seg[l4 + 4], seg[l4 + 5], seg[l4 + 6], seg[l4 + 7]])
+                .wrapping_add((i * self.gso_size) as u32);
+            seg[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+            if i + 1 != self.count {
+                seg[l4 + 13] &= !(TCP_FIN | TCP_PSH);
+            }
+            if i != 0 {
+                seg[l4 + 13] &= !TCP_CWR;
+            }
+            l4 + 16
+        };
+        seg[csum_at] = 0;
+        seg[csum_at + 1] = 0;
+        let mut c = !fold(sum(&seg[l4..], pseudo_header_sum(seg, len - ip_hl)));
+        if self.udp && c == 0 {
+            c = 0xffff; // RFC 768: a computed zero is sent as all ones
         }
-        let tcp = ip_hl;
-        let seq = u32::from_be_bytes([seg[tcp + 4], seg[tcp + 5], seg[tcp + 6], seg[tcp + 7]])
-            .wrapping_add((i * self.gso_size) as u32);
-        seg[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
-        if i + 1 != self.count {
-            seg[tcp + 13] &= !(TCP_FIN | TCP_PSH);
-        }
-        if i != 0 {
-            seg[tcp + 13] &= !TCP_CWR;
-        }
-        seg[tcp + 16] = 0;
-        seg[tcp + 17] = 0;
-        let c = !fold(sum(&seg[tcp..], pseudo_header_sum(seg, len - ip_hl)));
-        seg[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
+        seg[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
         len
     }
 }
 
-/// The flow a TCP segment belongs to: addresses and ports, as raw bytes.
+/// The flow a segment belongs to: addresses, ports and protocol, as raw bytes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct FlowKey {
     addrs: [u8; 32],
     ports: [u8; 4],
     v6: bool,
+    udp: bool,
 }
 
 struct Item {
@@ -157,10 +191,12 @@ struct Item {
 const MAX_COALESCED: usize = 65_535;
 
 /// Coalesces a batch of received packets, in order, into as few TUN writes as possible. Its
-/// buffers come from, and go to, the TUN write batch.
+/// buffers come from, and go to, the TUN write batch. UDP datagrams are coalesced only when
+/// the TUN took USO (`with_udp`), since only then does the kernel accept GSO_UDP_L4 writes.
 #[derive(Default)]
 pub struct Coalescer {
     items: Vec<Item>,
+    udp: bool,
 }
 
 fn tcp_flags(pkt: &[u8], ip_hl: usize) -> u8 {
@@ -168,18 +204,27 @@ fn tcp_flags(pkt: &[u8], ip_hl: usize) -> u8 {
 }
 
 impl Coalescer {
+    /// A coalescer that also merges UDP datagrams.
+    pub fn with_udp(udp: bool) -> Self {
+        Coalescer { items: Vec::new(), udp }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
-    /// Takes a TCP packet (true) or leaves it to the caller to write as it is (false).
+    /// Takes a TCP (or, with USO, UDP) packet (true) or leaves it to the caller to write as it
+    /// is (false).
     pub fn push(&mut self, pkt: &[u8], out: &mut TunWriteBatch) -> bool {
+        if self.udp && udp_headers(pkt).is_some() {
+            return self.push_udp(pkt, out);
+        }
         let Some((ip_hl, tcp_hl)) = tcp_headers(pkt) else { return false };
         let v6 = pkt[0] >> 4 == 6;
         if !v6 && ip_hl != 20 {
             return false; // IP options: leave it alone
         }
-        let mut key = FlowKey { addrs: [0; 32], ports: [0; 4], v6 };
+        let mut key = FlowKey { addrs: [0; 32], ports: [0; 4], v6, udp: false };
         if v6 {
             key.addrs.copy_from_slice(&pkt[8..40]);
         } else {
@@ -230,6 +275,64 @@ impl Coalescer {
         true
     }
 
+    /// UDP: datagrams of a flow with the same payload size (the last may be shorter) and the
+    /// same IP header fields join one GSO_UDP_L4 super-packet, as the kernel's UDP GRO does.
+    fn push_udp(&mut self, pkt: &[u8], out: &mut TunWriteBatch) -> bool {
+        let Some((ip_hl, _)) = udp_headers(pkt) else { return false };
+        let v6 = pkt[0] >> 4 == 6;
+        let fragment = !v6 && (u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff) != 0;
+        let udp_len = u16::from_be_bytes([pkt[ip_hl + 4], pkt[ip_hl + 5]]) as usize;
+        if (!v6 && ip_hl != 20) || fragment || udp_len != pkt.len() - ip_hl {
+            return false; // options, fragments or a length that lies: deliver it alone
+        }
+        let mut key = FlowKey { addrs: [0; 32], ports: [0; 4], v6, udp: true };
+        if v6 {
+            key.addrs.copy_from_slice(&pkt[8..40]);
+        } else {
+            key.addrs[..8].copy_from_slice(&pkt[12..20]);
+        }
+        key.ports.copy_from_slice(&pkt[ip_hl..ip_hl + 4]);
+        let hdr_len = ip_hl + UDP_HEADER_LEN;
+        let payload = &pkt[hdr_len..];
+        if let Some(item) = self.items.iter_mut().rev().find(|it| it.key == key) {
+            let first = &item.data[VNET_HDR_LEN..VNET_HDR_LEN + item.hdr_len];
+            let ip_same = if v6 {
+                first[..4] == pkt[..4] && first[7] == pkt[7]
+            } else {
+                first[1] == pkt[1] && first[8] == pkt[8] && (first[6] & 0x40) == (pkt[6] & 0x40)
+            };
+            if item.open
+                && ip_same
+                && !payload.is_empty()
+                && payload.len() <= item.gso_size
+                && item.count < MAX_UDP_SEGMENTS
+                && item.data.len() - VNET_HDR_LEN + payload.len() <= MAX_COALESCED
+            {
+                item.data.extend_from_slice(payload);
+                item.count += 1;
+                item.last_len = payload.len();
+                item.open = payload.len() == item.gso_size;
+                return true;
+            }
+        }
+        let mut data = out.take_buf();
+        data.reserve(VNET_HDR_LEN + MAX_COALESCED);
+        data.resize(VNET_HDR_LEN, 0);
+        data.extend_from_slice(pkt);
+        self.items.push(Item {
+            key,
+            data,
+            ip_hl,
+            hdr_len,
+            gso_size: payload.len(),
+            last_len: payload.len(),
+            count: 1,
+            next_seq: 0,
+            open: !payload.is_empty(),
+        });
+        true
+    }
+
     fn can_append(item: &Item, pkt: &[u8], ip_hl: usize, hdr_len: usize, seq: u32, len: usize) -> bool {
         let first = &item.data[VNET_HDR_LEN..VNET_HDR_LEN + item.hdr_len];
         if hdr_len != item.hdr_len || seq != item.next_seq || len > item.gso_size || item.last_len != item.gso_size {
@@ -260,24 +363,27 @@ impl Coalescer {
             } else {
                 let ip = VNET_HDR_LEN;
                 let total = d.len() - VNET_HDR_LEN;
-                let tcp_len = total - item.ip_hl;
-                if item.key.v6 {
-                    d[ip + 4..ip + 6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
-                } else {
-                    d[ip + 2..ip + 4].copy_from_slice(&(total as u16).to_be_bytes());
-                    ipv4_header_checksum(&mut d[ip..], item.ip_hl);
-                }
+                let l4_len = total - item.ip_hl;
+                set_ip_len(&mut d[ip..], item.ip_hl, total);
+                let l4 = ip + item.ip_hl;
+                let (gso_type, csum_offset) = match (item.key.udp, item.key.v6) {
+                    (true, _) => {
+                        d[l4 + 4..l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+                        (GSO_UDP_L4, 6)
+                    }
+                    (false, true) => (GSO_TCPV6, 16),
+                    (false, false) => (GSO_TCPV4, 16),
+                };
                 // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, not complemented.
-                let pseudo = fold(pseudo_header_sum(&d[ip..], tcp_len));
-                let at = ip + item.ip_hl + 16;
-                d[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+                let pseudo = fold(pseudo_header_sum(&d[ip..], l4_len));
+                d[l4 + csum_offset..l4 + csum_offset + 2].copy_from_slice(&pseudo.to_be_bytes());
                 VnetHdr {
                     flags: F_NEEDS_CSUM,
-                    gso_type: if item.key.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+                    gso_type,
                     hdr_len: item.hdr_len as u16,
                     gso_size: item.gso_size as u16,
                     csum_start: item.ip_hl as u16,
-                    csum_offset: 16,
+                    csum_offset: csum_offset as u16,
                 }
             };
             hdr.write(&mut d[..VNET_HDR_LEN]);
@@ -332,7 +438,7 @@ mod tests {
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let big = tcp4(1000, TCP_ACK | TCP_PSH, &payload);
         let hdr = VnetHdr { gso_type: GSO_TCPV4, gso_size: 1400, ..Default::default() };
-        let split = TsoSplit::new(&big, &hdr).unwrap();
+        let split = GsoSplit::new(&big, &hdr).unwrap();
         assert_eq!(split.count(), 8);
         let mut segs = Vec::new();
         for i in 0..split.count() {
@@ -396,11 +502,84 @@ mod tests {
     #[test]
     fn malformed_super_packets_are_refused() {
         let hdr = VnetHdr { gso_type: GSO_TCPV4, gso_size: 1400, ..Default::default() };
-        assert!(TsoSplit::new(&[0x45; 10], &hdr).is_err());
+        assert!(GsoSplit::new(&[0x45; 10], &hdr).is_err());
         let mut p = tcp4(1, TCP_ACK, &[0; 4]);
         p[32] = 15 << 4; // a 60-byte TCP header in a 56-byte packet
-        assert!(TsoSplit::new(&p, &hdr).is_err());
+        assert!(GsoSplit::new(&p, &hdr).is_err());
         let zero = VnetHdr { gso_size: 0, ..hdr };
-        assert_eq!(TsoSplit::new(&tcp4(1, TCP_ACK, &[0; 10]), &zero).err(), Some(OffloadError::ZeroSegmentSize));
+        assert_eq!(GsoSplit::new(&tcp4(1, TCP_ACK, &[0; 10]), &zero).err(), Some(OffloadError::ZeroSegmentSize));
+    }
+
+    /// A UDP/IPv6 datagram with a valid checksum.
+    fn udp6(payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 48];
+        p[0] = 0x60;
+        p[6] = PROTO_UDP;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        p[24..40].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        p[40..42].copy_from_slice(&4000u16.to_be_bytes());
+        p[42..44].copy_from_slice(&5201u16.to_be_bytes());
+        p.extend_from_slice(payload);
+        let len = p.len();
+        p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+        p[44..46].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+        let c = !fold(sum(&p[40..], pseudo_header_sum(&p, len - 40)));
+        p[46..48].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    fn udp_valid(p: &[u8]) -> bool {
+        let ip_hl = if p[0] >> 4 == 6 { 40 } else { 20 };
+        u16::from_be_bytes([p[ip_hl + 4], p[ip_hl + 5]]) as usize == p.len() - ip_hl
+            && fold(sum(&p[ip_hl..], pseudo_header_sum(p, p.len() - ip_hl))) == 0xffff
+    }
+
+    #[test]
+    fn uso_split_then_udp_coalesce_is_identity() {
+        let payload: Vec<u8> = (0..5_000u32).map(|i| (i * 13) as u8).collect();
+        let big = udp6(&payload);
+        let hdr = VnetHdr { gso_type: GSO_UDP_L4, gso_size: 1200, ..Default::default() };
+        let split = GsoSplit::new(&big, &hdr).unwrap();
+        assert_eq!(split.count(), 5);
+        let mut segs = Vec::new();
+        for i in 0..split.count() {
+            let mut buf = vec![0u8; 2000];
+            let n = split.write_segment(i, &mut buf);
+            buf.truncate(n);
+            assert!(udp_valid(&buf), "datagram {i} has its own length and checksum");
+            segs.push(buf);
+        }
+        assert_eq!(segs[4].len(), 48 + 5_000 - 4 * 1200);
+        // Without USO on the TUN the coalescer leaves UDP alone.
+        let mut out = TunWriteBatch::default();
+        assert!(!Coalescer::default().push(&segs[0], &mut out));
+        let mut c = Coalescer::with_udp(true);
+        for s in &segs {
+            assert!(c.push(s, &mut out));
+        }
+        c.drain(&mut out);
+        assert_eq!(out.len(), 1, "one GSO_UDP_L4 packet");
+        let v = VnetHdr::parse(&out.packets()[0]).unwrap();
+        assert_eq!((v.gso_type, v.gso_size, v.hdr_len, v.csum_start, v.csum_offset), (GSO_UDP_L4, 1200, 48, 40, 6));
+        let mut merged = out.packets()[0][VNET_HDR_LEN..].to_vec();
+        assert_eq!(&merged[48..], &payload[..]);
+        complete_checksum(&mut merged, 40, 6).unwrap();
+        assert_eq!(merged, big, "completing the partial checksum gives back the super-packet");
+    }
+
+    #[test]
+    fn udp_coalescing_stops_at_a_short_datagram_and_a_new_flow() {
+        let mut out = TunWriteBatch::default();
+        let mut c = Coalescer::with_udp(true);
+        for len in [100, 100, 60, 100] {
+            assert!(c.push(&udp6(&vec![1; len]), &mut out));
+        }
+        let mut other = udp6(&[2; 100]);
+        other[41] ^= 1; // another source port: another flow
+        assert!(c.push(&other, &mut out));
+        c.drain(&mut out);
+        let sizes: Vec<usize> = out.packets().iter().map(|d| d.len() - VNET_HDR_LEN - 48).collect();
+        assert_eq!(sizes, vec![260, 100, 100], "100+100+60 merge; the next 100 starts anew");
     }
 }

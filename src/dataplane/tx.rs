@@ -1,4 +1,4 @@
-//! Outbound: packets read from the TUN (TSO super-packets when the TUN offloads are on) are
+//! Outbound: packets read from the TUN (TSO/USO super-packets when the TUN offloads are on) are
 //! routed by destination, cut into segments, sealed in place in the send batch, and sent as
 //! UDP GSO groups.
 
@@ -9,9 +9,9 @@ use std::time::Instant;
 use tracing::{debug, info};
 
 use super::ip;
-use super::offload::{complete_checksum, TsoSplit};
+use super::offload::{complete_checksum, GsoSplit};
 use super::shared::{ControlMsg, DropCounters, PeerShared, Shared};
-use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN};
+use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::io::{SendBatch, TunWriteBatch, WorkerIo};
 use crate::noise::messages::TRANSPORT_HEADER_LEN;
 use crate::routing::AllowedIps;
@@ -81,7 +81,7 @@ impl TxRound<'_> {
             return;
         };
         let split = match hdr.gso_type & 0x7f {
-            GSO_TCPV4 | GSO_TCPV6 => match TsoSplit::new(pkt, &hdr) {
+            GSO_TCPV4 | GSO_TCPV6 | GSO_UDP_L4 => match GsoSplit::new(pkt, &hdr) {
                 Ok(s) => Some(s),
                 Err(_) => {
                     DropCounters::bump(&drops.malformed);
@@ -147,7 +147,7 @@ impl TxRound<'_> {
     }
 
     /// No session yet: hand the packet (cut into segments) to the control thread.
-    fn stage(&self, peer: &Arc<PeerShared>, pkt: &[u8], split: Option<&TsoSplit>) {
+    fn stage(&self, peer: &Arc<PeerShared>, pkt: &[u8], split: Option<&GsoSplit>) {
         let packets: Vec<Vec<u8>> = match split {
             Some(s) => (0..s.count())
                 .map(|i| {

@@ -31,6 +31,8 @@ pub struct WorkerConfig {
     pub vnet: bool,
     /// UDP GSO may be used (the socket supports it and offloads are not turned off).
     pub gso: bool,
+    /// The TUN took USO: coalesce inner UDP datagrams too.
+    pub uso: bool,
 }
 
 /// Runs a worker until the device stops. The policy for a panic (a bug, never input: nothing
@@ -71,7 +73,7 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
     let mut st = State {
         send: SendBatch::new(SEND_ARENA_BYTES, SEND_MAX_MESSAGES, config.gso),
         tun_out: TunWriteBatch::default(),
-        coalescer: Coalescer::default(),
+        coalescer: Coalescer::with_udp(config.uso),
         tun_reads: Vec::with_capacity(TUN_READ_BATCH),
         udp_reads: Vec::with_capacity(UDP_RECV_BATCH),
         socket: None,

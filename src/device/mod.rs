@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::dataplane::shared::{ControlMsg, DropCounters, Shared};
 use crate::dataplane::worker::{self, WorkerConfig};
 use crate::io::tun::{self, Tun};
-use crate::io::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+use crate::io::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
 use crate::io::{Backend, Network, TunQueue, WorkerIoConfig};
 use crate::routing::AllowedIps;
 use control::{Control, HANDSHAKE_QUEUE};
@@ -77,6 +77,8 @@ pub struct DeviceIo {
     pub gso: bool,
     /// The TUN queues carry a virtio_net_hdr.
     pub vnet: bool,
+    /// The TUN took USO: UDP datagrams of a flow may be written as one GSO_UDP_L4 packet.
+    pub uso: bool,
 }
 
 /// A running device: its workers, and the control state the caller drives with `tick`.
@@ -125,7 +127,7 @@ impl Device {
             backends.push(worker_io.backend());
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let shared = shared.clone();
-            let config = WorkerConfig { index: i, vnet: io.vnet, gso };
+            let config = WorkerConfig { index: i, vnet: io.vnet, gso, uso: io.vnet && io.uso };
             std::thread::Builder::new()
                 .name(format!("wg-worker-{i}"))
                 .spawn(move || {
@@ -212,9 +214,17 @@ impl Drop for BackgroundDevice {
     }
 }
 
+/// The TUN as opened: its queues, whether they carry a virtio_net_hdr, whether USO engaged,
+/// and what to say about it.
+struct OpenedTun {
+    queues: Vec<Tun>,
+    vnet: bool,
+    uso: bool,
+    engaged: &'static str,
+}
+
 /// Opens the TUN: one queue per worker with vnet_hdr offloads where the kernel allows.
-/// Returns the queues and whether they carry a virtio_net_hdr, and what engaged.
-fn open_tun(iface: &str, workers: usize, offloads: bool) -> Result<(Vec<Tun>, bool, &'static str), DeviceError> {
+fn open_tun(iface: &str, workers: usize, offloads: bool) -> Result<OpenedTun, DeviceError> {
     let first = match Tun::open(iface, workers > 1, offloads) {
         Ok(t) => t,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -224,17 +234,27 @@ fn open_tun(iface: &str, workers: usize, offloads: bool) -> Result<(Vec<Tun>, bo
         Err(e) => return Err(DeviceError::Tun(e)),
     };
     let mut vnet = first.has_vnet_hdr();
+    let mut uso = false;
     let mut engaged = "TUN offloads off";
     if vnet {
-        match first.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) {
-            Ok(()) => engaged = "TUN checksum+TSO4+TSO6+GRO",
+        let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+        match first.set_offload(tso | TUN_F_USO4 | TUN_F_USO6) {
+            Ok(()) => {
+                uso = true;
+                engaged = "TUN checksum+TSO4+TSO6+USO4+USO6, TCP and UDP GRO";
+            }
             Err(e) => {
-                warn!("TUN offloads refused ({e}); packets come one by one");
-                engaged = "TUN vnet_hdr without TSO";
+                warn!("TUN USO refused ({e}); inner UDP goes packet by packet");
+                match first.set_offload(tso) {
+                    Ok(()) => engaged = "TUN checksum+TSO4+TSO6, TCP GRO (no USO)",
+                    Err(e) => {
+                        warn!("TUN offloads refused ({e}); packets come one by one");
+                        engaged = "TUN vnet_hdr without TSO";
+                    }
+                }
             }
         }
     }
-    let name = first.name().to_string();
     let mut queues = vec![first];
     for _ in 1..workers {
         match queues[0].open_queue() {
@@ -246,15 +266,14 @@ fn open_tun(iface: &str, workers: usize, offloads: bool) -> Result<(Vec<Tun>, bo
         }
     }
     vnet &= queues.iter().all(|q| q.has_vnet_hdr());
-    let _ = name;
-    Ok((queues, vnet, engaged))
+    Ok(OpenedTun { queues, vnet, uso, engaged })
 }
 
 /// Creates the interface and the UAPI socket, calls `ready`, then runs until the interface is
 /// deleted, the socket file removed, or SIGINT/SIGTERM arrives.
 pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
     let settings = Settings::from_env()?;
-    let (queues, vnet, tun_offloads) = open_tun(iface, settings.workers, settings.offloads)?;
+    let OpenedTun { queues, vnet, uso, engaged: tun_offloads } = open_tun(iface, settings.workers, settings.offloads)?;
     let iface = queues[0].name().to_string();
     if let Err(e) = tun::set_mtu(&iface, DEFAULT_MTU) {
         warn!("cannot set MTU {DEFAULT_MTU} on {iface}: {e}");
@@ -266,6 +285,7 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
         backend: settings.backend,
         gso: settings.offloads,
         vnet,
+        uso,
     };
     let mut device = Device::start(io)?;
     let control_tx = device.control_sender();
