@@ -57,9 +57,10 @@ impl Settings {
             .filter(|&n| n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
             .min(16);
+        // The default is the backend measured faster here (perf/README.md): syscalls.
         let backend = match std::env::var("WGTURBO_IO").unwrap_or_default().as_str() {
-            "" | "uring" | "io_uring" => Backend::Uring,
-            "syscalls" => Backend::Syscalls,
+            "uring" | "io_uring" => Backend::Uring,
+            "" | "syscalls" => Backend::Syscalls,
             other => return Err(DeviceError::BadBackend(other.to_string())),
         };
         let offloads = std::env::var_os("WGTURBO_NO_OFFLOAD").is_none_or(|v| v == "0");
