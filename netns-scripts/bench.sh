@@ -65,7 +65,8 @@ rcv = end.get("sum_received") or end.get("sum") or {}
 snt = end.get("sum_sent") or end.get("sum") or {}
 gbps = rcv.get("bits_per_second", 0) / 1e9
 gb = rcv.get("bytes", 0) / 1e9
-loss = snt.get("lost_percent", rcv.get("lost_percent", 0)) or 0
+# UDP: the receiver's loss is in "sum" (the sender's own summary counts nothing lost).
+loss = (end.get("sum") or {}).get("lost_percent", 0) or 0
 retr = snt.get("retransmits", 0) or 0
 cpu = (after - before) / hz / gb if gb > 0 and after > before else 0
 print("%.3f %.1f %d %.2f" % (gbps, loss, retr, cpu))

@@ -6,9 +6,16 @@ use std::process::{Command, ExitCode, Stdio};
 
 use wgturbo::keys::{PresharedKey, PrivateKey};
 
-const USAGE: &str = "Usage: wgturbo [-f/--foreground] INTERFACE-NAME\n       wgturbo genkey | pubkey | genpsk\n\n\
-Creates the TUN interface and serves /var/run/wireguard/INTERFACE-NAME.sock for wg(8).\n\
-Environment: LOG_LEVEL=error|info|debug (default info), WGTURBO_WORKERS=N.";
+const USAGE: &str = concat!(
+    "Usage: wgturbo [-f/--foreground] INTERFACE-NAME\n",
+    "       wgturbo genkey | pubkey | genpsk\n\n",
+    "Creates the TUN interface and serves /var/run/wireguard/INTERFACE-NAME.sock for wg(8).\n",
+    "Environment:\n",
+    "  LOG_LEVEL=error|info|debug   what to log (default info)\n",
+    "  WGTURBO_WORKERS=N            worker threads (default: one per core)\n",
+    "  WGTURBO_IO=syscalls|uring    I/O backend (default syscalls; uring falls back if refused)\n",
+    "  WGTURBO_NO_OFFLOAD=1         no TUN TSO/USO/GRO and no UDP GSO/GRO",
+);
 
 /// Set in the background child: its stdout is a pipe to the parent, which waits for "ready".
 const READY_ENV: &str = "WGTURBO_READY_PIPE";
