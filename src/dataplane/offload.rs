@@ -257,21 +257,8 @@ impl Coalescer {
             }
         }
         // A new item, also for segments that cannot merge, so a flow keeps its order.
-        let mut data = out.take_buf();
-        data.reserve(VNET_HDR_LEN + MAX_COALESCED);
-        data.resize(VNET_HDR_LEN, 0);
-        data.extend_from_slice(pkt);
-        self.items.push(Item {
-            key,
-            data,
-            ip_hl,
-            hdr_len,
-            gso_size: payload.len(),
-            last_len: payload.len(),
-            count: 1,
-            next_seq: seq.wrapping_add(payload.len() as u32),
-            open: mergeable && flags & TCP_PSH == 0,
-        });
+        let open = mergeable && flags & TCP_PSH == 0;
+        self.start_item(out, pkt, key, (ip_hl, hdr_len), seq.wrapping_add(payload.len() as u32), open);
         true
     }
 
@@ -315,22 +302,36 @@ impl Coalescer {
                 return true;
             }
         }
+        self.start_item(out, pkt, key, (ip_hl, hdr_len), 0, !payload.is_empty());
+        true
+    }
+
+    /// A new item holding `pkt` alone, in a buffer from the TUN batch's pool.
+    fn start_item(
+        &mut self,
+        out: &mut TunWriteBatch,
+        pkt: &[u8],
+        key: FlowKey,
+        (ip_hl, hdr_len): (usize, usize),
+        next_seq: u32,
+        open: bool,
+    ) {
         let mut data = out.take_buf();
         data.reserve(VNET_HDR_LEN + MAX_COALESCED);
         data.resize(VNET_HDR_LEN, 0);
         data.extend_from_slice(pkt);
+        let payload_len = pkt.len() - hdr_len;
         self.items.push(Item {
             key,
             data,
             ip_hl,
             hdr_len,
-            gso_size: payload.len(),
-            last_len: payload.len(),
+            gso_size: payload_len,
+            last_len: payload_len,
             count: 1,
-            next_seq: 0,
-            open: !payload.is_empty(),
+            next_seq,
+            open,
         });
-        true
     }
 
     fn can_append(item: &Item, pkt: &[u8], ip_hl: usize, hdr_len: usize, seq: u32, len: usize) -> bool {
