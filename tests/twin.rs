@@ -28,6 +28,7 @@ fn node(net: &Arc<TwinNet>, port: u16, vnet: bool) -> Node {
         gso: true,
         vnet,
         uso: vnet,
+        parallel_seal: true,
     };
     let dev = BackgroundDevice::spawn(io).expect("device starts");
     let key = PrivateKey::generate();

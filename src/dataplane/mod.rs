@@ -6,6 +6,7 @@ pub mod checksum;
 pub mod ip;
 pub mod offload;
 pub mod rx;
+pub mod seal;
 pub mod shared;
 pub mod tx;
 pub mod worker;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_channel::Sender;
 
+use super::seal::SealPool;
 use crate::config::uapi::Request;
 use crate::io::Socket;
 use crate::keys::PublicKey;
@@ -135,6 +136,8 @@ pub struct Shared {
     /// Set with `stop` when a worker gave up (the daemon then exits with an error).
     pub failed: AtomicBool,
     pub drops: DropCounters,
+    /// Seal jobs any worker may take (ordered parallel AEAD for one flow).
+    pub seal_pool: SealPool,
 }
 
 impl Shared {

@@ -10,6 +10,7 @@ use tracing::{debug, info};
 
 use super::ip;
 use super::offload::{complete_checksum, GsoSplit};
+use super::seal::{SealPool, Sealer};
 use super::shared::{ControlMsg, DropCounters, PeerShared, Shared};
 use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::io::{SendBatch, TunWriteBatch, WorkerIo};
@@ -17,8 +18,9 @@ use crate::noise::messages::TRANSPORT_HEADER_LEN;
 use crate::routing::AllowedIps;
 use crate::session::Keypair;
 
-/// The send batch: arena bytes and messages (GSO groups, or datagrams without GSO).
-pub const SEND_ARENA_BYTES: usize = 4 << 20;
+/// The send batch: chunks of `SEND_CHUNK` bytes (4 MiB in all) and messages (GSO groups, or
+/// datagrams without GSO).
+pub const SEND_CHUNKS: usize = 64;
 pub const SEND_MAX_MESSAGES: usize = 2048;
 
 /// What one round of TUN reads needs, loaded once per round.
@@ -32,8 +34,10 @@ pub struct TxRound<'a> {
     pub worker: usize,
 }
 
-/// Sends what the batch holds; says once when the kernel refused GSO.
-pub fn flush(io: &mut dyn WorkerIo, batch: &mut SendBatch, worker: usize) {
+/// Seals what is framed (here and on other workers), then sends what the batch holds; says
+/// once when the kernel refused GSO.
+pub fn flush(io: &mut dyn WorkerIo, batch: &mut SendBatch, sealer: &mut Sealer, pool: &SealPool, worker: usize) {
+    sealer.finish(pool, batch);
     let had_gso = batch.gso_enabled();
     if let Err(e) = io.send_udp(batch) {
         debug!("worker {worker}: send failed: {e}");
@@ -43,9 +47,17 @@ pub fn flush(io: &mut dyn WorkerIo, batch: &mut SendBatch, worker: usize) {
     }
 }
 
+/// Where a TUN read's output goes: datagrams framed into the send batch (sealed by `sealer`
+/// before they are sent), ICMP errors to the TUN.
+pub struct TxOut<'a> {
+    pub batch: &'a mut SendBatch,
+    pub sealer: &'a mut Sealer,
+    pub tun: &'a mut TunWriteBatch,
+}
+
 impl TxRound<'_> {
     /// Handles one TUN read (`buf`, virtio_net_hdr first when the queue has one).
-    pub fn read(&self, buf: &mut [u8], batch: &mut SendBatch, tun_out: &mut TunWriteBatch, io: &mut dyn WorkerIo) {
+    pub fn read(&self, buf: &mut [u8], out: &mut TxOut<'_>, io: &mut dyn WorkerIo) {
         let (hdr, pkt) = if self.vnet {
             match VnetHdr::parse(buf) {
                 Some(h) => (h, &mut buf[VNET_HDR_LEN..]),
@@ -57,17 +69,10 @@ impl TxRound<'_> {
         } else {
             (VnetHdr::default(), buf)
         };
-        self.packet(hdr, pkt, batch, tun_out, io);
+        self.packet(hdr, pkt, out, io);
     }
 
-    fn packet(
-        &self,
-        hdr: VnetHdr,
-        pkt: &mut [u8],
-        batch: &mut SendBatch,
-        tun_out: &mut TunWriteBatch,
-        io: &mut dyn WorkerIo,
-    ) {
+    fn packet(&self, hdr: VnetHdr, pkt: &mut [u8], out: &mut TxOut<'_>, io: &mut dyn WorkerIo) {
         let drops = &self.shared.drops;
         let Some(header) = ip::parse(pkt) else {
             DropCounters::bump(&drops.malformed);
@@ -76,7 +81,7 @@ impl TxRound<'_> {
         let Some(peer) = self.routing.lookup(header.dst) else {
             DropCounters::bump(&drops.no_peer_for_destination);
             if let Some(icmp) = ip::unreachable(&pkt[..header.total_len]) {
-                tun_out.push_plain(&icmp);
+                out.tun.push_plain(&icmp);
             }
             return;
         };
@@ -122,10 +127,10 @@ impl TxRound<'_> {
             let total = Keypair::sealed_len(len, self.mtu);
             // One read can make more sends than a batch holds (a 64 KiB TSO read at a tiny
             // MSS without GSO): send what is there and go on.
-            if !batch.has_room(total) {
-                flush(io, batch, self.worker);
+            if !out.batch.has_room(total) {
+                flush(io, out.batch, out.sealer, &self.shared.seal_pool, self.worker);
             }
-            let space = batch.free_space();
+            let (chunk, space) = out.batch.reserve(total);
             let body = &mut space[TRANSPORT_HEADER_LEN..];
             match &split {
                 Some(s) => s.write_segment(i, body),
@@ -134,8 +139,10 @@ impl TxRound<'_> {
                     len
                 }
             };
-            let Ok(total) = keypair.seal_padded(first_counter + i as u64, space, len, self.mtu) else { return };
-            batch.commit(total, *endpoint);
+            // The nonce is stamped here, in order; the seal itself may run on another worker.
+            let Ok(total) = keypair.frame(first_counter + i as u64, space, len, self.mtu) else { return };
+            let (_, offset) = out.batch.commit(total, *endpoint);
+            out.sealer.add(&self.shared.seal_pool, out.batch, chunk, offset, total, keypair);
             sent_bytes += total as u64;
         }
         peer.tx_bytes.fetch_add(sent_bytes, Ordering::Relaxed);

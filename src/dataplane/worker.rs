@@ -12,8 +12,9 @@ use tracing::{debug, error};
 
 use super::offload::Coalescer;
 use super::rx::RxRound;
+use super::seal::Sealer;
 use super::shared::{DropCounters, Shared};
-use super::tx::{flush, TxRound, SEND_ARENA_BYTES, SEND_MAX_MESSAGES};
+use super::tx::{flush, TxOut, TxRound, SEND_CHUNKS, SEND_MAX_MESSAGES};
 use crate::io::{Buf, SendBatch, Socket, TunWriteBatch, WorkerIo, TUN_READ_BATCH, UDP_RECV_BATCH};
 use crate::noise::messages::TRANSPORT_HEADER_LEN;
 
@@ -62,6 +63,7 @@ pub fn supervise(shared: Arc<Shared>, mut io: Box<dyn WorkerIo>, config: WorkerC
 /// The worker's buffers, kept across rounds.
 struct State {
     send: SendBatch,
+    sealer: Sealer,
     tun_out: TunWriteBatch,
     coalescer: Coalescer,
     tun_reads: Vec<Buf>,
@@ -71,7 +73,8 @@ struct State {
 
 fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
     let mut st = State {
-        send: SendBatch::new(SEND_ARENA_BYTES, SEND_MAX_MESSAGES, config.gso),
+        send: SendBatch::new(SEND_CHUNKS, SEND_MAX_MESSAGES, config.gso),
+        sealer: Sealer::new(config.index, SEND_CHUNKS),
         tun_out: TunWriteBatch::default(),
         coalescer: Coalescer::with_udp(config.uso),
         tun_reads: Vec::with_capacity(TUN_READ_BATCH),
@@ -83,10 +86,16 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
             std::thread::sleep(IDLE_WAIT);
             continue;
         }
-        if let Err(e) = io.wait(IDLE_WAIT) {
-            debug!("worker {}: wait failed: {e}", config.index);
-            std::thread::sleep(Duration::from_millis(10));
+        let pool = &shared.seal_pool;
+        if pool.park(config.index) {
+            if let Err(e) = io.wait(IDLE_WAIT) {
+                debug!("worker {}: wait failed: {e}", config.index);
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
+        pool.unpark(config.index);
+        // Another worker's chunks first: its flow waits on them.
+        pool.help();
         round(shared, io, &mut st, config);
     }
 }
@@ -122,11 +131,12 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
             worker: index,
         };
         let mut reads = std::mem::take(&mut st.tun_reads);
+        let mut out = TxOut { batch: &mut st.send, sealer: &mut st.sealer, tun: &mut st.tun_out };
         for b in reads.iter_mut() {
-            tx.read(b.filled_mut(), &mut st.send, &mut st.tun_out, io);
+            tx.read(b.filled_mut(), &mut out, io);
         }
         if !st.send.is_empty() {
-            flush(io, &mut st.send, index);
+            flush(io, &mut st.send, &mut st.sealer, &shared.seal_pool, index);
         }
         io.recycle_tun(&mut reads);
         st.tun_reads = reads;

@@ -12,15 +12,18 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
+use crate::dataplane::seal::SealPool;
 use crate::dataplane::shared::{ControlMsg, DropCounters, Shared};
 use crate::dataplane::worker::{self, WorkerConfig};
 use crate::io::tun::{self, Tun};
 use crate::io::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
-use crate::io::{Backend, Network, TunQueue, WorkerIoConfig};
+use crate::io::{Backend, Doorbell, Network, TunQueue, WorkerIoConfig};
 use crate::routing::AllowedIps;
 use control::{Control, HANDSHAKE_QUEUE};
 
 pub const DEFAULT_MTU: u32 = 1420;
+/// Whether idle workers help seal one flow's batches unless told otherwise (perf/README.md).
+const DEFAULT_PARALLEL_SEAL: bool = true;
 const TIMER_TICK: Duration = Duration::from_millis(100);
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -36,6 +39,8 @@ pub enum DeviceError {
     Thread(std::io::Error),
     #[error("WGTURBO_IO must be 'uring' or 'syscalls', not '{0}'")]
     BadBackend(String),
+    #[error("{0} must be {1}, not '{2}'")]
+    BadSetting(&'static str, &'static str, String),
     #[error("a worker kept panicking; the daemon stopped (see the log)")]
     WorkerFailed,
 }
@@ -47,6 +52,8 @@ pub struct Settings {
     /// `WGTURBO_NO_OFFLOAD=1`: no TUN vnet_hdr/TSO/GRO and no UDP GSO/GRO (the fallback path,
     /// tested and benchmarked on its own).
     pub offloads: bool,
+    /// `WGTURBO_PARALLEL_SEAL=0|1`: whether idle workers seal another worker's batch.
+    pub parallel_seal: bool,
 }
 
 impl Settings {
@@ -64,7 +71,13 @@ impl Settings {
             other => return Err(DeviceError::BadBackend(other.to_string())),
         };
         let offloads = std::env::var_os("WGTURBO_NO_OFFLOAD").is_none_or(|v| v == "0");
-        Ok(Settings { workers, backend, offloads })
+        let parallel_seal = match std::env::var("WGTURBO_PARALLEL_SEAL").unwrap_or_default().as_str() {
+            "" => DEFAULT_PARALLEL_SEAL,
+            "1" | "on" => true,
+            "0" | "off" => false,
+            other => return Err(DeviceError::BadSetting("WGTURBO_PARALLEL_SEAL", "0 or 1", other.to_string())),
+        };
+        Ok(Settings { workers, backend, offloads, parallel_seal })
     }
 }
 
@@ -80,6 +93,8 @@ pub struct DeviceIo {
     pub vnet: bool,
     /// The TUN took USO: UDP datagrams of a flow may be written as one GSO_UDP_L4 packet.
     pub uso: bool,
+    /// Idle workers seal chunks of another worker's send batch.
+    pub parallel_seal: bool,
 }
 
 /// A running device: its workers, and the control state the caller drives with `tick`.
@@ -95,6 +110,8 @@ impl Device {
     /// Binds a random UDP port (as wireguard-go does until configured) and starts the workers.
     pub fn start(io: DeviceIo) -> Result<Device, DeviceError> {
         let workers = io.queues.len().max(1);
+        let bells: Vec<Arc<Doorbell>> =
+            io.queues.iter().map(|q| q.doorbell().map(Arc::new)).collect::<Result<_, _>>().map_err(DeviceError::Tun)?;
         let (handshake_tx, handshake_rx) = crossbeam_channel::bounded(HANDSHAKE_QUEUE);
         let (control_tx, control_rx) = crossbeam_channel::bounded(4096);
         let shared = Arc::new(Shared {
@@ -108,6 +125,7 @@ impl Device {
             stop: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             drops: DropCounters::default(),
+            seal_pool: SealPool::new(bells.clone(), io.parallel_seal),
         });
         let mut control = Control::new(shared.clone(), io.network.clone(), workers, handshake_rx, control_rx);
         let bind = crate::config::DeviceChange { listen_port: Some(0), ..Default::default() };
@@ -121,7 +139,8 @@ impl Device {
         for (i, queue) in io.queues.into_iter().enumerate() {
             let socket = sockets[i % sockets.len()].clone();
             let config = WorkerIoConfig { backend: io.backend, gso };
-            let (worker_io, fallback) = crate::io::worker_io(queue, socket, &config).map_err(DeviceError::Tun)?;
+            let (worker_io, fallback) =
+                crate::io::worker_io(queue, socket, bells[i].clone(), &config).map_err(DeviceError::Tun)?;
             if let Some(reason) = fallback {
                 warn!("worker {i}: {reason}");
             }
@@ -147,7 +166,8 @@ impl Device {
             (_, true) => "UDP GSO",
             _ => "no UDP offloads",
         };
-        let summary = format!("{} worker(s) on {}; {udp}", backends.len(), names.join("+"));
+        let seal = if shared.seal_pool.enabled() { "parallel seal" } else { "seal per worker" };
+        let summary = format!("{} worker(s) on {}; {seal}; {udp}", backends.len(), names.join("+"));
         Ok(Device { shared, control, control_tx, summary })
     }
 
@@ -287,6 +307,7 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
         gso: settings.offloads,
         vnet,
         uso,
+        parallel_seal: settings.parallel_seal,
     };
     let mut device = Device::start(io)?;
     let control_tx = device.control_sender();

@@ -34,9 +34,16 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest GSO send: the UDP length field's limit, less room for headers.
 const MAX_GSO_BYTES: usize = 65_000;
 
-/// A run of datagrams to one endpoint, sent as one message (UDP GSO) when `count > 1`.
+/// The arena of a send batch comes in chunks of this size: a chunk holds one full GSO group
+/// (64 datagrams of a 1420-byte MTU do not fit; 45 do), and is the unit handed to another
+/// thread to seal (moved out and back, never shared).
+pub const SEND_CHUNK: usize = 64 * 1024;
+
+/// A run of datagrams to one endpoint, sent as one message (UDP GSO) when `count > 1`. A group
+/// never spans chunks.
 #[derive(Debug, Clone, Copy)]
 pub struct Group {
+    pub chunk: usize,
     pub start: usize,
     pub len: usize,
     pub segment: usize,
@@ -46,10 +53,13 @@ pub struct Group {
     pub addr: SocketAddr,
 }
 
-/// Datagrams to several endpoints, written in place into one arena. Consecutive datagrams to
-/// the same endpoint with the same size (the last may be shorter) form one GSO group.
+/// Datagrams to several endpoints, written in place into a chunked arena. Consecutive
+/// datagrams to the same endpoint with the same size (the last may be shorter) form one GSO
+/// group.
 pub struct SendBatch {
-    arena: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
+    /// The chunk being written, and where its free space starts.
+    current: usize,
     tail: usize,
     groups: Vec<Group>,
     max_groups: usize,
@@ -57,9 +67,17 @@ pub struct SendBatch {
 }
 
 impl SendBatch {
-    /// An arena of `bytes`, at most `max_groups` messages; `gso` allows UDP GSO groups.
-    pub fn new(bytes: usize, max_groups: usize, gso: bool) -> Self {
-        SendBatch { arena: vec![0u8; bytes], tail: 0, groups: Vec::with_capacity(max_groups), max_groups, gso }
+    /// `chunks` chunks of `SEND_CHUNK` bytes, at most `max_groups` messages; `gso` allows UDP
+    /// GSO groups.
+    pub fn new(chunks: usize, max_groups: usize, gso: bool) -> Self {
+        SendBatch {
+            chunks: (0..chunks.max(1)).map(|_| vec![0u8; SEND_CHUNK]).collect(),
+            current: 0,
+            tail: 0,
+            groups: Vec::with_capacity(max_groups),
+            max_groups,
+            gso,
+        }
     }
 
     pub fn gso_enabled(&self) -> bool {
@@ -77,22 +95,35 @@ impl SendBatch {
 
     /// Room for one more datagram of up to `bytes`, even if it cannot join the last group?
     pub fn has_room(&self, bytes: usize) -> bool {
-        self.tail + bytes <= self.arena.len() && self.groups.len() < self.max_groups
+        self.groups.len() < self.max_groups
+            && (self.tail + bytes <= self.chunks[self.current].len() || self.current + 1 < self.chunks.len())
     }
 
-    /// The free part of the arena, to write the next datagram into at its start.
-    pub fn free_space(&mut self) -> &mut [u8] {
-        &mut self.arena[self.tail..]
+    /// Space for the next datagram of up to `bytes` (the caller checked `has_room`): in the
+    /// current chunk, or at the start of the next. A datagram larger than a chunk (a jumbo MTU)
+    /// grows its chunk once. Returns the chunk's index and the space.
+    pub fn reserve(&mut self, bytes: usize) -> (usize, &mut [u8]) {
+        if self.tail + bytes > self.chunks[self.current].len() && self.tail > 0 && self.current + 1 < self.chunks.len()
+        {
+            self.current += 1;
+            self.tail = 0;
+        }
+        let chunk = &mut self.chunks[self.current];
+        if chunk.len() < self.tail + bytes {
+            chunk.resize(self.tail + bytes, 0);
+        }
+        (self.current, &mut chunk[self.tail..self.tail + bytes])
     }
 
-    /// Appends the `len` bytes written at the start of `free_space()` as one datagram. The
-    /// caller checked `has_room(len)` first.
-    pub fn commit(&mut self, len: usize, addr: SocketAddr) {
-        let start = self.tail;
+    /// Appends the `len` bytes written at the start of the space `reserve` gave as one
+    /// datagram; returns where it lies (chunk, offset).
+    pub fn commit(&mut self, len: usize, addr: SocketAddr) -> (usize, usize) {
+        let (chunk, start) = (self.current, self.tail);
         self.tail += len;
         if self.gso {
             if let Some(g) = self.groups.last_mut() {
-                if g.addr == addr
+                if g.chunk == chunk
+                    && g.addr == addr
                     && !g.closed
                     && len <= g.segment
                     && g.count < MAX_GSO_SEGMENTS
@@ -101,11 +132,31 @@ impl SendBatch {
                     g.len += len;
                     g.count += 1;
                     g.closed = len < g.segment;
-                    return;
+                    return (chunk, start);
                 }
             }
         }
-        self.groups.push(Group { start, len, segment: len, count: 1, closed: false, addr });
+        self.groups.push(Group { chunk, start, len, segment: len, count: 1, closed: false, addr });
+        (chunk, start)
+    }
+
+    /// The chunk datagrams are being written into.
+    pub fn current_chunk(&self) -> usize {
+        self.current
+    }
+
+    /// Moves chunk `i` out (to be sealed on another thread); `put_chunk` must bring it back
+    /// before the batch is sent or written again.
+    pub fn take_chunk(&mut self, i: usize) -> Vec<u8> {
+        std::mem::take(&mut self.chunks[i])
+    }
+
+    pub fn put_chunk(&mut self, i: usize, chunk: Vec<u8>) {
+        self.chunks[i] = chunk;
+    }
+
+    pub fn chunk_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.chunks[i]
     }
 
     pub fn groups(&self) -> &[Group] {
@@ -114,7 +165,7 @@ impl SendBatch {
 
     /// The bytes of a group (all its datagrams back to back).
     pub fn bytes(&self, g: &Group) -> &[u8] {
-        &self.arena[g.start..g.start + g.len]
+        &self.chunks[g.chunk][g.start..g.start + g.len]
     }
 
     /// The datagrams of a group one by one, for a backend that cannot send it whole.
@@ -128,6 +179,7 @@ impl SendBatch {
 
     pub fn clear(&mut self) {
         self.groups.clear();
+        self.current = 0;
         self.tail = 0;
     }
 }
@@ -194,15 +246,15 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    fn put(b: &mut SendBatch, len: usize, to: SocketAddr) {
+    fn put(b: &mut SendBatch, len: usize, to: SocketAddr) -> (usize, usize) {
         assert!(b.has_room(len));
-        b.free_space()[..len].fill(len as u8);
-        b.commit(len, to);
+        b.reserve(len).1.fill(len as u8);
+        b.commit(len, to)
     }
 
     #[test]
     fn equal_datagrams_to_one_endpoint_form_one_group() {
-        let mut b = SendBatch::new(1 << 16, 16, true);
+        let mut b = SendBatch::new(1, 16, true);
         for _ in 0..3 {
             put(&mut b, 100, addr(1));
         }
@@ -218,13 +270,37 @@ mod tests {
 
     #[test]
     fn without_gso_every_datagram_is_a_group_and_room_counts_groups() {
-        let mut b = SendBatch::new(1 << 16, 3, false);
+        let mut b = SendBatch::new(1, 3, false);
         for _ in 0..3 {
             put(&mut b, 10, addr(1));
         }
         assert!(!b.has_room(10), "three groups is the limit");
         b.clear();
         assert!(b.is_empty() && b.has_room(10));
+    }
+
+    #[test]
+    fn groups_stay_within_a_chunk_and_chunks_move_out_and_back() {
+        let mut b = SendBatch::new(3, 64, true);
+        let per_chunk = SEND_CHUNK / 1000;
+        let mut places = Vec::new();
+        for _ in 0..per_chunk + 1 {
+            places.push(put(&mut b, 1000, addr(1)));
+        }
+        assert_eq!(places[per_chunk - 1], (0, (per_chunk - 1) * 1000));
+        assert_eq!(places[per_chunk], (1, 0), "a datagram that does not fit starts the next chunk");
+        assert!(b.groups().iter().all(|g| g.start + g.len <= SEND_CHUNK));
+        assert_eq!(b.groups().last().map(|g| (g.chunk, g.count)), Some((1, 1)), "the group broke at the chunk");
+        let out = b.take_chunk(0);
+        assert_eq!(out.len(), SEND_CHUNK);
+        b.put_chunk(0, out);
+        assert_eq!(b.bytes(&b.groups()[0])[0], 1000u16 as u8);
+        // The last chunk: room for one datagram while it has space, none after.
+        put(&mut b, 1000, addr(2));
+        let jumbo = SEND_CHUNK + 100;
+        assert!(b.has_room(jumbo), "a third chunk is free");
+        assert_eq!(put(&mut b, jumbo, addr(2)), (2, 0), "a jumbo datagram grows its own chunk");
+        assert!(!b.has_room(1), "no chunk left");
     }
 
     #[test]

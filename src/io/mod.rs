@@ -10,6 +10,7 @@
 #![allow(unsafe_code)]
 
 pub mod batch;
+pub mod doorbell;
 pub mod syscalls;
 pub mod tun;
 pub mod twin;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use batch::{Buf, SendBatch, TunWriteBatch};
+pub use doorbell::Doorbell;
 pub use tun::Tun;
 pub use udp::OsSocket;
 
@@ -39,7 +41,8 @@ pub const UDP_BUF: usize = 65_536;
 pub trait WorkerIo: Send {
     /// Which backend this is, for the start-up line.
     fn backend(&self) -> Backend;
-    /// Waits up to `timeout` until the TUN or the socket has something to read.
+    /// Waits up to `timeout` until the TUN or the socket has something to read, or the
+    /// worker's doorbell rings.
     fn wait(&mut self, timeout: Duration) -> io::Result<()>;
     /// Moves the TUN packets read so far (without blocking, at most a batch) into `out`.
     fn read_tun(&mut self, out: &mut Vec<Buf>) -> io::Result<()>;
@@ -166,26 +169,37 @@ pub struct WorkerIoConfig {
     pub gso: bool,
 }
 
-/// Builds a worker's I/O on the backend asked for. io_uring falls back to syscalls when the
-/// kernel refuses it; the reason comes back for the caller to say.
+impl TunQueue {
+    /// A doorbell the backend for this queue can wait on.
+    pub fn doorbell(&self) -> io::Result<Doorbell> {
+        match self {
+            TunQueue::Os(_) => Doorbell::event(),
+            TunQueue::Twin(_) => Ok(Doorbell::twin()),
+        }
+    }
+}
+
+/// Builds a worker's I/O on the backend asked for, waking when `bell` rings. io_uring falls
+/// back to syscalls when the kernel refuses it; the reason comes back for the caller to say.
 pub fn worker_io(
     tun: TunQueue,
     socket: Arc<Socket>,
+    bell: Arc<Doorbell>,
     config: &WorkerIoConfig,
 ) -> io::Result<(Box<dyn WorkerIo>, Option<String>)> {
     match tun {
-        TunQueue::Twin(t) => Ok((Box::new(twin::TwinIo::new(t, socket)), None)),
+        TunQueue::Twin(t) => Ok((Box::new(twin::TwinIo::new(t, socket, bell)), None)),
         TunQueue::Os(t) => {
             if config.backend == Backend::Uring {
                 return match uring::probe() {
-                    Ok(ring) => Ok((Box::new(uring::UringIo::new(ring, t, socket)?), None)),
+                    Ok(ring) => Ok((Box::new(uring::UringIo::new(ring, t, socket, bell)?), None)),
                     Err(e) => {
                         let reason = format!("io_uring unavailable ({e}); using syscalls");
-                        Ok((Box::new(syscalls::SyscallIo::new(t, socket)?), Some(reason)))
+                        Ok((Box::new(syscalls::SyscallIo::new(t, socket, bell)?), Some(reason)))
                     }
                 };
             }
-            Ok((Box::new(syscalls::SyscallIo::new(t, socket)?), None))
+            Ok((Box::new(syscalls::SyscallIo::new(t, socket, bell)?), None))
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use socket2::SockAddr;
 
 use super::batch::{Buf, SendBatch, TunWriteBatch};
+use super::doorbell::Doorbell;
 use super::udp::{from_storage, gro_segment_size, set_segment_cmsg, OsSocket, CMSG_ROOM};
 use super::{Backend, Socket, Tun, WorkerIo, TUN_BUF, TUN_READ_BATCH, UDP_BUF, UDP_RECV_BATCH};
 use crate::io::vnet::VNET_HDR_LEN;
@@ -19,6 +20,7 @@ const SEND_CHUNK: usize = 256;
 pub struct SyscallIo {
     tun: Tun,
     socket: Arc<Socket>,
+    bell: Arc<Doorbell>,
     free_tun: Vec<Buf>,
     free_udp: Vec<Buf>,
     recv: MmsgArrays,
@@ -60,12 +62,16 @@ fn os(socket: &Socket) -> io::Result<&OsSocket> {
 }
 
 impl SyscallIo {
-    pub fn new(tun: Tun, socket: Arc<Socket>) -> io::Result<SyscallIo> {
+    pub fn new(tun: Tun, socket: Arc<Socket>, bell: Arc<Doorbell>) -> io::Result<SyscallIo> {
         os(&socket)?;
+        if bell.fd().is_none() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a twin doorbell on the syscall backend"));
+        }
         tun.set_nonblocking(true)?;
         Ok(SyscallIo {
             tun,
             socket,
+            bell,
             free_tun: Vec::new(),
             free_udp: Vec::new(),
             recv: MmsgArrays::new(UDP_RECV_BATCH),
@@ -102,10 +108,10 @@ impl SyscallIo {
     }
 }
 
-/// poll(2) on up to two fds for input.
-pub(crate) fn poll_readable(fds: &[i32], timeout: Duration) -> io::Result<()> {
+/// poll(2) on a few fds for input; returns a mask of those readable (bit i for `fds[i]`).
+pub(crate) fn poll_readable(fds: &[i32], timeout: Duration) -> io::Result<u32> {
     let mut pfds: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+        fds.iter().take(32).map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: poll reads and writes `pfds.len()` pollfds that live in this frame.
     let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
@@ -114,8 +120,9 @@ pub(crate) fn poll_readable(fds: &[i32], timeout: Duration) -> io::Result<()> {
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+        return Ok(0);
     }
-    Ok(())
+    Ok(pfds.iter().enumerate().filter(|(_, p)| p.revents != 0).fold(0, |m, (i, _)| m | 1 << i))
 }
 
 /// Sends a GSO group the kernel refused, one datagram at a time.
@@ -146,7 +153,11 @@ impl WorkerIo for SyscallIo {
 
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
         let sock = os(&self.socket)?.fd();
-        poll_readable(&[self.tun.fd(), sock], timeout)
+        let bell = self.bell.fd().unwrap_or(-1);
+        if poll_readable(&[self.tun.fd(), sock, bell], timeout)? & 0b100 != 0 {
+            self.bell.clear();
+        }
+        Ok(())
     }
 
     fn read_tun(&mut self, out: &mut Vec<Buf>) -> io::Result<()> {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, Select, Sender, TrySendError};
 
 use super::batch::{Buf, SendBatch, TunWriteBatch};
+use super::doorbell::Doorbell;
 use super::syscalls::tun_frame;
 use super::{Backend, Socket, WorkerIo, TUN_BUF, TUN_READ_BATCH, UDP_BUF, UDP_RECV_BATCH};
 
@@ -160,11 +161,12 @@ impl TwinTun {
 pub struct TwinIo {
     tun: TwinTun,
     socket: Arc<Socket>,
+    bell: Arc<Doorbell>,
 }
 
 impl TwinIo {
-    pub fn new(tun: TwinTun, socket: Arc<Socket>) -> TwinIo {
-        TwinIo { tun, socket }
+    pub fn new(tun: TwinTun, socket: Arc<Socket>, bell: Arc<Doorbell>) -> TwinIo {
+        TwinIo { tun, socket, bell }
     }
 
     fn socket(&self) -> io::Result<&TwinSocket> {
@@ -196,7 +198,16 @@ impl WorkerIo for TwinIo {
         let mut sel = Select::new();
         sel.recv(&self.tun.from_host);
         sel.recv(&sock.rx);
-        let _ = sel.ready_timeout(timeout);
+        if let Some(bell) = self.bell.receiver() {
+            if !bell.is_empty() {
+                self.bell.clear();
+                return Ok(());
+            }
+            sel.recv(bell);
+        }
+        if sel.ready_timeout(timeout) == Ok(2) {
+            self.bell.clear();
+        }
         Ok(())
     }
 

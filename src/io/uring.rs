@@ -20,6 +20,7 @@ use io_uring::{opcode, squeue, types, IoUring, Probe};
 use socket2::SockAddr;
 
 use super::batch::{Buf, SendBatch, TunWriteBatch};
+use super::doorbell::Doorbell;
 use super::syscalls::{gso_refused, send_one_by_one, tun_frame};
 use super::udp::{from_storage, gro_segment_size, set_segment_cmsg, OsSocket, CMSG_ROOM};
 use super::{Backend, Socket, Tun, WorkerIo, TUN_BUF, UDP_BUF};
@@ -37,6 +38,7 @@ const KIND_UDP_RECV: u64 = 2;
 const KIND_SEND: u64 = 3;
 const KIND_TUN_WRITE: u64 = 4;
 const KIND_CANCEL: u64 = 5;
+const KIND_BELL: u64 = 6;
 
 fn user_data(kind: u64, index: usize) -> u64 {
     kind << 32 | index as u64
@@ -64,6 +66,9 @@ pub struct UringIo {
     ring: IoUring,
     tun: Tun,
     socket: Arc<Socket>,
+    bell: Arc<Doorbell>,
+    /// A poll on the doorbell is in flight (one-shot: re-armed after it fires).
+    bell_armed: bool,
     generation: u64,
     /// Sockets replaced while receives were still armed on them, kept alive until those end.
     retired: Vec<(u64, Arc<Socket>)>,
@@ -110,6 +115,7 @@ pub fn probe() -> io::Result<IoUring> {
         (opcode::RecvMsg::CODE, "RECVMSG"),
         (opcode::SendMsg::CODE, "SENDMSG"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
     ] {
         if !probe.is_supported(code) {
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("opcode IORING_OP_{name} not supported")));
@@ -120,13 +126,18 @@ pub fn probe() -> io::Result<IoUring> {
 
 impl UringIo {
     /// Takes a probed ring, leaves the TUN blocking and arms the reads.
-    pub fn new(ring: IoUring, tun: Tun, socket: Arc<Socket>) -> io::Result<UringIo> {
+    pub fn new(ring: IoUring, tun: Tun, socket: Arc<Socket>, bell: Arc<Doorbell>) -> io::Result<UringIo> {
         os(&socket)?;
+        if bell.fd().is_none() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a twin doorbell on the io_uring backend"));
+        }
         tun.set_nonblocking(false)?;
         let mut u = UringIo {
             ring,
             tun,
             socket,
+            bell,
+            bell_armed: false,
             generation: 0,
             retired: Vec::new(),
             tun_bufs: (0..TUN_READS_IN_FLIGHT).map(|_| None).collect(),
@@ -147,8 +158,21 @@ impl UringIo {
         for i in 0..UDP_RECVS_IN_FLIGHT {
             u.arm_udp_recv(i, Buf::new(UDP_BUF))?;
         }
+        u.arm_bell()?;
         u.ring.submit()?;
         Ok(u)
+    }
+
+    /// Polls the doorbell's eventfd (a poll needs no buffer, so nothing to keep alive).
+    fn arm_bell(&mut self) -> io::Result<()> {
+        if self.bell_armed {
+            return Ok(());
+        }
+        let fd = self.bell.fd().unwrap_or(-1);
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(user_data(KIND_BELL, 0));
+        self.push(&entry)?;
+        self.bell_armed = true;
+        Ok(())
     }
 
     /// Queues one submission, submitting first if the queue is full.
@@ -206,6 +230,10 @@ impl UringIo {
                         }
                         self.first_write_error.get_or_insert(e);
                     }
+                }
+                KIND_BELL => {
+                    self.bell_armed = false;
+                    self.bell.clear();
                 }
                 _ => {} // KIND_CANCEL: nothing to do; the cancelled receive reports itself
             }
@@ -298,6 +326,9 @@ impl WorkerIo for UringIo {
 
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
         self.reap();
+        if !self.bell_armed {
+            self.arm_bell()?;
+        }
         if self.tun_ready.is_empty() && self.udp_ready.is_empty() {
             let ts = types::Timespec::from(timeout);
             let args = types::SubmitArgs::new().timespec(&ts);

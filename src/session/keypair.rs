@@ -92,31 +92,55 @@ impl Keypair {
     /// zero-padded by the caller; on return `buf[..16 + padded_len + 16]` is the message.
     pub fn seal(&self, counter: u64, buf: &mut [u8], padded_len: usize) -> Result<usize, SessionError> {
         let total = TRANSPORT_HEADER_LEN + padded_len + AEAD_TAG_LEN;
-        if buf.len() < total {
-            return Err(SessionError::BufferTooSmall);
-        }
-        let (head, rest) = buf.split_at_mut(TRANSPORT_HEADER_LEN);
-        let (body, tail) = rest.split_at_mut(padded_len);
-        let tag = self
-            .sender
-            .seal_in_place_separate_tag(nonce(counter), Aad::empty(), body)
-            .map_err(|_| SessionError::BufferTooSmall)?;
-        tail[..AEAD_TAG_LEN].copy_from_slice(tag.as_ref());
+        let msg = buf.get_mut(..total).ok_or(SessionError::BufferTooSmall)?;
+        self.write_header(counter, msg);
+        self.seal_framed(msg)?;
+        Ok(total)
+    }
+
+    fn write_header(&self, counter: u64, msg: &mut [u8]) {
         let mut header = [0u8; TRANSPORT_HEADER_LEN];
         TransportHeader { receiver: self.remote_index, counter }.write(&mut header);
-        head.copy_from_slice(&header);
-        Ok(total)
+        msg[..TRANSPORT_HEADER_LEN].copy_from_slice(&header);
     }
 
     /// Pads the `len` plaintext bytes at `buf[16..]` with zeros as the paper asks (to a
     /// multiple of 16, not beyond the MTU) and seals in place; returns the message length.
     pub fn seal_padded(&self, counter: u64, buf: &mut [u8], len: usize, mtu: usize) -> Result<usize, SessionError> {
+        let total = self.frame(counter, buf, len, mtu)?;
+        self.seal_framed(&mut buf[..total])?;
+        Ok(total)
+    }
+
+    /// The first half of `seal_padded`, done in order on the thread that stamps the nonce:
+    /// writes the header (with `counter`) and the zero padding around the `len` plaintext bytes
+    /// at `buf[16..]`. Returns the message length; `seal_framed` then finishes it anywhere.
+    pub fn frame(&self, counter: u64, buf: &mut [u8], len: usize, mtu: usize) -> Result<usize, SessionError> {
         let padded = padded_len(len, mtu);
-        let body = buf
-            .get_mut(TRANSPORT_HEADER_LEN + len..TRANSPORT_HEADER_LEN + padded)
-            .ok_or(SessionError::BufferTooSmall)?;
-        body.fill(0);
-        self.seal(counter, buf, padded)
+        let total = TRANSPORT_HEADER_LEN + padded + AEAD_TAG_LEN;
+        if buf.len() < total || padded < len {
+            return Err(SessionError::BufferTooSmall);
+        }
+        buf[TRANSPORT_HEADER_LEN + len..TRANSPORT_HEADER_LEN + padded].fill(0);
+        self.write_header(counter, buf);
+        Ok(total)
+    }
+
+    /// Seals a message `frame` prepared, in place (its counter is in its header): the body
+    /// is encrypted and the last 16 bytes become the tag.
+    pub fn seal_framed(&self, msg: &mut [u8]) -> Result<(), SessionError> {
+        if msg.len() < TRANSPORT_MIN_LEN {
+            return Err(SessionError::TooShort);
+        }
+        let header = TransportHeader::parse(msg).map_err(|_| SessionError::TooShort)?;
+        let (_, rest) = msg.split_at_mut(TRANSPORT_HEADER_LEN);
+        let (body, tail) = rest.split_at_mut(rest.len() - AEAD_TAG_LEN);
+        let tag = self
+            .sender
+            .seal_in_place_separate_tag(nonce(header.counter), Aad::empty(), body)
+            .map_err(|_| SessionError::BufferTooSmall)?;
+        tail.copy_from_slice(tag.as_ref());
+        Ok(())
     }
 
     /// The length of the sealed message for `len` plaintext bytes.
@@ -226,6 +250,25 @@ mod tests {
         assert_eq!(k.open(&mut bad, now), Err(SessionError::DecryptFailed));
         assert_eq!(k.open(&mut copy.clone(), now + REJECT_AFTER_TIME), Err(SessionError::Expired));
         assert!(k.reserve_counters(1, now + REJECT_AFTER_TIME).is_none());
+    }
+
+    #[test]
+    fn framed_then_sealed_elsewhere_is_the_same_message() {
+        let now = Instant::now();
+        let k = Keypair::new(&keys(true, 1), now);
+        let peer = Keypair::new(&keys(false, 101), now);
+        let mut whole = vec![0xAAu8; 200];
+        whole[16..23].copy_from_slice(b"payload");
+        let mut split = whole.clone();
+        let n = k.seal_padded(7, &mut whole, 7, 1420).unwrap();
+        let m = k.frame(7, &mut split, 7, 1420).unwrap();
+        assert_eq!(n, m);
+        k.seal_framed(&mut split[..m]).unwrap();
+        assert_eq!(whole[..n], split[..n]);
+        let (counter, len) = peer.open(&mut split[..m], now).unwrap();
+        assert_eq!((counter, &split[16..16 + 7], len), (7, &b"payload"[..], 16));
+        assert_eq!(k.frame(0, &mut [0u8; 40], 7, 1420), Err(SessionError::BufferTooSmall));
+        assert_eq!(k.seal_framed(&mut [0u8; 31]), Err(SessionError::TooShort));
     }
 
     #[test]

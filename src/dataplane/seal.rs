@@ -1,0 +1,351 @@
+//! Ordered parallel sealing, on the kernel's `queueing.c` model: the worker that reads a flow
+//! from its TUN queue (the owner) routes each packet, stamps its nonce and frames it in its
+//! send batch in order; the ChaCha20-Poly1305 work may then run on any worker; the owner sends
+//! the batch only once every datagram in it is sealed, so the wire order is the nonce order.
+//!
+//! The unit of work is one chunk of the send batch (`SEND_CHUNK`, about one GSO group): when
+//! the owner moves on to the next chunk, the full one is moved (not copied, not shared) into a
+//! job on the device's queue and an idle worker is woken. No lock is taken per packet: a job
+//! crosses two channels, and the only per-packet work besides the seal is a slice index.
+//!
+//! Progress never depends on a helper: before waiting, the owner seals whatever is still
+//! queued itself (its own jobs or another worker's), so a busy or parked helper only costs the
+//! parallelism, never the batch. A round that fits in one chunk is sealed in place, as before.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use tracing::error;
+
+use crate::io::{Doorbell, SendBatch};
+use crate::session::Keypair;
+
+/// How long an owner waits for a job a helper took before it gives the chunk up: only a
+/// helper that panicked mid-seal (a bug) can make this happen.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A datagram framed in a chunk: where it is. Its header carries its counter.
+#[derive(Clone, Copy)]
+struct Framed {
+    offset: u32,
+    len: u32,
+}
+
+/// The datagrams framed into one chunk, in runs of one keypair (so no reference count is
+/// touched per packet).
+#[derive(Default)]
+pub struct ChunkWork {
+    items: Vec<Framed>,
+    runs: Vec<(usize, Arc<Keypair>)>,
+}
+
+impl ChunkWork {
+    fn add(&mut self, keypair: &Arc<Keypair>, offset: usize, len: usize) {
+        if !self.runs.last().is_some_and(|(_, k)| Arc::ptr_eq(k, keypair)) {
+            self.runs.push((self.items.len(), keypair.clone()));
+        }
+        self.items.push(Framed { offset: offset as u32, len: len as u32 });
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Seals every datagram in `chunk`; returns how many could not be (never, for datagrams
+    /// `Keypair::frame` made).
+    fn seal(&self, chunk: &mut [u8]) -> u64 {
+        let mut failed = 0;
+        for (r, (first, keypair)) in self.runs.iter().enumerate() {
+            let end = self.runs.get(r + 1).map_or(self.items.len(), |(next, _)| *next);
+            for f in &self.items[*first..end] {
+                let range = f.offset as usize..(f.offset + f.len) as usize;
+                let sealed = chunk.get_mut(range).map(|msg| keypair.seal_framed(msg).is_ok());
+                failed += u64::from(sealed != Some(true));
+            }
+        }
+        failed
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.runs.clear();
+    }
+}
+
+/// A chunk on its way to be sealed by whichever worker takes it, and back to its owner.
+pub struct SealJob {
+    index: usize,
+    chunk: Vec<u8>,
+    work: ChunkWork,
+    failed: u64,
+    reply: Sender<SealJob>,
+}
+
+impl SealJob {
+    fn run(mut self) {
+        self.failed = self.work.seal(&mut self.chunk);
+        let reply = self.reply.clone();
+        // The owner holds its receiver until every job it sent came back.
+        let _ = reply.send(self);
+    }
+}
+
+/// The device's queue of seal jobs, and how to wake the workers parked on their I/O.
+pub struct SealPool {
+    jobs_tx: Sender<SealJob>,
+    jobs_rx: Receiver<SealJob>,
+    bells: Vec<Arc<Doorbell>>,
+    parked: Vec<AtomicBool>,
+    enabled: bool,
+}
+
+impl SealPool {
+    /// One doorbell per worker; `enabled` turns the hand-off on (with one worker it is off).
+    pub fn new(bells: Vec<Arc<Doorbell>>, enabled: bool) -> SealPool {
+        let (jobs_tx, jobs_rx) = unbounded();
+        let parked = bells.iter().map(|_| AtomicBool::new(false)).collect();
+        let enabled = enabled && bells.len() > 1;
+        SealPool { jobs_tx, jobs_rx, bells, parked, enabled }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Seals queued jobs, anyone's, until none is left; returns how many.
+    pub fn help(&self) -> usize {
+        let mut done = 0;
+        while let Ok(job) = self.jobs_rx.try_recv() {
+            job.run();
+            done += 1;
+        }
+        done
+    }
+
+    /// Worker `me` is about to wait on its I/O. False if there is work queued (do not wait).
+    /// The store and the check are ordered against `submit`'s send and load, so a job is
+    /// either seen here or its submitter sees this worker parked and rings it.
+    pub fn park(&self, me: usize) -> bool {
+        let Some(flag) = self.parked.get(me) else { return true };
+        flag.store(true, Ordering::SeqCst);
+        if self.jobs_rx.is_empty() {
+            return true;
+        }
+        flag.store(false, Ordering::Relaxed);
+        false
+    }
+
+    pub fn unpark(&self, me: usize) {
+        if let Some(flag) = self.parked.get(me) {
+            flag.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn submit(&self, job: SealJob, from: usize) {
+        let _ = self.jobs_tx.send(job);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        // Wake one parked worker; a busy one finds the job when its round ends.
+        for (i, flag) in self.parked.iter().enumerate() {
+            if i != from && flag.load(Ordering::SeqCst) && flag.swap(false, Ordering::SeqCst) {
+                self.bells[i].ring();
+                return;
+            }
+        }
+    }
+}
+
+/// One worker's side: what it framed into each chunk of its send batch, and its jobs out.
+pub struct Sealer {
+    worker: usize,
+    chunks: Vec<ChunkWork>,
+    /// The chunk being filled.
+    open: usize,
+    /// Which chunks are out with a job.
+    out: Vec<bool>,
+    reply_tx: Sender<SealJob>,
+    reply_rx: Receiver<SealJob>,
+    /// Datagrams that could not be sealed (a bug if ever non-zero).
+    pub failed: u64,
+}
+
+impl Sealer {
+    pub fn new(worker: usize, chunks: usize) -> Sealer {
+        let (reply_tx, reply_rx) = unbounded();
+        Sealer {
+            worker,
+            chunks: (0..chunks).map(|_| ChunkWork::default()).collect(),
+            open: 0,
+            out: vec![false; chunks],
+            reply_tx,
+            reply_rx,
+            failed: 0,
+        }
+    }
+
+    /// Records a datagram `Keypair::frame` wrote at (`chunk`, `offset`). When the batch has
+    /// moved on to a new chunk, the previous one is complete and goes to the pool.
+    pub fn add(
+        &mut self,
+        pool: &SealPool,
+        batch: &mut SendBatch,
+        chunk: usize,
+        offset: usize,
+        len: usize,
+        keypair: &Arc<Keypair>,
+    ) {
+        if chunk != self.open {
+            self.hand_off(pool, batch, self.open);
+            self.open = chunk;
+        }
+        if let Some(work) = self.chunks.get_mut(chunk) {
+            work.add(keypair, offset, len);
+        }
+    }
+
+    fn hand_off(&mut self, pool: &SealPool, batch: &mut SendBatch, index: usize) {
+        if !pool.enabled() || self.chunks.get(index).is_none_or(ChunkWork::is_empty) || self.out[index] {
+            return;
+        }
+        let job = SealJob {
+            index,
+            chunk: batch.take_chunk(index),
+            work: std::mem::take(&mut self.chunks[index]),
+            failed: 0,
+            reply: self.reply_tx.clone(),
+        };
+        self.out[index] = true;
+        pool.submit(job, self.worker);
+    }
+
+    /// Seals everything framed since the last call and brings every chunk home: after this
+    /// the batch may be sent.
+    pub fn finish(&mut self, pool: &SealPool, batch: &mut SendBatch) {
+        for (i, work) in self.chunks.iter_mut().enumerate() {
+            if !self.out[i] && !work.is_empty() {
+                self.failed += work.seal(batch.chunk_mut(i));
+                work.clear();
+            }
+        }
+        self.open = 0;
+        if !self.out.contains(&true) {
+            return;
+        }
+        pool.help();
+        while self.out.contains(&true) {
+            match self.reply_rx.recv_timeout(HELPER_TIMEOUT) {
+                Ok(mut job) => {
+                    self.failed += job.failed;
+                    batch.put_chunk(job.index, std::mem::take(&mut job.chunk));
+                    job.work.clear();
+                    self.out[job.index] = false;
+                    self.chunks[job.index] = job.work;
+                }
+                Err(_) => {
+                    error!("worker {}: a helper never returned a chunk; its datagrams are lost", self.worker);
+                    for (i, out) in self.out.iter_mut().enumerate() {
+                        if *out {
+                            batch.put_chunk(i, vec![0u8; crate::io::batch::SEND_CHUNK]);
+                            *out = false;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::SessionKeys;
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    fn keypair(initiator: bool) -> Arc<Keypair> {
+        let keys =
+            SessionKeys { local_index: 1, remote_index: 2, send: [7; 32], recv: [7; 32], is_initiator: initiator };
+        Arc::new(Keypair::new(&keys, Instant::now()))
+    }
+
+    /// Frames `n` datagrams of 1400 bytes (byte i of datagram k is k), as the TX path does.
+    fn frame_all(pool: &SealPool, sealer: &mut Sealer, batch: &mut SendBatch, k: &Arc<Keypair>, n: usize) {
+        let to = SocketAddr::from(([127, 0, 0, 1], 9));
+        let first = k.reserve_counters(n as u64, Instant::now()).unwrap();
+        for i in 0..n {
+            let total = Keypair::sealed_len(1400, 1420);
+            assert!(batch.has_room(total));
+            let (chunk, space) = batch.reserve(total);
+            space[16..16 + 1400].fill(i as u8);
+            let total = k.frame(first + i as u64, space, 1400, 1420).unwrap();
+            let (chunk2, offset) = batch.commit(total, to);
+            assert_eq!(chunk, chunk2);
+            sealer.add(pool, batch, chunk, offset, total, k);
+        }
+    }
+
+    /// Every datagram opens at the receiver, in nonce order, whoever sealed it.
+    fn check_in_order(batch: &SendBatch, n: usize) {
+        let rx = keypair(false);
+        let mut seen = 0;
+        for g in batch.groups() {
+            for d in batch.datagrams(g) {
+                let mut d = d.to_vec();
+                let (counter, _) = rx.open(&mut d, Instant::now()).expect("sealed and authentic");
+                assert_eq!(counter, seen as u64, "wire order is nonce order");
+                assert!(d[16..16 + 1400].iter().all(|&b| b == seen as u8));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, n);
+    }
+
+    #[test]
+    fn a_helper_thread_seals_chunks_and_the_owner_keeps_the_order() {
+        let bells: Vec<Arc<Doorbell>> = (0..2).map(|_| Arc::new(Doorbell::twin())).collect();
+        let pool = Arc::new(SealPool::new(bells.clone(), true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let helped = {
+            let (pool, stop, bell) = (pool.clone(), stop.clone(), bells[1].clone());
+            std::thread::spawn(move || {
+                let mut helped = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if pool.park(1) {
+                        let _ = bell.receiver().unwrap().recv_timeout(Duration::from_millis(20));
+                    }
+                    pool.unpark(1);
+                    helped += pool.help();
+                }
+                helped
+            })
+        };
+        let mut batch = SendBatch::new(64, 2048, true);
+        let mut sealer = Sealer::new(0, 64);
+        for round in 0..50 {
+            let n = 200 + round * 13;
+            let k = keypair(true); // counters from 0, as `check_in_order` expects
+            frame_all(&pool, &mut sealer, &mut batch, &k, n);
+            sealer.finish(&pool, &mut batch);
+            check_in_order(&batch, n);
+            batch.clear();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let helped = helped.join().unwrap();
+        assert_eq!(sealer.failed, 0);
+        assert!(helped > 0, "the helper sealed some chunks");
+    }
+
+    #[test]
+    fn without_a_helper_the_owner_seals_everything_itself() {
+        let bells: Vec<Arc<Doorbell>> = (0..2).map(|_| Arc::new(Doorbell::twin())).collect();
+        let pool = SealPool::new(bells, true);
+        let k = keypair(true);
+        let mut batch = SendBatch::new(16, 2048, true);
+        let mut sealer = Sealer::new(0, 16);
+        frame_all(&pool, &mut sealer, &mut batch, &k, 300);
+        sealer.finish(&pool, &mut batch);
+        check_in_order(&batch, 300);
+        assert_eq!(sealer.failed, 0);
+    }
+}
