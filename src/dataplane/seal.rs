@@ -12,7 +12,7 @@
 //! queued itself (its own jobs or another worker's), so a busy or parked helper only costs the
 //! parallelism, never the batch. A round that fits in one chunk is sealed in place, as before.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,6 +76,7 @@ impl ChunkWork {
 
 /// A chunk on its way to be sealed by whichever worker takes it, and back to its owner.
 pub struct SealJob {
+    owner: usize,
     index: usize,
     chunk: Vec<u8>,
     work: ChunkWork,
@@ -99,6 +100,8 @@ pub struct SealPool {
     bells: Vec<Arc<Doorbell>>,
     parked: Vec<AtomicBool>,
     enabled: bool,
+    /// Chunks sealed by a worker other than their owner.
+    helped: AtomicU64,
 }
 
 impl SealPool {
@@ -107,21 +110,29 @@ impl SealPool {
         let (jobs_tx, jobs_rx) = unbounded();
         let parked = bells.iter().map(|_| AtomicBool::new(false)).collect();
         let enabled = enabled && bells.len() > 1;
-        SealPool { jobs_tx, jobs_rx, bells, parked, enabled }
+        SealPool { jobs_tx, jobs_rx, bells, parked, enabled, helped: AtomicU64::new(0) }
     }
 
     pub fn enabled(&self) -> bool {
         self.enabled
     }
 
-    /// Seals queued jobs, anyone's, until none is left; returns how many.
-    pub fn help(&self) -> usize {
+    /// Worker `me` seals queued jobs, anyone's, until none is left; returns how many.
+    pub fn help(&self, me: usize) -> usize {
         let mut done = 0;
         while let Ok(job) = self.jobs_rx.try_recv() {
+            if job.owner != me {
+                self.helped.fetch_add(1, Ordering::Relaxed);
+            }
             job.run();
             done += 1;
         }
         done
+    }
+
+    /// Chunks sealed so far by a worker other than the one that framed them.
+    pub fn chunks_helped(&self) -> u64 {
+        self.helped.load(Ordering::Relaxed)
     }
 
     /// Worker `me` is about to wait on its I/O. False if there is work queued (do not wait).
@@ -209,6 +220,7 @@ impl Sealer {
             return;
         }
         let job = SealJob {
+            owner: self.worker,
             index,
             chunk: batch.take_chunk(index),
             work: std::mem::take(&mut self.chunks[index]),
@@ -232,7 +244,7 @@ impl Sealer {
         if !self.out.contains(&true) {
             return;
         }
-        pool.help();
+        pool.help(self.worker);
         while self.out.contains(&true) {
             match self.reply_rx.recv_timeout(HELPER_TIMEOUT) {
                 Ok(mut job) => {
@@ -315,7 +327,7 @@ mod tests {
                         let _ = bell.receiver().unwrap().recv_timeout(Duration::from_millis(20));
                     }
                     pool.unpark(1);
-                    helped += pool.help();
+                    helped += pool.help(1);
                 }
                 helped
             })
@@ -334,6 +346,7 @@ mod tests {
         let helped = helped.join().unwrap();
         assert_eq!(sealer.failed, 0);
         assert!(helped > 0, "the helper sealed some chunks");
+        assert_eq!(pool.chunks_helped(), helped as u64);
     }
 
     #[test]

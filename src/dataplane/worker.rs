@@ -95,7 +95,7 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
         }
         pool.unpark(config.index);
         // Another worker's chunks first: its flow waits on them.
-        pool.help();
+        pool.help(config.index);
         round(shared, io, &mut st, config);
     }
 }
