@@ -34,7 +34,7 @@ struct Device {
     key: PrivateKey,
 }
 
-fn device(net: &Arc<TwinNet>, port: u16, workers: usize, parallel_seal: bool) -> Device {
+fn device(net: &Arc<TwinNet>, port: u16, workers: usize, parallel_crypto: bool) -> Device {
     let (queues, hosts): (Vec<_>, Vec<_>) = (0..workers)
         .map(|_| {
             let (tun, host) = twin_tun(true);
@@ -48,7 +48,7 @@ fn device(net: &Arc<TwinNet>, port: u16, workers: usize, parallel_seal: bool) ->
         gso: true,
         vnet: true,
         uso: true,
-        parallel_seal,
+        parallel_crypto,
     };
     let dev = BackgroundDevice::spawn(io).expect("device starts");
     let key = PrivateKey::generate();
@@ -66,9 +66,9 @@ fn set_peer(me: &Device, other: &PrivateKey, port: u16, ip: &str) {
 }
 
 /// A sender with `workers` workers and a session to a peer that is then gone.
-fn sender(workers: usize, parallel_seal: bool) -> (Arc<TwinNet>, Device) {
+fn sender(workers: usize, parallel_crypto: bool) -> (Arc<TwinNet>, Device) {
     let net = TwinNet::new();
-    let a = device(&net, 52001, workers, parallel_seal);
+    let a = device(&net, 52001, workers, parallel_crypto);
     let b = device(&net, 52002, 1, false);
     set_peer(&a, &b.key, 52002, "10.0.0.2");
     set_peer(&b, &a.key, 52001, "10.0.0.1");
@@ -92,7 +92,7 @@ fn pipeline(c: &mut Criterion) {
     let datagrams = (READS * PAYLOAD.div_ceil(MSS as usize)) as u64;
     for (workers, parallel) in [(1, false), (2, false), (2, true)] {
         let (net, a) = sender(workers, parallel);
-        let name = if parallel { "parallel_seal" } else { "owner_seals" };
+        let name = if parallel { "parallel_crypto" } else { "owner_seals" };
         group.bench_with_input(BenchmarkId::new(name, workers), &workers, |bench, _| {
             bench.iter_custom(|iters| {
                 let mut total = Duration::ZERO;

@@ -14,7 +14,8 @@ const USAGE: &str = concat!(
     "  LOG_LEVEL=error|info|debug   what to log (default info)\n",
     "  WGTURBO_WORKERS=N            worker threads (default: one per core)\n",
     "  WGTURBO_IO=syscalls|uring    I/O backend (default syscalls; uring falls back if refused)\n",
-    "  WGTURBO_NO_OFFLOAD=1         no TUN TSO/USO/GRO and no UDP GSO/GRO",
+    "  WGTURBO_NO_OFFLOAD=1         no TUN TSO/USO/GRO and no UDP GSO/GRO\n",
+    "  WGTURBO_PARALLEL_CRYPTO=0|1  idle workers seal/open chunks of another worker's flow (default 1)",
 );
 
 /// Set in the background child: its stdout is a pipe to the parent, which waits for "ready".

@@ -5,6 +5,7 @@
 pub mod checksum;
 pub mod ip;
 pub mod offload;
+pub mod pool;
 pub mod rx;
 pub mod seal;
 pub mod shared;

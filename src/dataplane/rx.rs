@@ -1,25 +1,35 @@
 //! Inbound: datagrams (several per receive with UDP GRO) are opened in place, checked against
 //! the replay window and the peer's allowed IPs, and queued for the TUN (TCP segments of a
 //! flow coalesced into one write). Handshake messages go to the control thread.
+//!
+//! Opening is split as the kernel splits it: the decryption of a whole receive (a GRO train of
+//! one flow) may run on any worker (`OpenJob`); the owner then takes the datagrams in arrival
+//! order, moves the replay window and checks everything else (`RxRound::datagram_with`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use tracing::error;
 
 use super::ip;
+use super::pool::{CryptoPool, Job};
 use super::shared::{ControlMsg, DropCounters, HandshakePacket, IndexEntry, PeerShared, Shared};
 use crate::constants::{KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT};
+use crate::io::{Buf, UDP_BUF};
 use crate::noise::messages::{
     TransportHeader, COOKIE_REPLY_LEN, INITIATION_LEN, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
-    MESSAGE_TRANSPORT, RESPONSE_LEN, TRANSPORT_HEADER_LEN,
+    MESSAGE_TRANSPORT, RESPONSE_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN,
 };
 use crate::routing::AllowedIps;
 use crate::session::SessionError;
 
 pub struct RxRound<'a> {
     pub shared: &'a Shared,
-    pub indices: &'a std::collections::HashMap<u32, IndexEntry>,
+    pub indices: &'a HashMap<u32, IndexEntry>,
     pub routing: &'a AllowedIps<Arc<PeerShared>>,
     pub now: Instant,
     pub stamp: u64,
@@ -35,10 +45,162 @@ fn handshake_len(t: u32) -> Option<usize> {
     }
 }
 
+/// What was done to a datagram before the owner took it in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decrypted {
+    /// Nothing: not a transport message of a known index, or not handed off.
+    Untouched,
+    /// Authentic; counter and padded plaintext length. The replay window has not moved yet.
+    Ok {
+        counter: u64,
+        len: usize,
+    },
+    Failed(SessionError),
+}
+
+/// Decrypts one datagram if it is a transport message of an index in `indices`.
+fn decrypt(indices: &HashMap<u32, IndexEntry>, datagram: &mut [u8], now: Instant) -> Decrypted {
+    if datagram.len() < TRANSPORT_MIN_LEN || datagram[..4] != MESSAGE_TRANSPORT.to_le_bytes() {
+        return Decrypted::Untouched;
+    }
+    let Ok(header) = TransportHeader::parse(datagram) else { return Decrypted::Untouched };
+    let Some(entry) = indices.get(&header.receiver) else { return Decrypted::Untouched };
+    match entry.keypair.decrypt(datagram, now) {
+        Ok((counter, len)) => Decrypted::Ok { counter, len },
+        Err(e) => Decrypted::Failed(e),
+    }
+}
+
+/// The datagrams of one receive, decrypted on whichever worker takes the job.
+pub struct OpenJob {
+    owner: usize,
+    /// Where the receive sits in the owner's round.
+    slot: usize,
+    buf: Buf,
+    results: Vec<Decrypted>,
+    indices: Arc<HashMap<u32, IndexEntry>>,
+    now: Instant,
+    reply: Sender<OpenJob>,
+}
+
+impl OpenJob {
+    pub(super) fn owner(&self) -> usize {
+        self.owner
+    }
+
+    pub(super) fn run(mut self) {
+        decrypt_all(&self.indices, &mut self.buf, &mut self.results, self.now);
+        let reply = self.reply.clone();
+        let _ = reply.send(self);
+    }
+}
+
+fn decrypt_all(indices: &HashMap<u32, IndexEntry>, buf: &mut Buf, results: &mut Vec<Decrypted>, now: Instant) {
+    results.clear();
+    let stride = buf.stride.max(1);
+    for datagram in buf.filled_mut().chunks_mut(stride) {
+        results.push(decrypt(indices, datagram, now));
+    }
+}
+
+/// A receive worth handing to another worker: a GRO train of at least this many datagrams.
+const HAND_OFF_MIN_DATAGRAMS: usize = 8;
+/// How long an owner waits for a receive a helper took (only a helper's panic, a bug, makes
+/// it wait that long).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One worker's side of parallel opening: per receive of the round, what was decrypted.
+pub struct Opener {
+    worker: usize,
+    results: Vec<Vec<Decrypted>>,
+    /// Which receives of the round are out with a job.
+    handed: Vec<bool>,
+    out: usize,
+    reply_tx: Sender<OpenJob>,
+    reply_rx: Receiver<OpenJob>,
+}
+
+impl Opener {
+    pub fn new(worker: usize) -> Opener {
+        let (reply_tx, reply_rx) = unbounded();
+        Opener { worker, results: Vec::new(), handed: Vec::new(), out: 0, reply_tx, reply_rx }
+    }
+
+    /// Decrypts the transport datagrams of `bufs`: receives after the first that carry a GRO
+    /// train go to the pool, the rest are done here, and every one is back in its place on
+    /// return. `results(i)` then says what was done to receive i.
+    pub fn decrypt(
+        &mut self,
+        pool: &CryptoPool,
+        indices: &Arc<HashMap<u32, IndexEntry>>,
+        bufs: &mut [Buf],
+        now: Instant,
+    ) {
+        self.results.resize_with(bufs.len(), Vec::new);
+        self.handed.clear();
+        self.handed.resize(bufs.len(), false);
+        for (slot, buf) in bufs.iter_mut().enumerate() {
+            let datagrams = buf.len.div_ceil(buf.stride.max(1));
+            if slot > 0 && pool.enabled() && datagrams >= HAND_OFF_MIN_DATAGRAMS {
+                let job = OpenJob {
+                    owner: self.worker,
+                    slot,
+                    buf: std::mem::replace(buf, Buf::new(0)),
+                    results: std::mem::take(&mut self.results[slot]),
+                    indices: indices.clone(),
+                    now,
+                    reply: self.reply_tx.clone(),
+                };
+                pool.submit(Job::Open(job), self.worker);
+                self.handed[slot] = true;
+                self.out += 1;
+            }
+        }
+        for (slot, buf) in bufs.iter_mut().enumerate() {
+            if !self.handed[slot] {
+                decrypt_all(indices, buf, &mut self.results[slot], now);
+            }
+        }
+        if self.out == 0 {
+            return;
+        }
+        pool.help(self.worker);
+        while self.out > 0 {
+            match self.reply_rx.recv_timeout(HELPER_TIMEOUT) {
+                Ok(job) => {
+                    bufs[job.slot] = job.buf;
+                    self.results[job.slot] = job.results;
+                    self.out -= 1;
+                }
+                Err(_) => {
+                    error!("worker {}: a helper never returned a receive; its datagrams are lost", self.worker);
+                    for (slot, buf) in bufs.iter_mut().enumerate() {
+                        if self.handed[slot] && buf.data.is_empty() {
+                            *buf = Buf::new(UDP_BUF); // len 0: nothing of it is delivered
+                            self.results[slot].clear();
+                        }
+                    }
+                    self.out = 0;
+                }
+            }
+        }
+    }
+
+    /// What was done to datagram `k` of receive `slot`.
+    pub fn result(&self, slot: usize, k: usize) -> Decrypted {
+        self.results.get(slot).and_then(|r| r.get(k)).copied().unwrap_or(Decrypted::Untouched)
+    }
+}
+
 impl RxRound<'_> {
     /// Handles one datagram; returns the length of an inner packet to deliver, found at
     /// `datagram[16..16 + len]`.
     pub fn datagram(&self, datagram: &mut [u8], src: SocketAddr) -> Option<usize> {
+        self.datagram_with(datagram, src, Decrypted::Untouched)
+    }
+
+    /// As `datagram`, for one whose decryption `pre` may already have done.
+    pub fn datagram_with(&self, datagram: &mut [u8], src: SocketAddr, pre: Decrypted) -> Option<usize> {
         let drops = &self.shared.drops;
         if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
             DropCounters::bump(&drops.malformed);
@@ -72,7 +234,12 @@ impl RxRound<'_> {
             return None;
         }
         let wire_len = datagram.len() as u64;
-        let len = match entry.keypair.open(datagram, self.now) {
+        let opened = match pre {
+            Decrypted::Untouched => entry.keypair.open(datagram, self.now),
+            Decrypted::Ok { counter, len } => entry.keypair.accept(counter).map(|()| (counter, len)),
+            Decrypted::Failed(e) => Err(e),
+        };
+        let len = match opened {
             Ok((_, len)) => len,
             Err(SessionError::Replayed(_)) => {
                 DropCounters::bump(&drops.replayed);

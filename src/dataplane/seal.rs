@@ -12,14 +12,14 @@
 //! queued itself (its own jobs or another worker's), so a busy or parked helper only costs the
 //! parallelism, never the batch. A round that fits in one chunk is sealed in place, as before.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use tracing::error;
 
-use crate::io::{Doorbell, SendBatch};
+use super::pool::{CryptoPool, Job};
+use crate::io::SendBatch;
 use crate::session::Keypair;
 
 /// How long an owner waits for a job a helper took before it gives the chunk up: only a
@@ -85,85 +85,15 @@ pub struct SealJob {
 }
 
 impl SealJob {
-    fn run(mut self) {
+    pub(super) fn owner(&self) -> usize {
+        self.owner
+    }
+
+    pub(super) fn run(mut self) {
         self.failed = self.work.seal(&mut self.chunk);
         let reply = self.reply.clone();
         // The owner holds its receiver until every job it sent came back.
         let _ = reply.send(self);
-    }
-}
-
-/// The device's queue of seal jobs, and how to wake the workers parked on their I/O.
-pub struct SealPool {
-    jobs_tx: Sender<SealJob>,
-    jobs_rx: Receiver<SealJob>,
-    bells: Vec<Arc<Doorbell>>,
-    parked: Vec<AtomicBool>,
-    enabled: bool,
-    /// Chunks sealed by a worker other than their owner.
-    helped: AtomicU64,
-}
-
-impl SealPool {
-    /// One doorbell per worker; `enabled` turns the hand-off on (with one worker it is off).
-    pub fn new(bells: Vec<Arc<Doorbell>>, enabled: bool) -> SealPool {
-        let (jobs_tx, jobs_rx) = unbounded();
-        let parked = bells.iter().map(|_| AtomicBool::new(false)).collect();
-        let enabled = enabled && bells.len() > 1;
-        SealPool { jobs_tx, jobs_rx, bells, parked, enabled, helped: AtomicU64::new(0) }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
-    /// Worker `me` seals queued jobs, anyone's, until none is left; returns how many.
-    pub fn help(&self, me: usize) -> usize {
-        let mut done = 0;
-        while let Ok(job) = self.jobs_rx.try_recv() {
-            if job.owner != me {
-                self.helped.fetch_add(1, Ordering::Relaxed);
-            }
-            job.run();
-            done += 1;
-        }
-        done
-    }
-
-    /// Chunks sealed so far by a worker other than the one that framed them.
-    pub fn chunks_helped(&self) -> u64 {
-        self.helped.load(Ordering::Relaxed)
-    }
-
-    /// Worker `me` is about to wait on its I/O. False if there is work queued (do not wait).
-    /// The store and the check are ordered against `submit`'s send and load, so a job is
-    /// either seen here or its submitter sees this worker parked and rings it.
-    pub fn park(&self, me: usize) -> bool {
-        let Some(flag) = self.parked.get(me) else { return true };
-        flag.store(true, Ordering::SeqCst);
-        if self.jobs_rx.is_empty() {
-            return true;
-        }
-        flag.store(false, Ordering::Relaxed);
-        false
-    }
-
-    pub fn unpark(&self, me: usize) {
-        if let Some(flag) = self.parked.get(me) {
-            flag.store(false, Ordering::Relaxed);
-        }
-    }
-
-    fn submit(&self, job: SealJob, from: usize) {
-        let _ = self.jobs_tx.send(job);
-        std::sync::atomic::fence(Ordering::SeqCst);
-        // Wake one parked worker; a busy one finds the job when its round ends.
-        for (i, flag) in self.parked.iter().enumerate() {
-            if i != from && flag.load(Ordering::SeqCst) && flag.swap(false, Ordering::SeqCst) {
-                self.bells[i].ring();
-                return;
-            }
-        }
     }
 }
 
@@ -199,7 +129,7 @@ impl Sealer {
     /// moved on to a new chunk, the previous one is complete and goes to the pool.
     pub fn add(
         &mut self,
-        pool: &SealPool,
+        pool: &CryptoPool,
         batch: &mut SendBatch,
         chunk: usize,
         offset: usize,
@@ -215,7 +145,7 @@ impl Sealer {
         }
     }
 
-    fn hand_off(&mut self, pool: &SealPool, batch: &mut SendBatch, index: usize) {
+    fn hand_off(&mut self, pool: &CryptoPool, batch: &mut SendBatch, index: usize) {
         if !pool.enabled() || self.chunks.get(index).is_none_or(ChunkWork::is_empty) || self.out[index] {
             return;
         }
@@ -228,12 +158,12 @@ impl Sealer {
             reply: self.reply_tx.clone(),
         };
         self.out[index] = true;
-        pool.submit(job, self.worker);
+        pool.submit(Job::Seal(job), self.worker);
     }
 
     /// Seals everything framed since the last call and brings every chunk home: after this
     /// the batch may be sent.
-    pub fn finish(&mut self, pool: &SealPool, batch: &mut SendBatch) {
+    pub fn finish(&mut self, pool: &CryptoPool, batch: &mut SendBatch) {
         for (i, work) in self.chunks.iter_mut().enumerate() {
             if !self.out[i] && !work.is_empty() {
                 self.failed += work.seal(batch.chunk_mut(i));
@@ -271,8 +201,10 @@ impl Sealer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::Doorbell;
     use crate::noise::SessionKeys;
     use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
 
     fn keypair(initiator: bool) -> Arc<Keypair> {
@@ -282,7 +214,7 @@ mod tests {
     }
 
     /// Frames `n` datagrams of 1400 bytes (byte i of datagram k is k), as the TX path does.
-    fn frame_all(pool: &SealPool, sealer: &mut Sealer, batch: &mut SendBatch, k: &Arc<Keypair>, n: usize) {
+    fn frame_all(pool: &CryptoPool, sealer: &mut Sealer, batch: &mut SendBatch, k: &Arc<Keypair>, n: usize) {
         let to = SocketAddr::from(([127, 0, 0, 1], 9));
         let first = k.reserve_counters(n as u64, Instant::now()).unwrap();
         for i in 0..n {
@@ -316,7 +248,7 @@ mod tests {
     #[test]
     fn a_helper_thread_seals_chunks_and_the_owner_keeps_the_order() {
         let bells: Vec<Arc<Doorbell>> = (0..2).map(|_| Arc::new(Doorbell::twin())).collect();
-        let pool = Arc::new(SealPool::new(bells.clone(), true));
+        let pool = Arc::new(CryptoPool::new(bells.clone(), true));
         let stop = Arc::new(AtomicBool::new(false));
         let helped = {
             let (pool, stop, bell) = (pool.clone(), stop.clone(), bells[1].clone());
@@ -346,13 +278,13 @@ mod tests {
         let helped = helped.join().unwrap();
         assert_eq!(sealer.failed, 0);
         assert!(helped > 0, "the helper sealed some chunks");
-        assert_eq!(pool.chunks_helped(), helped as u64);
+        assert_eq!(pool.jobs_helped(), helped as u64);
     }
 
     #[test]
     fn without_a_helper_the_owner_seals_everything_itself() {
         let bells: Vec<Arc<Doorbell>> = (0..2).map(|_| Arc::new(Doorbell::twin())).collect();
-        let pool = SealPool::new(bells, true);
+        let pool = CryptoPool::new(bells, true);
         let k = keypair(true);
         let mut batch = SendBatch::new(16, 2048, true);
         let mut sealer = Sealer::new(0, 16);

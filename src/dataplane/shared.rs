@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_channel::Sender;
 
-use super::seal::SealPool;
+use super::pool::CryptoPool;
 use crate::config::uapi::Request;
 use crate::io::Socket;
 use crate::keys::PublicKey;
@@ -137,7 +137,7 @@ pub struct Shared {
     pub failed: AtomicBool,
     pub drops: DropCounters,
     /// Seal jobs any worker may take (ordered parallel AEAD for one flow).
-    pub seal_pool: SealPool,
+    pub crypto_pool: CryptoPool,
 }
 
 impl Shared {

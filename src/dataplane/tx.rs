@@ -10,7 +10,8 @@ use tracing::{debug, info};
 
 use super::ip;
 use super::offload::{complete_checksum, GsoSplit};
-use super::seal::{SealPool, Sealer};
+use super::pool::CryptoPool;
+use super::seal::Sealer;
 use super::shared::{ControlMsg, DropCounters, PeerShared, Shared};
 use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::io::{SendBatch, TunWriteBatch, WorkerIo};
@@ -36,7 +37,7 @@ pub struct TxRound<'a> {
 
 /// Seals what is framed (here and on other workers), then sends what the batch holds; says
 /// once when the kernel refused GSO.
-pub fn flush(io: &mut dyn WorkerIo, batch: &mut SendBatch, sealer: &mut Sealer, pool: &SealPool, worker: usize) {
+pub fn flush(io: &mut dyn WorkerIo, batch: &mut SendBatch, sealer: &mut Sealer, pool: &CryptoPool, worker: usize) {
     sealer.finish(pool, batch);
     let had_gso = batch.gso_enabled();
     if let Err(e) = io.send_udp(batch) {
@@ -128,7 +129,7 @@ impl TxRound<'_> {
             // One read can make more sends than a batch holds (a 64 KiB TSO read at a tiny
             // MSS without GSO): send what is there and go on.
             if !out.batch.has_room(total) {
-                flush(io, out.batch, out.sealer, &self.shared.seal_pool, self.worker);
+                flush(io, out.batch, out.sealer, &self.shared.crypto_pool, self.worker);
             }
             let (chunk, space) = out.batch.reserve(total);
             let body = &mut space[TRANSPORT_HEADER_LEN..];
@@ -142,7 +143,7 @@ impl TxRound<'_> {
             // The nonce is stamped here, in order; the seal itself may run on another worker.
             let Ok(total) = keypair.frame(first_counter + i as u64, space, len, self.mtu) else { return };
             let (_, offset) = out.batch.commit(total, *endpoint);
-            out.sealer.add(&self.shared.seal_pool, out.batch, chunk, offset, total, keypair);
+            out.sealer.add(&self.shared.crypto_pool, out.batch, chunk, offset, total, keypair);
             sent_bytes += total as u64;
         }
         peer.tx_bytes.fetch_add(sent_bytes, Ordering::Relaxed);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error};
 
 use super::offload::Coalescer;
-use super::rx::RxRound;
+use super::rx::{Opener, RxRound};
 use super::seal::Sealer;
 use super::shared::{DropCounters, Shared};
 use super::tx::{flush, TxOut, TxRound, SEND_CHUNKS, SEND_MAX_MESSAGES};
@@ -64,6 +64,7 @@ pub fn supervise(shared: Arc<Shared>, mut io: Box<dyn WorkerIo>, config: WorkerC
 struct State {
     send: SendBatch,
     sealer: Sealer,
+    opener: Opener,
     tun_out: TunWriteBatch,
     coalescer: Coalescer,
     tun_reads: Vec<Buf>,
@@ -75,6 +76,7 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
     let mut st = State {
         send: SendBatch::new(SEND_CHUNKS, SEND_MAX_MESSAGES, config.gso),
         sealer: Sealer::new(config.index, SEND_CHUNKS),
+        opener: Opener::new(config.index),
         tun_out: TunWriteBatch::default(),
         coalescer: Coalescer::with_udp(config.uso),
         tun_reads: Vec::with_capacity(TUN_READ_BATCH),
@@ -86,7 +88,7 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
             std::thread::sleep(IDLE_WAIT);
             continue;
         }
-        let pool = &shared.seal_pool;
+        let pool = &shared.crypto_pool;
         if pool.park(config.index) {
             if let Err(e) = io.wait(IDLE_WAIT) {
                 debug!("worker {}: wait failed: {e}", config.index);
@@ -136,7 +138,7 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
             tx.read(b.filled_mut(), &mut out, io);
         }
         if !st.send.is_empty() {
-            flush(io, &mut st.send, &mut st.sealer, &shared.seal_pool, index);
+            flush(io, &mut st.send, &mut st.sealer, &shared.crypto_pool, index);
         }
         io.recycle_tun(&mut reads);
         st.tun_reads = reads;
@@ -146,13 +148,14 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
         debug!("worker {index}: receive failed: {e}");
     }
     if !st.udp_reads.is_empty() {
-        let indices = shared.indices.load();
+        let indices = shared.indices.load_full();
+        st.opener.decrypt(&shared.crypto_pool, &indices, &mut st.udp_reads, now);
         let rx = RxRound { shared, indices: &indices, routing: &routing, now, stamp };
-        for b in st.udp_reads.iter_mut() {
+        for (slot, b) in st.udp_reads.iter_mut().enumerate() {
             let Some(src) = b.src else { continue };
             let stride = b.stride.max(1);
-            for datagram in b.filled_mut().chunks_mut(stride) {
-                let Some(len) = rx.datagram(datagram, src) else { continue };
+            for (k, datagram) in b.filled_mut().chunks_mut(stride).enumerate() {
+                let Some(len) = rx.datagram_with(datagram, src, st.opener.result(slot, k)) else { continue };
                 let plaintext = &datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
                 if !(config.vnet && st.coalescer.push(plaintext, &mut st.tun_out)) {
                     st.tun_out.push_plain(plaintext);

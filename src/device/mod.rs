@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
-use crate::dataplane::seal::SealPool;
+use crate::dataplane::pool::CryptoPool;
 use crate::dataplane::shared::{ControlMsg, DropCounters, Shared};
 use crate::dataplane::worker::{self, WorkerConfig};
 use crate::io::tun::{self, Tun};
@@ -23,7 +23,7 @@ use control::{Control, HANDSHAKE_QUEUE};
 
 pub const DEFAULT_MTU: u32 = 1420;
 /// Whether idle workers help seal one flow's batches unless told otherwise (perf/README.md).
-const DEFAULT_PARALLEL_SEAL: bool = true;
+const DEFAULT_PARALLEL_CRYPTO: bool = true;
 const TIMER_TICK: Duration = Duration::from_millis(100);
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -52,8 +52,8 @@ pub struct Settings {
     /// `WGTURBO_NO_OFFLOAD=1`: no TUN vnet_hdr/TSO/GRO and no UDP GSO/GRO (the fallback path,
     /// tested and benchmarked on its own).
     pub offloads: bool,
-    /// `WGTURBO_PARALLEL_SEAL=0|1`: whether idle workers seal another worker's batch.
-    pub parallel_seal: bool,
+    /// `WGTURBO_PARALLEL_CRYPTO=0|1`: whether idle workers seal another worker's batch.
+    pub parallel_crypto: bool,
 }
 
 impl Settings {
@@ -71,13 +71,13 @@ impl Settings {
             other => return Err(DeviceError::BadBackend(other.to_string())),
         };
         let offloads = std::env::var_os("WGTURBO_NO_OFFLOAD").is_none_or(|v| v == "0");
-        let parallel_seal = match std::env::var("WGTURBO_PARALLEL_SEAL").unwrap_or_default().as_str() {
-            "" => DEFAULT_PARALLEL_SEAL,
+        let parallel_crypto = match std::env::var("WGTURBO_PARALLEL_CRYPTO").unwrap_or_default().as_str() {
+            "" => DEFAULT_PARALLEL_CRYPTO,
             "1" | "on" => true,
             "0" | "off" => false,
-            other => return Err(DeviceError::BadSetting("WGTURBO_PARALLEL_SEAL", "0 or 1", other.to_string())),
+            other => return Err(DeviceError::BadSetting("WGTURBO_PARALLEL_CRYPTO", "0 or 1", other.to_string())),
         };
-        Ok(Settings { workers, backend, offloads, parallel_seal })
+        Ok(Settings { workers, backend, offloads, parallel_crypto })
     }
 }
 
@@ -94,7 +94,7 @@ pub struct DeviceIo {
     /// The TUN took USO: UDP datagrams of a flow may be written as one GSO_UDP_L4 packet.
     pub uso: bool,
     /// Idle workers seal chunks of another worker's send batch.
-    pub parallel_seal: bool,
+    pub parallel_crypto: bool,
 }
 
 /// A running device: its workers, and the control state the caller drives with `tick`.
@@ -125,7 +125,7 @@ impl Device {
             stop: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             drops: DropCounters::default(),
-            seal_pool: SealPool::new(bells.clone(), io.parallel_seal),
+            crypto_pool: CryptoPool::new(bells.clone(), io.parallel_crypto),
         });
         let mut control = Control::new(shared.clone(), io.network.clone(), workers, handshake_rx, control_rx);
         let bind = crate::config::DeviceChange { listen_port: Some(0), ..Default::default() };
@@ -166,7 +166,7 @@ impl Device {
             (_, true) => "UDP GSO",
             _ => "no UDP offloads",
         };
-        let seal = if shared.seal_pool.enabled() { "parallel seal" } else { "seal per worker" };
+        let seal = if shared.crypto_pool.enabled() { "parallel seal" } else { "seal per worker" };
         let summary = format!("{} worker(s) on {}; {seal}; {udp}", backends.len(), names.join("+"));
         Ok(Device { shared, control, control_tx, summary })
     }
@@ -307,7 +307,7 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
         gso: settings.offloads,
         vnet,
         uso,
-        parallel_seal: settings.parallel_seal,
+        parallel_crypto: settings.parallel_crypto,
     };
     let mut device = Device::start(io)?;
     let control_tx = device.control_sender();

@@ -151,7 +151,9 @@ impl Network {
                 }
                 Ok(sockets)
             }
-            Network::Twin(net) => Ok(vec![Arc::new(Socket::Twin(net.bind(port)?))]),
+            Network::Twin(net) => {
+                Ok(net.bind_group(port, count)?.into_iter().map(|s| Arc::new(Socket::Twin(s))).collect())
+            }
         }
     }
 }

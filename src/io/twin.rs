@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +29,9 @@ type Datagram = (Vec<u8>, SocketAddr);
 /// A network of twin sockets.
 #[derive(Default)]
 pub struct TwinNet {
-    ports: Mutex<HashMap<u16, Sender<Datagram>>>,
+    /// The sockets on each port: several share one with SO_REUSEPORT semantics (a source
+    /// always lands on the same one).
+    ports: Mutex<HashMap<u16, Vec<Sender<Datagram>>>>,
     /// Fault injection: every GSO send fails with EIO, as on some NICs.
     pub refuse_gso: AtomicBool,
     /// Datagrams dropped because the receiver's queue was full or nobody listened.
@@ -38,9 +40,14 @@ pub struct TwinNet {
     pub gso_sends: AtomicU64,
     /// While on, every datagram delivered is also kept here (from, to, bytes), up to a bound.
     pub recording: AtomicBool,
+    /// UDP GRO on the receiving side: consecutive datagrams of one source and size (the last
+    /// may be shorter) come up as one receive, as the kernel coalesces them.
+    pub gro: AtomicBool,
     recorded: Mutex<Vec<(SocketAddr, SocketAddr, Vec<u8>)>>,
 }
 
+/// Datagrams one GRO receive coalesces, at most (the kernel's UDP_GRO_CNT_MAX is 64).
+const MAX_GRO_SEGMENTS: usize = 64;
 /// Datagrams kept while recording, at most.
 const RECORD_MAX: usize = 100_000;
 
@@ -53,12 +60,18 @@ impl TwinNet {
         SocketAddr::from((Ipv4Addr::LOCALHOST, port))
     }
 
-    fn ports(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Sender<Datagram>>> {
+    fn ports(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Vec<Sender<Datagram>>>> {
         self.ports.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A socket on `port` (0: a free one). A port in use gives AddrInUse, as bind(2) does.
     pub fn bind(self: &Arc<Self>, port: u16) -> io::Result<TwinSocket> {
+        self.bind_group(port, 1)?.pop().ok_or_else(|| io::ErrorKind::AddrInUse.into())
+    }
+
+    /// `count` sockets sharing `port`, as SO_REUSEPORT siblings: datagrams from one source
+    /// always go to the same one.
+    pub fn bind_group(self: &Arc<Self>, port: u16, count: usize) -> io::Result<Vec<TwinSocket>> {
         let mut ports = self.ports();
         let port = if port == 0 {
             (40_000..=u16::MAX).find(|p| !ports.contains_key(p)).ok_or(io::ErrorKind::AddrInUse)?
@@ -67,9 +80,14 @@ impl TwinNet {
         } else {
             port
         };
-        let (tx, rx) = bounded(TWIN_SOCKET_QUEUE);
-        ports.insert(port, tx.clone());
-        Ok(TwinSocket { net: self.clone(), port, tx, rx })
+        let sockets: Vec<TwinSocket> = (0..count.max(1))
+            .map(|_| {
+                let (tx, rx) = bounded(TWIN_SOCKET_QUEUE);
+                TwinSocket { net: self.clone(), port, tx, rx }
+            })
+            .collect();
+        ports.insert(port, sockets.iter().map(|s| s.tx.clone()).collect());
+        Ok(sockets)
     }
 
     /// The datagrams recorded so far (see `recording`).
@@ -85,7 +103,14 @@ impl TwinNet {
                 r.push((from, to, bytes.to_vec()));
             }
         }
-        let target = self.ports().get(&to.port()).cloned();
+        let target = self.ports().get(&to.port()).and_then(|group| {
+            let ip = match from.ip() {
+                IpAddr::V4(v4) => u32::from(v4),
+                IpAddr::V6(v6) => v6.octets().iter().fold(0u32, |h, b| h.rotate_left(5) ^ u32::from(*b)),
+            };
+            let hash = (ip ^ u32::from(from.port())) as usize;
+            group.get(hash % group.len().max(1)).cloned()
+        });
         let delivered = match target {
             Some(tx) if to.ip() == Ipv4Addr::LOCALHOST => match tx.try_send((bytes.to_vec(), from)) {
                 Ok(()) => true,
@@ -119,8 +144,11 @@ impl TwinSocket {
     /// Closes the port (a socket rebound on it since keeps it).
     pub fn shutdown(&self) {
         let mut ports = self.net.ports();
-        if ports.get(&self.port).is_some_and(|tx| tx.same_channel(&self.tx)) {
-            ports.remove(&self.port);
+        if let Some(group) = ports.get_mut(&self.port) {
+            group.retain(|tx| !tx.same_channel(&self.tx));
+            if group.is_empty() {
+                ports.remove(&self.port);
+            }
         }
     }
 }
@@ -162,11 +190,13 @@ pub struct TwinIo {
     tun: TwinTun,
     socket: Arc<Socket>,
     bell: Arc<Doorbell>,
+    /// A datagram taken from the socket that did not fit the last GRO train.
+    pending: Option<Datagram>,
 }
 
 impl TwinIo {
     pub fn new(tun: TwinTun, socket: Arc<Socket>, bell: Arc<Doorbell>) -> TwinIo {
-        TwinIo { tun, socket, bell }
+        TwinIo { tun, socket, bell, pending: None }
     }
 
     fn socket(&self) -> io::Result<&TwinSocket> {
@@ -220,11 +250,28 @@ impl WorkerIo for TwinIo {
     }
 
     fn recv_udp(&mut self, out: &mut Vec<Buf>) -> io::Result<()> {
-        let sock = self.socket()?;
+        let socket = self.socket.clone();
+        let Socket::Twin(sock) = &*socket else { return Err(io::ErrorKind::InvalidInput.into()) };
+        let gro = sock.net.gro.load(Ordering::Relaxed);
         for _ in 0..UDP_RECV_BATCH {
-            let Ok((d, src)) = sock.rx.try_recv() else { break };
-            let mut b = fill(&d, UDP_BUF);
+            let Some((first, src)) = self.pending.take().or_else(|| sock.rx.try_recv().ok()) else { break };
+            let mut b = fill(&first, UDP_BUF);
             b.src = Some(src);
+            let stride = first.len();
+            let mut count = 1;
+            while gro && count < MAX_GRO_SEGMENTS {
+                let Ok((next, from)) = sock.rx.try_recv() else { break };
+                if from != src || next.len() > stride || next.is_empty() || b.len + next.len() > b.data.len() {
+                    self.pending = Some((next, from));
+                    break;
+                }
+                b.data[b.len..b.len + next.len()].copy_from_slice(&next);
+                b.len += next.len();
+                count += 1;
+                if next.len() < stride {
+                    break; // a shorter datagram ends the train
+                }
+            }
             out.push(b);
         }
         Ok(())

@@ -151,6 +151,14 @@ impl Keypair {
     /// Opens a whole transport message in place; returns the counter and the padded
     /// plaintext's length, found at `msg[16..16 + len]`.
     pub fn open(&self, msg: &mut [u8], now: Instant) -> Result<(u64, usize), SessionError> {
+        let (counter, len) = self.decrypt(msg, now)?;
+        self.accept(counter)?;
+        Ok((counter, len))
+    }
+
+    /// The first half of `open`, which may run on any worker: authenticates and decrypts in
+    /// place, without moving the replay window (a counter already behind it is refused early).
+    pub fn decrypt(&self, msg: &mut [u8], now: Instant) -> Result<(u64, usize), SessionError> {
         if msg.len() < TRANSPORT_MIN_LEN {
             return Err(SessionError::TooShort);
         }
@@ -166,10 +174,17 @@ impl Keypair {
             .open_in_place(nonce(header.counter), Aad::empty(), &mut msg[TRANSPORT_HEADER_LEN..])
             .map_err(|_| SessionError::DecryptFailed)?
             .len();
-        if !self.replay.check_and_update(header.counter) {
-            return Err(SessionError::Replayed(header.counter));
-        }
         Ok((header.counter, len))
+    }
+
+    /// The second half, in order on the owner: the counter of an authentic message enters
+    /// the replay window, or the message is a replay.
+    pub fn accept(&self, counter: u64) -> Result<(), SessionError> {
+        if self.replay.check_and_update(counter) {
+            Ok(())
+        } else {
+            Err(SessionError::Replayed(counter))
+        }
     }
 }
 

@@ -1,0 +1,109 @@
+//! The device's pool of crypto work for ordered parallel AEAD (the kernel's `queueing.c`
+//! model): a worker that has more of one flow than it should seal or open alone queues chunks
+//! of it here, any worker may take them, and the owner restores the order (see `seal` and
+//! `rx`). Parked workers are woken through their I/O doorbell.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use super::rx::OpenJob;
+use super::seal::SealJob;
+use crate::io::Doorbell;
+
+/// A unit of crypto work and the way back to its owner.
+pub enum Job {
+    Seal(SealJob),
+    Open(OpenJob),
+}
+
+impl Job {
+    fn owner(&self) -> usize {
+        match self {
+            Job::Seal(j) => j.owner(),
+            Job::Open(j) => j.owner(),
+        }
+    }
+
+    fn run(self) {
+        match self {
+            Job::Seal(j) => j.run(),
+            Job::Open(j) => j.run(),
+        }
+    }
+}
+
+/// The device's queue of crypto jobs, and how to wake the workers parked on their I/O.
+pub struct CryptoPool {
+    jobs_tx: Sender<Job>,
+    jobs_rx: Receiver<Job>,
+    bells: Vec<Arc<Doorbell>>,
+    parked: Vec<AtomicBool>,
+    enabled: bool,
+    /// Jobs done by a worker other than their owner.
+    helped: AtomicU64,
+}
+
+impl CryptoPool {
+    /// One doorbell per worker; `enabled` turns the hand-off on (with one worker it is off).
+    pub fn new(bells: Vec<Arc<Doorbell>>, enabled: bool) -> CryptoPool {
+        let (jobs_tx, jobs_rx) = unbounded();
+        let parked = bells.iter().map(|_| AtomicBool::new(false)).collect();
+        let enabled = enabled && bells.len() > 1;
+        CryptoPool { jobs_tx, jobs_rx, bells, parked, enabled, helped: AtomicU64::new(0) }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Worker `me` does queued jobs, anyone's, until none is left; returns how many.
+    pub fn help(&self, me: usize) -> usize {
+        let mut done = 0;
+        while let Ok(job) = self.jobs_rx.try_recv() {
+            if job.owner() != me {
+                self.helped.fetch_add(1, Ordering::Relaxed);
+            }
+            job.run();
+            done += 1;
+        }
+        done
+    }
+
+    /// Jobs done so far by a worker other than the one they came from.
+    pub fn jobs_helped(&self) -> u64 {
+        self.helped.load(Ordering::Relaxed)
+    }
+
+    /// Worker `me` is about to wait on its I/O. False if there is work queued (do not wait).
+    /// The store and the check are ordered against `submit`'s send and load, so a job is
+    /// either seen here or its submitter sees this worker parked and rings it.
+    pub fn park(&self, me: usize) -> bool {
+        let Some(flag) = self.parked.get(me) else { return true };
+        flag.store(true, Ordering::SeqCst);
+        if self.jobs_rx.is_empty() {
+            return true;
+        }
+        flag.store(false, Ordering::Relaxed);
+        false
+    }
+
+    pub fn unpark(&self, me: usize) {
+        if let Some(flag) = self.parked.get(me) {
+            flag.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn submit(&self, job: Job, from: usize) {
+        let _ = self.jobs_tx.send(job);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        // Wake one parked worker; a busy one finds the job when its round ends.
+        for (i, flag) in self.parked.iter().enumerate() {
+            if i != from && flag.load(Ordering::SeqCst) && flag.swap(false, Ordering::SeqCst) {
+                self.bells[i].ring();
+                return;
+            }
+        }
+    }
+}
