@@ -86,6 +86,8 @@ pub struct UringIo {
     /// Which sends failed for want of GSO (by send slot), to resend one by one.
     gso_failed: Vec<usize>,
     read_error: Option<io::Error>,
+    /// The ring was created disabled and waits for its worker thread to enable it.
+    disabled: bool,
 }
 
 // SAFETY: the raw pointers in the msghdrs point only into this struct's boxed slots, its own
@@ -102,8 +104,20 @@ fn os(socket: &Socket) -> io::Result<&OsSocket> {
 
 /// A ring, if this kernel can run the backend. Refusals: ENOSYS (no io_uring), EPERM (the
 /// io_uring_disabled sysctl, seccomp), EINVAL or Unsupported (an opcode or feature missing).
+///
+/// Where the kernel has them (6.1+), the ring is single-issuer with deferred task work: the
+/// kernel then completes reads only when the worker asks for completions, instead of
+/// interrupting it with task work mid-round. It is created disabled, because the worker that
+/// will submit is another thread than this one, and enabled by the worker's first wait.
 pub fn probe() -> io::Result<IoUring> {
-    let ring = IoUring::new(RING_ENTRIES)?;
+    let ring =
+        match IoUring::builder().setup_single_issuer().setup_defer_taskrun().setup_r_disabled().build(RING_ENTRIES) {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                IoUring::builder().setup_coop_taskrun().build(RING_ENTRIES).or_else(|_| IoUring::new(RING_ENTRIES))?
+            }
+            Err(e) => return Err(e),
+        };
     if !ring.params().is_feature_ext_arg() {
         return Err(io::Error::new(io::ErrorKind::Unsupported, "no IORING_FEAT_EXT_ARG (kernel before 5.11)"));
     }
@@ -132,6 +146,8 @@ impl UringIo {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a twin doorbell on the io_uring backend"));
         }
         tun.set_nonblocking(false)?;
+        // Single-issuer rings are the ones `probe` created disabled.
+        let ring_disabled = ring.params().is_setup_single_issuer();
         let mut u = UringIo {
             ring,
             tun,
@@ -151,6 +167,7 @@ impl UringIo {
             first_write_error: None,
             gso_failed: Vec::new(),
             read_error: None,
+            disabled: ring_disabled,
         };
         for i in 0..TUN_READS_IN_FLIGHT {
             u.arm_tun_read(i, Buf::new(TUN_BUF))?;
@@ -159,8 +176,19 @@ impl UringIo {
             u.arm_udp_recv(i, Buf::new(UDP_BUF))?;
         }
         u.arm_bell()?;
-        u.ring.submit()?;
+        if !u.disabled {
+            u.ring.submit()?;
+        }
         Ok(u)
+    }
+
+    /// Enables a ring created disabled, on the thread that will submit from now on.
+    fn enable(&mut self) -> io::Result<()> {
+        if self.disabled {
+            self.ring.submitter().register_enable_rings()?;
+            self.disabled = false;
+        }
+        Ok(())
     }
 
     /// Polls the doorbell's eventfd (a poll needs no buffer, so nothing to keep alive).
@@ -325,6 +353,7 @@ impl WorkerIo for UringIo {
     }
 
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        self.enable()?;
         self.reap();
         if !self.bell_armed {
             self.arm_bell()?;
