@@ -12,10 +12,13 @@ pub const ERRNO_IO: i32 = -libc_errno::EIO;
 pub const ERRNO_PROTOCOL: i32 = -libc_errno::EPROTO;
 pub const ERRNO_INVALID: i32 = -libc_errno::EINVAL;
 pub const ERRNO_PORT_IN_USE: i32 = -libc_errno::EADDRINUSE;
+/// More peers than a device may have (the kernel's answer at MAX_PEERS_PER_DEVICE).
+pub const ERRNO_TOO_MANY_PEERS: i32 = -libc_errno::ENOSPC;
 
 /// Linux errno numbers, kept here so the pure core does not need libc.
 mod libc_errno {
     pub const EIO: i32 = 5;
+    pub const ENOSPC: i32 = 28;
     pub const EINVAL: i32 = 22;
     pub const EPROTO: i32 = 71;
     pub const EADDRINUSE: i32 = 98;

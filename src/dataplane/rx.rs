@@ -259,6 +259,7 @@ impl RxRound<'_> {
         peer.set_endpoint_if_changed(src);
         peer.rx_bytes.fetch_add(wire_len, Ordering::Relaxed);
         peer.last_received.store(self.stamp, Ordering::Relaxed);
+        peer.mark_active(&self.shared.active_tx);
         // Keep the key fresh: an initiator whose keypair nears REJECT_AFTER_TIME rekeys.
         let age = self.now.saturating_duration_since(entry.keypair.birth);
         if entry.keypair.is_initiator

@@ -1,9 +1,9 @@
 //! State the control thread publishes and the workers read without locks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -11,6 +11,7 @@ use crossbeam_channel::Sender;
 
 use super::pool::CryptoPool;
 use crate::config::uapi::Request;
+use crate::constants::MAX_STAGED_PACKETS;
 use crate::io::Socket;
 use crate::keys::PublicKey;
 use crate::routing::AllowedIps;
@@ -32,6 +33,13 @@ pub struct PeerShared {
     pub last_data_received: AtomicU64,
     /// Set by a worker that asked the control thread for a handshake, so it asks once.
     pub handshake_requested: AtomicBool,
+    /// Packets waiting for a session (the kernel's staged queue, bounded the same way). A
+    /// lock, not a channel: staging is rare, and an idle peer then costs a few words.
+    staged: Mutex<VecDeque<Vec<u8>>>,
+    /// The control thread was told there is something staged and has not drained it yet.
+    staged_notified: AtomicBool,
+    /// Queued for the control thread's timers since it last looked (see `mark_active`).
+    active: AtomicBool,
 }
 
 impl PeerShared {
@@ -47,7 +55,55 @@ impl PeerShared {
             last_data_sent: AtomicU64::new(0),
             last_data_received: AtomicU64::new(0),
             handshake_requested: AtomicBool::new(false),
+            staged: Mutex::new(VecDeque::new()),
+            staged_notified: AtomicBool::new(false),
+            active: AtomicBool::new(false),
         }
+    }
+
+    /// A worker stamped this peer: queue it once for the control thread's timers, which then
+    /// visit only peers that moved or are due, never a sweep over all of them. The flag check
+    /// is relaxed; a stamp that races with the control thread's read is caught by its
+    /// re-check one tick later.
+    pub fn mark_active(self: &Arc<Self>, active: &Sender<Arc<PeerShared>>) {
+        if !self.active.load(Ordering::Relaxed) && !self.active.swap(true, Ordering::AcqRel) {
+            let _ = active.send(self.clone());
+        }
+    }
+
+    /// The control thread took the peer off the active queue.
+    pub fn clear_active(&self) {
+        self.active.store(false, Ordering::Release);
+    }
+
+    fn staged(&self) -> std::sync::MutexGuard<'_, VecDeque<Vec<u8>>> {
+        self.staged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues packets until a session exists, dropping the oldest beyond
+    /// `MAX_STAGED_PACKETS`. True if the control thread should be told (once per drain).
+    pub fn stage(&self, packets: impl IntoIterator<Item = Vec<u8>>) -> bool {
+        let mut q = self.staged();
+        for p in packets {
+            if q.len() >= MAX_STAGED_PACKETS {
+                q.pop_front();
+            }
+            q.push_back(p);
+        }
+        drop(q);
+        !self.staged_notified.swap(true, Ordering::AcqRel)
+    }
+
+    /// The message telling the control thread was lost (its queue was full), or the control
+    /// thread has taken it: the next staged packet tells it again.
+    pub fn stage_notice_lost(&self) {
+        self.staged_notified.store(false, Ordering::Release);
+    }
+
+    /// Everything staged, for the control thread to send.
+    pub fn take_staged(&self) -> VecDeque<Vec<u8>> {
+        self.staged_notified.store(false, Ordering::Release);
+        std::mem::take(&mut *self.staged())
     }
 
     /// Roaming: remember the source of the latest authenticated packet (paper 2.1).
@@ -75,11 +131,8 @@ pub struct HandshakePacket {
 }
 
 pub enum ControlMsg {
-    /// A packet for a peer without a usable session: keep it and start a handshake.
-    Staged {
-        peer: Arc<PeerShared>,
-        packet: Vec<u8>,
-    },
+    /// Packets for a peer without a usable session were staged: start a handshake.
+    Staged(Arc<PeerShared>),
     /// The current keypair is due for renewal (REKEY_AFTER_TIME / _MESSAGES).
     WantHandshake(Arc<PeerShared>),
     /// A responder's `next` keypair got its first packet and is now current.
@@ -132,6 +185,9 @@ pub struct Shared {
     pub mtu: AtomicUsize,
     pub handshake_tx: Sender<HandshakePacket>,
     pub control_tx: Sender<ControlMsg>,
+    /// Peers whose stamps moved, for the control thread's timers (unbounded, but each peer is
+    /// in it at most once).
+    pub active_tx: Sender<Arc<PeerShared>>,
     pub stop: AtomicBool,
     /// Set with `stop` when a worker gave up (the daemon then exits with an error).
     pub failed: AtomicBool,
@@ -154,5 +210,28 @@ impl Shared {
     }
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+
+    /// The staged queue keeps the newest MAX_STAGED_PACKETS, and the control thread is told
+    /// once per drain (again if the notice was lost).
+    #[test]
+    fn staged_queue_is_bounded_and_notifies_once() {
+        let peer = PeerShared::new(PrivateKey::generate().public_key());
+        assert!(peer.stage([vec![0u8]]), "the first packet tells the control thread");
+        assert!(!peer.stage((1..200u32).map(|i| i.to_be_bytes().to_vec())), "later ones do not");
+        peer.stage_notice_lost();
+        assert!(peer.stage([vec![9u8]]), "a lost notice is repeated");
+        let q = peer.take_staged();
+        assert_eq!(q.len(), MAX_STAGED_PACKETS);
+        assert_eq!(q.back(), Some(&vec![9u8]), "the newest is kept");
+        assert_eq!(q.front(), Some(&73u32.to_be_bytes().to_vec()), "the oldest were dropped");
+        assert!(peer.take_staged().is_empty());
+        assert!(peer.stage([vec![1u8]]), "after a drain the next packet tells again");
     }
 }

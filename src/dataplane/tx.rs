@@ -149,6 +149,7 @@ impl TxRound<'_> {
         peer.tx_bytes.fetch_add(sent_bytes, Ordering::Relaxed);
         peer.last_sent.store(self.stamp, Ordering::Relaxed);
         peer.last_data_sent.store(self.stamp, Ordering::Relaxed);
+        peer.mark_active(&self.shared.active_tx);
         if keypair.wants_rekey_on_send(self.now) && !peer.handshake_requested.swap(true, Ordering::Relaxed) {
             let _ = self.shared.control_tx.try_send(ControlMsg::WantHandshake(peer.clone()));
         }
@@ -166,8 +167,8 @@ impl TxRound<'_> {
                 .collect(),
             None => vec![pkt.to_vec()],
         };
-        for packet in packets {
-            let _ = self.shared.control_tx.try_send(ControlMsg::Staged { peer: peer.clone(), packet });
+        if peer.stage(packets) && self.shared.control_tx.try_send(ControlMsg::Staged(peer.clone())).is_err() {
+            peer.stage_notice_lost();
         }
     }
 }

@@ -96,9 +96,11 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
             }
         }
         pool.unpark(config.index);
-        // Another worker's chunks first: its flow waits on them.
-        pool.help(config.index);
-        round(shared, io, &mut st, config);
+        // Our own flows first; another worker's chunks only when we had nothing of our own
+        // (its owner takes back what nobody took). Helping a busy core costs more than it gives.
+        if !round(shared, io, &mut st, config) {
+            pool.help(config.index);
+        }
     }
 }
 
@@ -113,7 +115,8 @@ fn use_current_socket(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, in
     true
 }
 
-fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerConfig) {
+/// One round of reads and writes; false if there was nothing to read.
+fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerConfig) -> bool {
     let now = Instant::now();
     let stamp = shared.stamp(now);
     let routing = shared.routing.load();
@@ -122,6 +125,7 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
     if let Err(e) = io.read_tun(&mut st.tun_reads) {
         debug!("worker {index}: TUN read failed: {e}");
     }
+    let mut busy = !st.tun_reads.is_empty();
     if !st.tun_reads.is_empty() {
         let tx = TxRound {
             shared,
@@ -147,6 +151,7 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
     if let Err(e) = io.recv_udp(&mut st.udp_reads) {
         debug!("worker {index}: receive failed: {e}");
     }
+    busy |= !st.udp_reads.is_empty();
     if !st.udp_reads.is_empty() {
         let indices = shared.indices.load_full();
         st.opener.decrypt(&shared.crypto_pool, &indices, &mut st.udp_reads, now);
@@ -171,4 +176,5 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
             debug!("worker {index}: TUN write failed: {e}");
         }
     }
+    busy
 }

@@ -1,7 +1,8 @@
 //! The control thread: applies configuration, runs handshakes and timers, publishes the
 //! routing snapshot, index table and keypairs the workers read.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,9 +12,9 @@ use crossbeam_channel::Receiver;
 use rand::Rng;
 use tracing::{debug, info, warn};
 
-use crate::config::uapi::{self, Request, ERRNO_IO, ERRNO_PORT_IN_USE};
+use crate::config::uapi::{self, Request, ERRNO_IO, ERRNO_PORT_IN_USE, ERRNO_TOO_MANY_PEERS};
 use crate::config::{DeviceChange, DeviceStatus, PeerStatus};
-use crate::constants::{MAX_STAGED_PACKETS, REKEY_TIMEOUT};
+use crate::constants::REKEY_TIMEOUT;
 use crate::dataplane::shared::{ControlMsg, HandshakePacket, IndexEntry, PeerShared, Shared};
 use crate::io::{Network, Socket};
 use crate::keys::{PresharedKey, PublicKey};
@@ -21,16 +22,20 @@ use crate::noise::messages::{Initiation, Response, TRANSPORT_HEADER_LEN};
 use crate::noise::ratelimiter::RateLimiter;
 use crate::noise::{consume_initiation, CookieChecker, Handshake, Packet, StaticIdentity, Tai64N};
 use crate::peer::{TimerAction, Timers};
-use crate::routing::AllowedIps;
+use crate::routing::{AllowedIps, IpNet};
 use crate::session::{Keypair, Keypairs};
 
 /// Capacity of the handshake queue; "under load" from 1/8 full, as the kernel decides.
 pub const HANDSHAKE_QUEUE: usize = 4096;
+/// Peers one device may have: the kernel's MAX_PEERS_PER_DEVICE.
+pub const MAX_PEERS: usize = 1 << 20;
 const UNDER_LOAD_AFTER: usize = HANDSHAKE_QUEUE / 8;
 const UNDER_LOAD_STICKY: std::time::Duration = std::time::Duration::from_secs(1);
+/// When a peer whose stamps moved is looked at again (one timer tick).
+const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Last values of a peer's worker-written stamps that the timers have seen.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
 struct Seen {
     sent: u64,
     received: u64,
@@ -40,12 +45,22 @@ struct Seen {
 
 struct PeerState {
     shared: Arc<PeerShared>,
+    /// This peer's allowed IPs in the order given (the kernel's per-peer list), so removing a
+    /// peer or replacing its prefixes costs its own prefixes, and `get` lists them without
+    /// walking the table.
+    allowed_ips: Vec<IpNet>,
+    /// Receiver indices of this peer in the index table (at most its three slots plus one
+    /// just displaced), so pruning after a handshake does not scan the table.
+    indices: Vec<u32>,
     handshake: Handshake,
     timers: Timers,
-    staged: VecDeque<Vec<u8>>,
     last_handshake: Option<SystemTime>,
     seen: Seen,
     handshake_requested_at: Option<Instant>,
+    /// The local index of our initiation in flight, also in `Control::pending`.
+    pending_index: Option<u32>,
+    /// The deadline this peer's live entry in `Control::deadlines` has.
+    scheduled: Option<Instant>,
 }
 
 pub struct Control {
@@ -64,8 +79,18 @@ pub struct Control {
     indices: HashMap<u32, IndexEntry>,
     under_load_until: Option<Instant>,
     ratelimiter: RateLimiter,
+    /// `MAX_PEERS`, lowered by tests.
+    pub(super) peer_limit: usize,
     handshake_rx: Receiver<HandshakePacket>,
     control_rx: Receiver<ControlMsg>,
+    /// Peers the workers stamped since the last tick.
+    active_rx: Receiver<Arc<PeerShared>>,
+    /// Peers by the time their timers next need a look. A peer has at most one entry that
+    /// matches its `scheduled`; others are stale and skipped. A wake-up that comes early
+    /// finds nothing due and reschedules.
+    deadlines: BinaryHeap<Reverse<(Instant, PublicKey)>>,
+    /// Peers whose timers this thread changed since the last tick.
+    touched: Vec<PublicKey>,
 }
 
 impl Control {
@@ -75,6 +100,7 @@ impl Control {
         workers: usize,
         handshake_rx: Receiver<HandshakePacket>,
         control_rx: Receiver<ControlMsg>,
+        active_rx: Receiver<Arc<PeerShared>>,
     ) -> Self {
         Control {
             shared,
@@ -90,8 +116,12 @@ impl Control {
             indices: HashMap::new(),
             under_load_until: None,
             ratelimiter: RateLimiter::default(),
+            peer_limit: MAX_PEERS,
             handshake_rx,
             control_rx,
+            active_rx,
+            deadlines: BinaryHeap::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -155,26 +185,38 @@ impl Control {
         peer.shared.keypairs.rcu(|cur| Arc::new(cur.with_new(keypair.clone())));
         peer.shared.handshake_requested.store(false, Ordering::Relaxed);
         peer.handshake_requested_at = None;
+        peer.indices.push(keypair.local_index);
         let shared = peer.shared.clone();
-        self.indices.insert(keypair.local_index, IndexEntry { keypair, peer: shared.clone() });
-        self.prune_indices(&shared);
-    }
-
-    fn prune_indices(&mut self, peer: &Arc<PeerShared>) {
-        let slots = peer.keypairs.load();
-        self.indices.retain(|_, e| !Arc::ptr_eq(&e.peer, peer) || slots.contains(&e.keypair));
+        self.indices.insert(keypair.local_index, IndexEntry { keypair, peer: shared });
+        self.prune_indices(pk);
         self.publish_indices();
     }
 
+    /// Drops the peer's indices whose keypair left its slots (not published here).
+    fn prune_indices(&mut self, pk: &PublicKey) {
+        let Some(peer) = self.peers.get_mut(pk) else { return };
+        let slots = peer.shared.keypairs.load();
+        let table = &mut self.indices;
+        peer.indices.retain(|i| {
+            let live = table.get(i).is_some_and(|e| slots.contains(&e.keypair));
+            if !live {
+                table.remove(i);
+            }
+            live
+        });
+    }
+
+    /// Forgets the peer's keypairs and handshake (the index table is published by the caller).
     fn clear_keypairs(&mut self, pk: &PublicKey) {
         let Some(peer) = self.peers.get_mut(pk) else { return };
-        let old = peer.shared.keypairs.swap(Arc::new(Keypairs::default()));
+        peer.shared.keypairs.store(Arc::new(Keypairs::default()));
         peer.handshake.clear();
-        for i in old.indices() {
+        for i in peer.indices.drain(..) {
             self.indices.remove(&i);
         }
-        self.pending.retain(|_, p| p != pk);
-        self.publish_indices();
+        if let Some(i) = peer.pending_index.take() {
+            self.pending.remove(&i);
+        }
     }
 
     fn send_initiation(&mut self, pk: &PublicKey, retry: bool, now: Instant) {
@@ -194,12 +236,15 @@ impl Control {
                 return;
             }
         };
-        self.pending.retain(|_, p| p != pk);
+        if let Some(old) = peer.pending_index.replace(index) {
+            self.pending.remove(&old);
+        }
         self.pending.insert(index, *pk);
         peer.timers.handshake_initiated(now);
         debug!("peer {pk}: sending handshake initiation (retry: {retry})");
         let shared = peer.shared.clone();
         self.send_to_peer(&shared, &msg, now);
+        self.touch(pk);
     }
 
     /// Seals and sends whatever waited for a session; a keepalive if nothing did.
@@ -207,10 +252,10 @@ impl Control {
         let Some(peer) = self.peers.get_mut(pk) else { return };
         let keypairs = peer.shared.keypairs.load_full();
         let Some(keypair) = keypairs.current.clone() else { return };
-        let mut packets: Vec<Vec<u8>> = peer.staged.drain(..).collect();
+        let mut packets = peer.shared.take_staged();
         let data = !packets.is_empty();
         if packets.is_empty() && keepalive_if_empty {
-            packets.push(Vec::new());
+            packets.push_back(Vec::new());
         }
         let mtu = self.shared.mtu.load(Ordering::Relaxed);
         let shared = peer.shared.clone();
@@ -225,6 +270,7 @@ impl Control {
         if data {
             shared.last_data_sent.store(self.shared.stamp(now), Ordering::Relaxed);
         }
+        self.touch(pk);
     }
 
     fn send_keepalive(&mut self, pk: &PublicKey, now: Instant) {
@@ -311,6 +357,7 @@ impl Control {
             debug!("from {src}: initiation from unknown peer {pk}");
             return;
         };
+        peer.handshake.ensure_static_static(identity);
         if let Err(e) = peer.handshake.consume_initiation(for_us, now) {
             debug!("peer {pk} at {src}: {e}");
             return;
@@ -329,6 +376,7 @@ impl Control {
         self.install_keypair(&pk, Arc::new(Keypair::new(&keys, now)));
         debug!("peer {pk}: answered handshake initiation from {src}");
         self.send_to_peer(&shared, &response, now);
+        self.touch(&pk);
     }
 
     fn on_response(&mut self, identity: &StaticIdentity, resp: &Response, src: SocketAddr, now: Instant) {
@@ -345,6 +393,7 @@ impl Control {
             }
         };
         self.pending.remove(&resp.receiver);
+        peer.pending_index = None;
         peer.shared.set_endpoint_if_changed(src);
         peer.shared.last_received.store(self.shared.stamp(now), Ordering::Relaxed);
         peer.timers.handshake_complete(now);
@@ -359,13 +408,12 @@ impl Control {
     fn on_control(&mut self, msg: ControlMsg) {
         let now = Instant::now();
         match msg {
-            ControlMsg::Staged { peer, packet } => {
+            ControlMsg::Staged(peer) => {
                 let pk = peer.public_key;
+                // Packets staged from now on ask again (and retry the initiation, rate-limited
+                // by the timers, as the kernel retries on every packet it stages).
+                peer.stage_notice_lost();
                 let Some(state) = self.peers.get_mut(&pk) else { return };
-                if state.staged.len() >= MAX_STAGED_PACKETS {
-                    state.staged.pop_front();
-                }
-                state.staged.push_back(packet);
                 // A session may have appeared since the worker looked.
                 let ready = state.shared.keypairs.load().current.as_ref().is_some_and(|k| k.usable_for_receive(now));
                 if ready {
@@ -380,16 +428,19 @@ impl Control {
                     state.handshake_requested_at = Some(now);
                 }
                 self.send_initiation(&pk, false, now);
+                self.touch(&pk);
             }
             ControlMsg::Confirmed(peer) => {
                 let pk = peer.public_key;
-                self.prune_indices(&peer);
+                self.prune_indices(&pk);
+                self.publish_indices();
                 if let Some(state) = self.peers.get_mut(&pk) {
                     state.timers.handshake_complete(now);
                     state.last_handshake = Some(SystemTime::now());
                     info!("peer {pk}: handshake complete (they initiated)");
                 }
                 self.send_staged(&pk, false, now);
+                self.touch(&pk);
             }
             ControlMsg::Uapi(request, reply) => {
                 let text = match request {
@@ -404,67 +455,115 @@ impl Control {
         }
     }
 
-    /// Feeds the workers' stamps to each peer's timers, then fires what is due.
+    /// Runs the timers of the peers that need it: those the workers stamped, those this
+    /// thread changed, and those whose deadline passed. Idle peers cost nothing.
     pub fn run_timers(&mut self) {
         let now = Instant::now();
-        let keys: Vec<PublicKey> = self.peers.keys().copied().collect();
-        for pk in keys {
-            let actions = {
-                let Some(peer) = self.peers.get_mut(&pk) else { continue };
-                let s = &peer.shared;
-                let cur = Seen {
-                    sent: s.last_sent.load(Ordering::Relaxed),
-                    received: s.last_received.load(Ordering::Relaxed),
-                    data_sent: s.last_data_sent.load(Ordering::Relaxed),
-                    data_received: s.last_data_received.load(Ordering::Relaxed),
-                };
-                let at = |stamp| self.shared.instant(stamp).unwrap_or(now);
-                if cur.data_sent != peer.seen.data_sent {
-                    peer.timers.data_sent(at(cur.data_sent));
-                }
-                if cur.sent != peer.seen.sent {
-                    peer.timers.any_authenticated_packet_sent(at(cur.sent));
-                    peer.timers.any_authenticated_packet_traversal(at(cur.sent));
-                }
-                if cur.data_received != peer.seen.data_received {
-                    peer.timers.data_received(at(cur.data_received));
-                }
-                if cur.received != peer.seen.received {
-                    peer.timers.any_authenticated_packet_received(at(cur.received));
-                    peer.timers.any_authenticated_packet_traversal(at(cur.received));
-                }
-                peer.seen = cur;
-                // A worker's request for a handshake may be repeated after REKEY_TIMEOUT.
-                if peer.handshake_requested_at.is_some_and(|t| now.saturating_duration_since(t) >= REKEY_TIMEOUT) {
-                    peer.handshake_requested_at = None;
-                    peer.shared.handshake_requested.store(false, Ordering::Relaxed);
-                }
-                peer.timers.handle_timeout(now)
-            };
-            for action in actions {
-                match action {
-                    TimerAction::SendInitiation { retry } => self.send_initiation(&pk, retry, now),
-                    TimerAction::SendKeepalive => self.send_keepalive(&pk, now),
-                    TimerAction::GiveUp => {
-                        if let Some(peer) = self.peers.get_mut(&pk) {
-                            debug!(
-                                "peer {pk}: handshake did not complete after {} attempts",
-                                peer.timers.handshake_attempts()
-                            );
-                            peer.staged.clear();
-                        }
-                    }
-                    TimerAction::ZeroKeyMaterial => {
-                        debug!("peer {pk}: zeroing keys after 3 x REJECT_AFTER_TIME");
-                        self.clear_keypairs(&pk);
-                    }
+        let mut due = std::mem::take(&mut self.touched);
+        while let Ok(peer) = self.active_rx.try_recv() {
+            peer.clear_active();
+            due.push(peer.public_key);
+        }
+        while let Some(Reverse((at, pk))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            if let Some(peer) = self.peers.get_mut(&pk) {
+                if peer.scheduled == Some(at) {
+                    peer.scheduled = None;
+                    due.push(pk);
                 }
             }
         }
+        due.sort_unstable();
+        due.dedup();
+        for pk in due {
+            self.run_peer_timers(&pk, now);
+        }
+    }
+
+    /// A change to a peer's timers made here: look at it at the next tick.
+    fn touch(&mut self, pk: &PublicKey) {
+        self.touched.push(*pk);
+    }
+
+    /// Feeds the workers' stamps to one peer's timers, fires what is due, and schedules the
+    /// next look.
+    fn run_peer_timers(&mut self, pk: &PublicKey, now: Instant) {
+        let (actions, moved) = {
+            let Some(peer) = self.peers.get_mut(pk) else { return };
+            let s = &peer.shared;
+            let cur = Seen {
+                sent: s.last_sent.load(Ordering::Relaxed),
+                received: s.last_received.load(Ordering::Relaxed),
+                data_sent: s.last_data_sent.load(Ordering::Relaxed),
+                data_received: s.last_data_received.load(Ordering::Relaxed),
+            };
+            let at = |stamp| self.shared.instant(stamp).unwrap_or(now);
+            if cur.data_sent != peer.seen.data_sent {
+                peer.timers.data_sent(at(cur.data_sent));
+            }
+            if cur.sent != peer.seen.sent {
+                peer.timers.any_authenticated_packet_sent(at(cur.sent));
+                peer.timers.any_authenticated_packet_traversal(at(cur.sent));
+            }
+            if cur.data_received != peer.seen.data_received {
+                peer.timers.data_received(at(cur.data_received));
+            }
+            if cur.received != peer.seen.received {
+                peer.timers.any_authenticated_packet_received(at(cur.received));
+                peer.timers.any_authenticated_packet_traversal(at(cur.received));
+            }
+            let moved = cur != peer.seen;
+            peer.seen = cur;
+            // A worker's request for a handshake may be repeated after REKEY_TIMEOUT.
+            if peer.handshake_requested_at.is_some_and(|t| now.saturating_duration_since(t) >= REKEY_TIMEOUT) {
+                peer.handshake_requested_at = None;
+                peer.shared.handshake_requested.store(false, Ordering::Relaxed);
+            }
+            (peer.timers.handle_timeout(now), moved)
+        };
+        for action in actions {
+            match action {
+                TimerAction::SendInitiation { retry } => self.send_initiation(pk, retry, now),
+                TimerAction::SendKeepalive => self.send_keepalive(pk, now),
+                TimerAction::GiveUp => {
+                    if let Some(peer) = self.peers.get_mut(pk) {
+                        debug!(
+                            "peer {pk}: handshake did not complete after {} attempts",
+                            peer.timers.handshake_attempts()
+                        );
+                        peer.shared.take_staged();
+                    }
+                }
+                TimerAction::ZeroKeyMaterial => {
+                    debug!("peer {pk}: zeroing keys after 3 x REJECT_AFTER_TIME");
+                    self.clear_keypairs(pk);
+                    self.publish_indices();
+                }
+            }
+        }
+        // Stamps that moved may have raced with a worker's relaxed `mark_active`: look once
+        // more a tick later; a peer that stays still is not looked at again.
+        let recheck = moved.then(|| now + RECHECK_AFTER);
+        self.schedule(pk, recheck);
+    }
+
+    /// Queues the peer's next look: its timers' next deadline, a pending handshake request's
+    /// expiry, or `extra`, whichever is first.
+    fn schedule(&mut self, pk: &PublicKey, extra: Option<Instant>) {
+        let Some(peer) = self.peers.get_mut(pk) else { return };
+        let requested = peer.handshake_requested_at.map(|t| t + REKEY_TIMEOUT);
+        let Some(next) = [peer.timers.next_deadline(), requested, extra].into_iter().flatten().min() else { return };
+        if peer.scheduled.is_some_and(|s| s <= next) {
+            return; // an earlier look is queued; it reschedules
+        }
+        peer.scheduled = Some(next);
+        self.deadlines.push(Reverse((next, *pk)));
     }
 
     pub fn status(&self) -> DeviceStatus {
-        let entries = self.allowed.entries();
         let peers = self
             .peers
             .values()
@@ -479,7 +578,7 @@ impl Control {
                 tx_bytes: p.shared.tx_bytes.load(Ordering::Relaxed),
                 rx_bytes: p.shared.rx_bytes.load(Ordering::Relaxed),
                 persistent_keepalive: p.timers.persistent_keepalive_interval(),
-                allowed_ips: entries.iter().filter(|(_, v)| Arc::ptr_eq(v, &p.shared)).map(|(n, _)| *n).collect(),
+                allowed_ips: p.allowed_ips.clone(),
             })
             .collect();
         DeviceStatus {
@@ -510,14 +609,54 @@ impl Control {
 
     fn remove_peer(&mut self, pk: &PublicKey) {
         self.clear_keypairs(pk);
-        if let Some(peer) = self.peers.remove(pk) {
-            self.allowed.remove_where(|v| Arc::ptr_eq(v, &peer.shared));
-            info!("peer {pk}: removed");
+        if let Some(mut peer) = self.peers.remove(pk) {
+            self.remove_allowed_ips(&mut peer);
+            debug!("peer {pk}: removed");
         }
     }
 
-    /// Applies a `set`: the port first (the only step that can fail), then everything else.
+    /// Takes a peer's prefixes out of the table: its own, not a walk of the table.
+    fn remove_allowed_ips(&mut self, peer: &mut PeerState) {
+        for net in peer.allowed_ips.drain(..) {
+            self.allowed.remove(net);
+        }
+    }
+
+    /// Gives `net` to peer `pk`; a peer that had it loses it from its list (the kernel moves
+    /// a prefix the same way).
+    fn add_allowed_ip(&mut self, pk: &PublicKey, net: IpNet) {
+        let Some(peer) = self.peers.get_mut(pk) else { return };
+        let previous = self.allowed.insert(net, peer.shared.clone());
+        match previous {
+            Some(owner) if Arc::ptr_eq(&owner, &peer.shared) => {}
+            Some(owner) => {
+                peer.allowed_ips.push(net);
+                if let Some(old) = self.peers.get_mut(&owner.public_key) {
+                    if let Some(at) = old.allowed_ips.iter().position(|n| *n == net) {
+                        old.allowed_ips.remove(at);
+                    }
+                }
+            }
+            None => peer.allowed_ips.push(net),
+        }
+    }
+
+    /// Applies a `set`: the checks that can fail first (the peer cap, then the port), so a
+    /// refused request leaves the device as it was; then everything else.
     pub fn apply(&mut self, change: DeviceChange, now: Instant) -> Result<(), i32> {
+        let kept = if change.replace_peers { 0 } else { self.peers.len() };
+        let new: std::collections::HashSet<&PublicKey> = change
+            .peers
+            .iter()
+            .filter(|p| {
+                !p.remove && !p.update_only && (change.replace_peers || !self.peers.contains_key(&p.public_key))
+            })
+            .map(|p| &p.public_key)
+            .collect();
+        if kept + new.len() > self.peer_limit {
+            warn!("refused: {} peers would exceed the limit of {}", kept + new.len(), self.peer_limit);
+            return Err(ERRNO_TOO_MANY_PEERS);
+        }
         if let Some(port) = change.listen_port {
             if port != self.listen_port || port == 0 {
                 self.rebind(port)?;
@@ -544,8 +683,8 @@ impl Control {
                 let keys: Vec<PublicKey> = self.peers.keys().copied().collect();
                 for pk in keys {
                     self.clear_keypairs(&pk);
-                    if let (Some(id), Some(peer)) = (&self.identity, self.peers.get_mut(&pk)) {
-                        peer.handshake.set_identity(id);
+                    if let Some(peer) = self.peers.get_mut(&pk) {
+                        peer.handshake.identity_changed();
                     }
                 }
                 // A peer with our own public key cannot exist (the kernel removes it too).
@@ -562,6 +701,7 @@ impl Control {
         }
         for pc in change.peers {
             let pk = pc.public_key;
+            self.touch(&pk);
             if pc.remove {
                 self.remove_peer(&pk);
                 continue;
@@ -570,26 +710,23 @@ impl Control {
                 debug!("ignoring peer with our own public key");
                 continue;
             }
-            if !self.peers.contains_key(&pk) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.peers.entry(pk) {
                 if pc.update_only {
                     continue;
                 }
-                let id = self
-                    .identity
-                    .clone()
-                    .unwrap_or_else(|| StaticIdentity::new(crate::keys::PrivateKey::from_bytes([0; 32])));
-                let handshake = Handshake::new(&id, pk, PresharedKey::default());
-                let state = PeerState {
+                slot.insert(PeerState {
                     shared: Arc::new(PeerShared::new(pk)),
-                    handshake,
+                    handshake: Handshake::new_lazy(pk, PresharedKey::default()),
                     timers: Timers::new(rand::thread_rng().gen()),
-                    staged: VecDeque::new(),
                     last_handshake: None,
                     seen: Seen::default(),
                     handshake_requested_at: None,
-                };
-                self.peers.insert(pk, state);
-                info!("peer {pk}: added");
+                    pending_index: None,
+                    scheduled: None,
+                    allowed_ips: Vec::new(),
+                    indices: Vec::new(),
+                });
+                debug!("peer {pk}: added");
             }
             let Some(peer) = self.peers.get_mut(&pk) else { continue };
             if let Some(psk) = pc.preshared_key {
@@ -599,12 +736,16 @@ impl Control {
                 peer.shared.endpoint.store(Some(Arc::new(SocketAddr::new(ep.ip().to_canonical(), ep.port()))));
             }
             if pc.replace_allowed_ips {
-                let shared = peer.shared.clone();
-                self.allowed.remove_where(|v| Arc::ptr_eq(v, &shared));
+                let mut nets = std::mem::take(&mut peer.allowed_ips);
+                for net in nets.drain(..) {
+                    self.allowed.remove(net);
+                }
+                if let Some(peer) = self.peers.get_mut(&pk) {
+                    peer.allowed_ips = nets; // keeps the allocation
+                }
             }
-            let shared = peer.shared.clone();
             for net in pc.allowed_ips {
-                self.allowed.insert(net, shared.clone());
+                self.add_allowed_ip(&pk, net);
             }
             if let Some(interval) = pc.persistent_keepalive {
                 let Some(peer) = self.peers.get_mut(&pk) else { continue };
@@ -617,6 +758,7 @@ impl Control {
             }
         }
         self.publish_routing();
+        self.publish_indices();
         Ok(())
     }
 }

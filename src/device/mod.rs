@@ -114,6 +114,7 @@ impl Device {
             io.queues.iter().map(|q| q.doorbell().map(Arc::new)).collect::<Result<_, _>>().map_err(DeviceError::Tun)?;
         let (handshake_tx, handshake_rx) = crossbeam_channel::bounded(HANDSHAKE_QUEUE);
         let (control_tx, control_rx) = crossbeam_channel::bounded(4096);
+        let (active_tx, active_rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             routing: ArcSwap::from_pointee(AllowedIps::default()),
@@ -122,12 +123,14 @@ impl Device {
             mtu: AtomicUsize::new(DEFAULT_MTU as usize),
             handshake_tx,
             control_tx: control_tx.clone(),
+            active_tx,
             stop: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             drops: DropCounters::default(),
             crypto_pool: CryptoPool::new(bells.clone(), io.parallel_crypto),
         });
-        let mut control = Control::new(shared.clone(), io.network.clone(), workers, handshake_rx, control_rx);
+        let mut control =
+            Control::new(shared.clone(), io.network.clone(), workers, handshake_rx, control_rx, active_rx);
         let bind = crate::config::DeviceChange { listen_port: Some(0), ..Default::default() };
         control
             .apply(bind, Instant::now())
@@ -362,4 +365,106 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
         return Err(DeviceError::WorkerFailed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::uapi::{parse_request, Request, ERRNO_TOO_MANY_PEERS};
+    use crate::io::twin::{twin_tun, TwinNet};
+    use crate::keys::PrivateKey;
+
+    fn set(device: &mut Device, text: &str) -> Result<(), i32> {
+        match parse_request(text) {
+            Ok(Request::Set(change)) => device.control.apply(change, Instant::now()),
+            other => panic!("not a set: {other:?}"),
+        }
+    }
+
+    fn peers(n: usize) -> String {
+        (0..n)
+            .map(|_| format!("public_key={}\nallowed_ip=10.9.0.0/16\n", PrivateKey::generate().public_key().to_hex()))
+            .collect()
+    }
+
+    /// Beyond the peer cap a `set` gets ENOSPC and changes nothing, not even what came before
+    /// the peer that would not fit; removals and updates of known peers still work.
+    #[test]
+    fn the_peer_cap_refuses_whole_requests() {
+        let (tun, _host) = twin_tun(false);
+        let io = DeviceIo {
+            queues: vec![TunQueue::Twin(tun)],
+            network: Network::Twin(TwinNet::new()),
+            backend: Backend::Twin,
+            gso: false,
+            vnet: false,
+            uso: false,
+            parallel_crypto: false,
+        };
+        let mut device = Device::start(io).unwrap();
+        device.control.peer_limit = 3;
+        set(&mut device, &format!("set=1\n{}", peers(3))).unwrap();
+        let before = device.control.status();
+        assert_eq!(set(&mut device, &format!("set=1\nlisten_port=5999\n{}", peers(1))), Err(ERRNO_TOO_MANY_PEERS));
+        let after = device.control.status();
+        assert_eq!(after.peers.len(), 3);
+        assert_eq!(after.listen_port, before.listen_port, "nothing of the refused request was applied");
+        let known = after.peers[0].public_key.to_hex();
+        set(&mut device, &format!("set=1\npublic_key={known}\nremove=true\n{}", peers(0))).unwrap();
+        set(&mut device, &format!("set=1\n{}", peers(1))).unwrap();
+        assert_eq!(device.control.status().peers.len(), 3);
+        // replace_peers counts only what the request brings.
+        set(&mut device, &format!("set=1\nreplace_peers=true\n{}", peers(3))).unwrap();
+        assert_eq!(device.control.status().peers.len(), 3);
+        device.stop();
+    }
+
+    /// A peer's prefixes move to the peer that claims them last; removing a peer removes its
+    /// own prefixes and leaves the others'; `get` lists each peer's prefixes in order.
+    #[test]
+    fn allowed_ips_follow_their_owner() {
+        let (tun, _host) = twin_tun(false);
+        let io = DeviceIo {
+            queues: vec![TunQueue::Twin(tun)],
+            network: Network::Twin(TwinNet::new()),
+            backend: Backend::Twin,
+            gso: false,
+            vnet: false,
+            uso: false,
+            parallel_crypto: false,
+        };
+        let mut device = Device::start(io).unwrap();
+        let (a, b) = (PrivateKey::generate().public_key(), PrivateKey::generate().public_key());
+        set(
+            &mut device,
+            &format!(
+                "set=1\npublic_key={}\nallowed_ip=10.0.0.0/24\nallowed_ip=10.1.0.0/16\nallowed_ip=fd00::/64\npublic_key={}\nallowed_ip=10.1.0.0/16\n",
+                a.to_hex(),
+                b.to_hex()
+            ),
+        )
+        .unwrap();
+        let listed = |d: &Device, k| -> Vec<String> {
+            let s = d.control.status();
+            s.peers
+                .iter()
+                .find(|p| p.public_key == k)
+                .map(|p| p.allowed_ips.iter().map(|n| n.to_string()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(listed(&device, a), ["10.0.0.0/24", "fd00::/64"]);
+        assert_eq!(listed(&device, b), ["10.1.0.0/16"]);
+        set(&mut device, &format!("set=1\npublic_key={}\nremove=true\n", b.to_hex())).unwrap();
+        let routing = device.shared.routing.load();
+        assert!(routing.lookup("10.1.2.3".parse().unwrap()).is_none(), "b's prefix left with b");
+        assert!(routing.lookup("10.0.0.9".parse().unwrap()).is_some_and(|p| p.public_key == a));
+        set(
+            &mut device,
+            &format!("set=1\npublic_key={}\nreplace_allowed_ips=true\nallowed_ip=10.2.0.0/16\n", a.to_hex()),
+        )
+        .unwrap();
+        assert_eq!(listed(&device, a), ["10.2.0.0/16"]);
+        assert!(device.shared.routing.load().lookup("10.0.0.9".parse().unwrap()).is_none());
+        device.stop();
+    }
 }

@@ -143,12 +143,29 @@ pub fn consume_initiation(us: &StaticIdentity, msg: &Initiation) -> Result<Initi
     })
 }
 
+/// DH(our static, their static): computed once per key change as the kernel does, but only
+/// when first needed, so configuring 100,000 peers costs no X25519 at all.
+enum StaticStatic {
+    Unknown,
+    Ready([u8; 32]),
+    /// Their key is a low-order point: no handshake is possible.
+    LowOrder,
+}
+
+impl StaticStatic {
+    fn compute(us: &StaticIdentity, remote: &PublicKey) -> StaticStatic {
+        match us.private.diffie_hellman(remote) {
+            Some(ss) => StaticStatic::Ready(ss),
+            None => StaticStatic::LowOrder,
+        }
+    }
+}
+
 /// One peer's handshake state.
 pub struct Handshake {
     remote_static: PublicKey,
     preshared_key: PresharedKey,
-    /// DH(our static, their static), computed once per key change as the kernel does.
-    static_static: Option<[u8; 32]>,
+    static_static: StaticStatic,
     state: State,
     latest_timestamp: Tai64N,
     last_initiation_consumption: Option<Instant>,
@@ -157,7 +174,7 @@ pub struct Handshake {
 
 impl Drop for Handshake {
     fn drop(&mut self) {
-        if let Some(ss) = self.static_static.as_mut() {
+        if let StaticStatic::Ready(ss) = &mut self.static_static {
             ss.zeroize();
         }
     }
@@ -165,10 +182,18 @@ impl Drop for Handshake {
 
 impl Handshake {
     pub fn new(us: &StaticIdentity, remote_static: PublicKey, preshared_key: PresharedKey) -> Self {
+        let mut h = Handshake::new_lazy(remote_static, preshared_key);
+        h.static_static = StaticStatic::compute(us, &remote_static);
+        h
+    }
+
+    /// As `new`, with the static-static DH left for `ensure_static_static` (or the first
+    /// initiation) to compute.
+    pub fn new_lazy(remote_static: PublicKey, preshared_key: PresharedKey) -> Self {
         Handshake {
             remote_static,
             preshared_key,
-            static_static: us.private.diffie_hellman(&remote_static),
+            static_static: StaticStatic::Unknown,
             state: State::Zeroed,
             latest_timestamp: Tai64N::default(),
             last_initiation_consumption: None,
@@ -176,13 +201,31 @@ impl Handshake {
         }
     }
 
+    /// Computes the static-static DH if it is not known yet (call before `consume_initiation`).
+    pub fn ensure_static_static(&mut self, us: &StaticIdentity) {
+        if matches!(self.static_static, StaticStatic::Unknown) {
+            self.static_static = StaticStatic::compute(us, &self.remote_static);
+        }
+    }
+
+    fn static_static(&self) -> Result<[u8; 32], HandshakeError> {
+        match &self.static_static {
+            StaticStatic::Ready(ss) => Ok(*ss),
+            StaticStatic::Unknown | StaticStatic::LowOrder => Err(HandshakeError::LowOrderPoint),
+        }
+    }
+
     pub fn remote_static(&self) -> &PublicKey {
         &self.remote_static
     }
 
-    /// Our private key changed: recompute the static-static DH and forget any handshake.
-    pub fn set_identity(&mut self, us: &StaticIdentity) {
-        self.static_static = us.private.diffie_hellman(&self.remote_static);
+    /// Our private key changed: forget the static-static DH (recomputed when next needed) and
+    /// any handshake.
+    pub fn identity_changed(&mut self) {
+        if let StaticStatic::Ready(ss) = &mut self.static_static {
+            ss.zeroize();
+        }
+        self.static_static = StaticStatic::Unknown;
         self.state = State::Zeroed;
     }
 
@@ -214,7 +257,8 @@ impl Handshake {
         timestamp: Tai64N,
         now: Instant,
     ) -> Result<[u8; INITIATION_LEN], HandshakeError> {
-        let ss = self.static_static.ok_or(HandshakeError::LowOrderPoint)?;
+        self.ensure_static_static(us);
+        let ss = self.static_static()?;
         let mut t = Transcript::start(&self.remote_static);
         let ephemeral = PrivateKey::generate();
         let ephemeral_public = ephemeral.public_key();
@@ -243,7 +287,7 @@ impl Handshake {
 
     /// Responder, step two: with the peer found, decrypt and check the timestamp.
     pub fn consume_initiation(&mut self, mut msg: InitiationForUs, now: Instant) -> Result<(), HandshakeError> {
-        let ss = self.static_static.ok_or(HandshakeError::LowOrderPoint)?;
+        let ss = self.static_static()?;
         let mut key = msg.transcript.mix_key_with_output(&ss);
         let mut timestamp = [0u8; 12];
         let opened = msg.transcript.open(&key, &msg.encrypted_timestamp, &mut timestamp);
