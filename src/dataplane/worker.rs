@@ -96,11 +96,10 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
             }
         }
         pool.unpark(config.index);
-        // Our own flows first; another worker's chunks only when we had nothing of our own
-        // (its owner takes back what nobody took). Helping a busy core costs more than it gives.
-        if !round(shared, io, &mut st, config) {
-            pool.help(config.index);
-        }
+        // Another worker's chunks first: its flow waits on them. (Helping only when idle was
+        // tried: no better on this machine, and one-flow UDP lost its gain; perf/README.md.)
+        pool.help(config.index);
+        round(shared, io, &mut st, config);
     }
 }
 
@@ -115,8 +114,8 @@ fn use_current_socket(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, in
     true
 }
 
-/// One round of reads and writes; false if there was nothing to read.
-fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerConfig) -> bool {
+/// One round of reads and writes.
+fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerConfig) {
     let now = Instant::now();
     let stamp = shared.stamp(now);
     let routing = shared.routing.load();
@@ -125,7 +124,6 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
     if let Err(e) = io.read_tun(&mut st.tun_reads) {
         debug!("worker {index}: TUN read failed: {e}");
     }
-    let mut busy = !st.tun_reads.is_empty();
     if !st.tun_reads.is_empty() {
         let tx = TxRound {
             shared,
@@ -151,7 +149,6 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
     if let Err(e) = io.recv_udp(&mut st.udp_reads) {
         debug!("worker {index}: receive failed: {e}");
     }
-    busy |= !st.udp_reads.is_empty();
     if !st.udp_reads.is_empty() {
         let indices = shared.indices.load_full();
         st.opener.decrypt(&shared.crypto_pool, &indices, &mut st.udp_reads, now);
@@ -176,5 +173,4 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
             debug!("worker {index}: TUN write failed: {e}");
         }
     }
-    busy
 }

@@ -192,11 +192,21 @@ pub struct TwinIo {
     bell: Arc<Doorbell>,
     /// A datagram taken from the socket that did not fit the last GRO train.
     pending: Option<Datagram>,
+    free_tun: Vec<Buf>,
+    free_udp: Vec<Buf>,
+}
+
+fn recycle(free: &mut Vec<Buf>, bufs: &mut Vec<Buf>) {
+    for b in bufs.drain(..) {
+        if free.len() < FREE_BUFS && !b.data.is_empty() {
+            free.push(b);
+        }
+    }
 }
 
 impl TwinIo {
     pub fn new(tun: TwinTun, socket: Arc<Socket>, bell: Arc<Doorbell>) -> TwinIo {
-        TwinIo { tun, socket, bell, pending: None }
+        TwinIo { tun, socket, bell, pending: None, free_tun: Vec::new(), free_udp: Vec::new() }
     }
 
     fn socket(&self) -> io::Result<&TwinSocket> {
@@ -207,11 +217,19 @@ impl TwinIo {
     }
 }
 
-fn fill(data: &[u8], size: usize) -> Buf {
-    let mut b = Buf::new(size.max(data.len()));
+/// Buffers a twin keeps for reuse, as the kernel backends do (at most).
+const FREE_BUFS: usize = 256;
+
+/// A buffer holding `data`: a recycled one when it is large enough, else a new one.
+fn fill(free: &mut Vec<Buf>, data: &[u8], size: usize) -> Buf {
+    let mut b = match free.pop() {
+        Some(b) if b.data.len() >= data.len() => b,
+        _ => Buf::new(size.max(data.len())),
+    };
     b.data[..data.len()].copy_from_slice(data);
     b.len = data.len();
     b.stride = data.len();
+    b.src = None;
     b
 }
 
@@ -244,7 +262,7 @@ impl WorkerIo for TwinIo {
     fn read_tun(&mut self, out: &mut Vec<Buf>) -> io::Result<()> {
         for _ in 0..TUN_READ_BATCH {
             let Ok(p) = self.tun.from_host.try_recv() else { break };
-            out.push(fill(&p, TUN_BUF));
+            out.push(fill(&mut self.free_tun, &p, TUN_BUF));
         }
         Ok(())
     }
@@ -255,7 +273,7 @@ impl WorkerIo for TwinIo {
         let gro = sock.net.gro.load(Ordering::Relaxed);
         for _ in 0..UDP_RECV_BATCH {
             let Some((first, src)) = self.pending.take().or_else(|| sock.rx.try_recv().ok()) else { break };
-            let mut b = fill(&first, UDP_BUF);
+            let mut b = fill(&mut self.free_udp, &first, UDP_BUF);
             b.src = Some(src);
             let stride = first.len();
             let mut count = 1;
@@ -278,11 +296,11 @@ impl WorkerIo for TwinIo {
     }
 
     fn recycle_tun(&mut self, bufs: &mut Vec<Buf>) {
-        bufs.clear();
+        recycle(&mut self.free_tun, bufs);
     }
 
     fn recycle_udp(&mut self, bufs: &mut Vec<Buf>) {
-        bufs.clear();
+        recycle(&mut self.free_udp, bufs);
     }
 
     fn send_udp(&mut self, batch: &mut SendBatch) -> io::Result<()> {
