@@ -6,7 +6,6 @@
 //! one flow) may run on any worker (`OpenJob`); the owner then takes the datagrams in arrival
 //! order, moves the replay window and checks everything else (`RxRound::datagram_with`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,9 +14,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use tracing::error;
 
+use super::indices::IndexTable;
 use super::ip;
 use super::pool::{CryptoPool, Job};
-use super::shared::{ControlMsg, DropCounters, HandshakePacket, IndexEntry, PeerShared, Shared};
+use super::shared::{ControlMsg, DropCounters, HandshakePacket, PeerShared, Shared};
 use crate::constants::{KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT};
 use crate::io::{Buf, UDP_BUF};
 use crate::noise::messages::{
@@ -29,7 +29,7 @@ use crate::session::SessionError;
 
 pub struct RxRound<'a> {
     pub shared: &'a Shared,
-    pub indices: &'a HashMap<u32, IndexEntry>,
+    pub indices: &'a IndexTable,
     pub routing: &'a AllowedIps<Arc<PeerShared>>,
     pub now: Instant,
     pub stamp: u64,
@@ -59,12 +59,13 @@ pub enum Decrypted {
 }
 
 /// Decrypts one datagram if it is a transport message of an index in `indices`.
-fn decrypt(indices: &HashMap<u32, IndexEntry>, datagram: &mut [u8], now: Instant) -> Decrypted {
+fn decrypt(indices: &IndexTable, datagram: &mut [u8], now: Instant) -> Decrypted {
     if datagram.len() < TRANSPORT_MIN_LEN || datagram[..4] != MESSAGE_TRANSPORT.to_le_bytes() {
         return Decrypted::Untouched;
     }
     let Ok(header) = TransportHeader::parse(datagram) else { return Decrypted::Untouched };
-    let Some(entry) = indices.get(&header.receiver) else { return Decrypted::Untouched };
+    let Some(entry) = indices.get(header.receiver) else { return Decrypted::Untouched };
+    let Some(entry) = entry.as_ref() else { return Decrypted::Untouched };
     match entry.keypair.decrypt(datagram, now) {
         Ok((counter, len)) => Decrypted::Ok { counter, len },
         Err(e) => Decrypted::Failed(e),
@@ -78,7 +79,7 @@ pub struct OpenJob {
     slot: usize,
     buf: Buf,
     results: Vec<Decrypted>,
-    indices: Arc<HashMap<u32, IndexEntry>>,
+    indices: Arc<IndexTable>,
     now: Instant,
     reply: Sender<OpenJob>,
 }
@@ -95,7 +96,7 @@ impl OpenJob {
     }
 }
 
-fn decrypt_all(indices: &HashMap<u32, IndexEntry>, buf: &mut Buf, results: &mut Vec<Decrypted>, now: Instant) {
+fn decrypt_all(indices: &IndexTable, buf: &mut Buf, results: &mut Vec<Decrypted>, now: Instant) {
     results.clear();
     let stride = buf.stride.max(1);
     for datagram in buf.filled_mut().chunks_mut(stride) {
@@ -129,13 +130,7 @@ impl Opener {
     /// Decrypts the transport datagrams of `bufs`: receives after the first that carry a GRO
     /// train go to the pool, the rest are done here, and every one is back in its place on
     /// return. `results(i)` then says what was done to receive i.
-    pub fn decrypt(
-        &mut self,
-        pool: &CryptoPool,
-        indices: &Arc<HashMap<u32, IndexEntry>>,
-        bufs: &mut [Buf],
-        now: Instant,
-    ) {
+    pub fn decrypt(&mut self, pool: &CryptoPool, indices: &Arc<IndexTable>, bufs: &mut [Buf], now: Instant) {
         self.results.resize_with(bufs.len(), Vec::new);
         self.handed.clear();
         self.handed.resize(bufs.len(), false);
@@ -223,7 +218,8 @@ impl RxRound<'_> {
             DropCounters::bump(&drops.malformed);
             return None;
         };
-        let Some(entry) = self.indices.get(&header.receiver) else {
+        let found = self.indices.get(header.receiver);
+        let Some(entry) = found.as_ref().and_then(|g| g.as_ref()) else {
             DropCounters::bump(&drops.unknown_index);
             return None;
         };

@@ -1,6 +1,6 @@
 //! State the control thread publishes and the workers read without locks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_channel::Sender;
 
+use super::indices::IndexTable;
 use super::pool::CryptoPool;
 use crate::config::uapi::Request;
 use crate::constants::MAX_STAGED_PACKETS;
@@ -180,7 +181,7 @@ impl DropCounters {
 pub struct Shared {
     pub epoch: Instant,
     pub routing: ArcSwap<AllowedIps<Arc<PeerShared>>>,
-    pub indices: ArcSwap<HashMap<u32, IndexEntry>>,
+    pub indices: Arc<IndexTable>,
     pub sockets: ArcSwap<Vec<Arc<Socket>>>,
     pub mtu: AtomicUsize,
     pub handshake_tx: Sender<HandshakePacket>,

@@ -150,9 +150,9 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
         debug!("worker {index}: receive failed: {e}");
     }
     if !st.udp_reads.is_empty() {
-        let indices = shared.indices.load_full();
-        st.opener.decrypt(&shared.crypto_pool, &indices, &mut st.udp_reads, now);
-        let rx = RxRound { shared, indices: &indices, routing: &routing, now, stamp };
+        let indices = &shared.indices;
+        st.opener.decrypt(&shared.crypto_pool, indices, &mut st.udp_reads, now);
+        let rx = RxRound { shared, indices, routing: &routing, now, stamp };
         for (slot, b) in st.udp_reads.iter_mut().enumerate() {
             let Some(src) = b.src else { continue };
             let stride = b.stride.max(1);

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::uapi::{self, Request, ERRNO_IO, ERRNO_PORT_IN_USE, ERRNO_TOO_MANY_PEERS};
 use crate::config::{DeviceChange, DeviceStatus, PeerStatus};
 use crate::constants::REKEY_TIMEOUT;
+use crate::dataplane::indices::IndexAllocator;
 use crate::dataplane::shared::{ControlMsg, HandshakePacket, IndexEntry, PeerShared, Shared};
 use crate::io::{Network, Socket};
 use crate::keys::{PresharedKey, PublicKey};
@@ -75,8 +76,8 @@ pub struct Control {
     allowed: AllowedIps<Arc<PeerShared>>,
     /// Local indices of initiations in flight.
     pending: HashMap<u32, PublicKey>,
-    /// Master copy of the published index table.
-    indices: HashMap<u32, IndexEntry>,
+    /// The receiver indices: which are taken, in the table the workers read.
+    indices: IndexAllocator,
     under_load_until: Option<Instant>,
     ratelimiter: RateLimiter,
     /// `MAX_PEERS`, lowered by tests.
@@ -102,6 +103,7 @@ impl Control {
         control_rx: Receiver<ControlMsg>,
         active_rx: Receiver<Arc<PeerShared>>,
     ) -> Self {
+        let table = shared.indices.clone();
         Control {
             shared,
             identity: None,
@@ -113,7 +115,7 @@ impl Control {
             peers: HashMap::new(),
             allowed: AllowedIps::default(),
             pending: HashMap::new(),
-            indices: HashMap::new(),
+            indices: IndexAllocator::new(table),
             under_load_until: None,
             ratelimiter: RateLimiter::default(),
             peer_limit: MAX_PEERS,
@@ -159,20 +161,6 @@ impl Control {
         }
     }
 
-    fn allocate_index(&self) -> u32 {
-        let mut rng = rand::thread_rng();
-        loop {
-            let i: u32 = rng.gen();
-            if !self.indices.contains_key(&i) && !self.pending.contains_key(&i) {
-                return i;
-            }
-        }
-    }
-
-    fn publish_indices(&self) {
-        self.shared.indices.store(Arc::new(self.indices.clone()));
-    }
-
     fn publish_routing(&self) {
         self.shared.routing.store(Arc::new(self.allowed.clone()));
     }
@@ -187,41 +175,46 @@ impl Control {
         peer.handshake_requested_at = None;
         peer.indices.push(keypair.local_index);
         let shared = peer.shared.clone();
-        self.indices.insert(keypair.local_index, IndexEntry { keypair, peer: shared });
+        if !self.indices.insert(IndexEntry { keypair, peer: shared }) {
+            warn!("peer {pk}: a keypair under an index that was not allocated");
+        }
         self.prune_indices(pk);
-        self.publish_indices();
     }
 
-    /// Drops the peer's indices whose keypair left its slots (not published here).
+    /// Frees the peer's indices whose keypair left its slots.
     fn prune_indices(&mut self, pk: &PublicKey) {
         let Some(peer) = self.peers.get_mut(pk) else { return };
         let slots = peer.shared.keypairs.load();
-        let table = &mut self.indices;
-        peer.indices.retain(|i| {
-            let live = table.get(i).is_some_and(|e| slots.contains(&e.keypair));
+        let table = self.indices.table().clone();
+        let mut dead = Vec::new();
+        peer.indices.retain(|&i| {
+            let live = table.get(i).is_some_and(|g| g.as_ref().is_some_and(|e| slots.contains(&e.keypair)));
             if !live {
-                table.remove(i);
+                dead.push(i);
             }
             live
         });
+        for i in dead {
+            self.indices.release(i);
+        }
     }
 
-    /// Forgets the peer's keypairs and handshake (the index table is published by the caller).
+    /// Forgets the peer's keypairs, its handshake and the indices of both.
     fn clear_keypairs(&mut self, pk: &PublicKey) {
         let Some(peer) = self.peers.get_mut(pk) else { return };
         peer.shared.keypairs.store(Arc::new(Keypairs::default()));
         peer.handshake.clear();
         for i in peer.indices.drain(..) {
-            self.indices.remove(&i);
+            self.indices.release(i);
         }
         if let Some(i) = peer.pending_index.take() {
             self.pending.remove(&i);
+            self.indices.release(i);
         }
     }
 
     fn send_initiation(&mut self, pk: &PublicKey, retry: bool, now: Instant) {
         let Some(identity) = self.identity.clone() else { return };
-        let index = self.allocate_index();
         let Some(peer) = self.peers.get_mut(pk) else { return };
         if peer.shared.endpoint.load().is_none() {
             return;
@@ -229,15 +222,21 @@ impl Control {
         if !peer.timers.permit_initiation(retry, now) {
             return;
         }
+        let Some(index) = self.indices.allocate() else {
+            warn!("peer {pk}: no receiver index left");
+            return;
+        };
         let msg = match peer.handshake.create_initiation(&identity, index, Tai64N::now(), now) {
             Ok(m) => m,
             Err(e) => {
                 warn!("peer {pk}: cannot create initiation: {e}");
+                self.indices.release(index);
                 return;
             }
         };
         if let Some(old) = peer.pending_index.replace(index) {
             self.pending.remove(&old);
+            self.indices.release(old);
         }
         self.pending.insert(index, *pk);
         peer.timers.handshake_initiated(now);
@@ -352,7 +351,6 @@ impl Control {
             }
         };
         let pk = for_us.remote_static;
-        let index = self.allocate_index();
         let Some(peer) = self.peers.get_mut(&pk) else {
             debug!("from {src}: initiation from unknown peer {pk}");
             return;
@@ -362,10 +360,15 @@ impl Control {
             debug!("peer {pk} at {src}: {e}");
             return;
         }
+        let Some(index) = self.indices.allocate() else {
+            warn!("peer {pk}: no receiver index left");
+            return;
+        };
         let (response, keys) = match peer.handshake.create_response(index, now) {
             Ok(r) => r,
             Err(e) => {
                 debug!("peer {pk}: {e}");
+                self.indices.release(index);
                 return;
             }
         };
@@ -433,7 +436,6 @@ impl Control {
             ControlMsg::Confirmed(peer) => {
                 let pk = peer.public_key;
                 self.prune_indices(&pk);
-                self.publish_indices();
                 if let Some(state) = self.peers.get_mut(&pk) {
                     state.timers.handshake_complete(now);
                     state.last_handshake = Some(SystemTime::now());
@@ -540,7 +542,6 @@ impl Control {
                 TimerAction::ZeroKeyMaterial => {
                     debug!("peer {pk}: zeroing keys after 3 x REJECT_AFTER_TIME");
                     self.clear_keypairs(pk);
-                    self.publish_indices();
                 }
             }
         }
@@ -758,7 +759,6 @@ impl Control {
             }
         }
         self.publish_routing();
-        self.publish_indices();
         Ok(())
     }
 }

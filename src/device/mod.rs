@@ -3,7 +3,6 @@
 pub mod control;
 pub mod uapi_server;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
+use crate::dataplane::indices::IndexTable;
 use crate::dataplane::pool::CryptoPool;
 use crate::dataplane::shared::{ControlMsg, DropCounters, Shared};
 use crate::dataplane::worker::{self, WorkerConfig};
@@ -118,7 +118,7 @@ impl Device {
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             routing: ArcSwap::from_pointee(AllowedIps::default()),
-            indices: ArcSwap::from_pointee(HashMap::new()),
+            indices: Arc::new(IndexTable::default()),
             sockets: ArcSwap::from_pointee(Vec::new()),
             mtu: AtomicUsize::new(DEFAULT_MTU as usize),
             handshake_tx,
