@@ -1,4 +1,11 @@
 //! A path-compressed binary trie for longest-prefix match, keys left-aligned in a u128.
+//!
+//! Persistent: nodes are shared (`Arc`) between a trie and its clones, and a change copies
+//! only the nodes on its path (`Arc::make_mut`). So the control thread publishes a snapshot
+//! with an O(1) clone, and adding or removing a prefix on a table of a million costs its path,
+//! not the table.
+
+use std::sync::Arc;
 
 use super::mask;
 
@@ -7,7 +14,7 @@ struct Node<V> {
     key: u128,
     len: u8,
     value: Option<V>,
-    children: [Option<Box<Node<V>>>; 2],
+    children: [Option<Arc<Node<V>>>; 2],
 }
 
 fn bit(key: u128, at: u8) -> usize {
@@ -20,7 +27,7 @@ fn common_prefix(a: u128, b: u128, max: u8) -> u8 {
 
 #[derive(Clone, Debug)]
 pub struct Trie<V> {
-    root: Option<Box<Node<V>>>,
+    root: Option<Arc<Node<V>>>,
     len: usize,
 }
 
@@ -50,7 +57,7 @@ impl<V: Clone> Trie<V> {
     }
 
     /// Returns the replaced value and whether a new prefix was added.
-    fn insert_at(slot: &mut Option<Box<Node<V>>>, key: u128, len: u8, value: V) -> (Option<V>, bool) {
+    fn insert_at(slot: &mut Option<Arc<Node<V>>>, key: u128, len: u8, value: V) -> (Option<V>, bool) {
         enum Step {
             Leaf,
             Replace,
@@ -70,20 +77,20 @@ impl<V: Clone> Trie<V> {
                 }
             }
         };
-        let leaf = |value| Box::new(Node { key, len, value: Some(value), children: [None, None] });
+        let leaf = |value| Arc::new(Node { key, len, value: Some(value), children: [None, None] });
         match (step, slot.take()) {
             (Step::Leaf, _) | (_, None) => {
                 *slot = Some(leaf(value));
                 (None, true)
             }
             (Step::Replace, Some(mut node)) => {
-                let old = node.value.replace(value);
+                let old = Arc::make_mut(&mut node).value.replace(value);
                 *slot = Some(node);
                 let added = old.is_none();
                 (old, added)
             }
             (Step::Descend(side), Some(mut node)) => {
-                let result = Self::insert_at(&mut node.children[side], key, len, value);
+                let result = Self::insert_at(&mut Arc::make_mut(&mut node).children[side], key, len, value);
                 *slot = Some(node);
                 result
             }
@@ -91,15 +98,14 @@ impl<V: Clone> Trie<V> {
             // common prefix goes above the old one.
             (Step::Split(common), Some(old)) => {
                 let old_side = bit(old.key, common);
-                let mut parent =
-                    Box::new(Node { key: key & mask(common), len: common, value: None, children: [None, None] });
+                let mut parent = Node { key: key & mask(common), len: common, value: None, children: [None, None] };
                 if common == len {
                     parent.value = Some(value);
                 } else {
                     parent.children[1 - old_side] = Some(leaf(value));
                 }
                 parent.children[old_side] = Some(old);
-                *slot = Some(parent);
+                *slot = Some(Arc::new(parent));
                 (None, true)
             }
         }
@@ -134,11 +140,12 @@ impl<V: Clone> Trie<V> {
         removed
     }
 
-    fn remove_at(slot: &mut Option<Box<Node<V>>>, key: u128, len: u8) -> Option<V> {
+    fn remove_at(slot: &mut Option<Arc<Node<V>>>, key: u128, len: u8) -> Option<V> {
         let node = slot.as_mut()?;
         if node.len > len || (key ^ node.key) & mask(node.len) != 0 {
             return None;
         }
+        let node = Arc::make_mut(node);
         let removed = if node.len == len {
             node.value.take()
         } else {
@@ -149,17 +156,16 @@ impl<V: Clone> Trie<V> {
     }
 
     /// A node without a value and with fewer than two children is not needed.
-    fn compact(slot: &mut Option<Box<Node<V>>>) {
-        if let Some(node) = slot {
-            if node.value.is_none() {
-                match (&node.children[0], &node.children[1]) {
-                    (None, None) => *slot = None,
-                    (Some(_), None) => *slot = node.children[0].take(),
-                    (None, Some(_)) => *slot = node.children[1].take(),
-                    _ => {}
-                }
-            }
-        }
+    fn compact(slot: &mut Option<Arc<Node<V>>>) {
+        let replacement = match slot.as_deref() {
+            Some(node) if node.value.is_none() => match &node.children {
+                [None, None] => None,
+                [Some(only), None] | [None, Some(only)] => Some(only.clone()),
+                _ => return,
+            },
+            _ => return,
+        };
+        *slot = replacement;
     }
 
     /// Removes every entry whose value matches; returns how many went.
@@ -169,8 +175,9 @@ impl<V: Clone> Trie<V> {
         removed
     }
 
-    fn retain_at(slot: &mut Option<Box<Node<V>>>, keep: &mut impl FnMut(&V) -> bool) -> usize {
+    fn retain_at(slot: &mut Option<Arc<Node<V>>>, keep: &mut impl FnMut(&V) -> bool) -> usize {
         let Some(node) = slot.as_mut() else { return 0 };
+        let node = Arc::make_mut(node);
         let mut removed = 0;
         if node.value.as_ref().is_some_and(|v| !keep(v)) {
             node.value = None;
@@ -210,6 +217,39 @@ mod tests {
         let key = key & mask(len);
         list.retain(|(k, l, _)| !(*k == key && *l == len));
         list.push((key, len, v));
+    }
+
+    /// A clone is a snapshot: changes to either side after the clone leave the other as it
+    /// was, and every snapshot still answers like a linear scan of its own entries.
+    #[test]
+    fn clones_are_independent_snapshots() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut trie = Trie::default();
+        let mut list = Vec::new();
+        let mut snapshots = Vec::new();
+        for round in 0..40u32 {
+            for _ in 0..50 {
+                let (key, len) = (rng.gen::<u128>(), rng.gen_range(0..=32u8) * 4);
+                if rng.gen_bool(0.3) && !list.is_empty() {
+                    let (k, l, _) = list.swap_remove(rng.gen_range(0..list.len()));
+                    assert!(trie.remove(k, l).is_some());
+                } else {
+                    trie.insert(key, len, round);
+                    naive_insert(&mut list, key, len, round);
+                }
+            }
+            snapshots.push((trie.clone(), list.clone()));
+        }
+        for (snap, list) in &snapshots {
+            assert_eq!(snap.len(), list.len());
+            for _ in 0..200 {
+                let probe = rng.gen::<u128>();
+                assert_eq!(snap.lookup(probe).copied(), naive_lookup(list, probe));
+            }
+            for (k, _, _) in list {
+                assert_eq!(snap.lookup(*k).copied(), naive_lookup(list, *k));
+            }
+        }
     }
 
     #[test]
