@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# scale.sh [PEERS] [PREFIX_PEERS] [PREFIXES_EACH]: gateway-scale configuration, wgturbo against
+# scale.sh [PEERS] [PREFIX_PEERS] [PREFIXES_EACH] [IDLE_SECONDS]: gateway-scale configuration, wgturbo against
 # wireguard-go (bookworm) in the same run, each in a namespace of its own. A benchmark, not a
 # test. Defaults: 100,000 peers with one /32 each; then 1,000 peers x 1,000 prefixes (1M).
 # Prints, per implementation: `wg setconf` time, `wg show dump` time, RSS per peer, adding and
-# removing one peer on the full device, and the 1M-prefix setconf and dump. wireguard-go
+# removing one peer on the full device, the daemon's CPU while the full device idles for
+# IDLE_SECONDS (default 60), and the 1M-prefix setconf and dump. wireguard-go
 # refuses more than 65,536 peers; its row then says so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PEERS=${1:-100000}
 PREFIX_PEERS=${2:-1000}
 PREFIXES_EACH=${3:-1000}
+IDLE=${4:-60}
 IMPLS=${IMPLS:-"wgturbo wireguard-go"}
 bash netns-scripts/install-deps.sh >/dev/null
 cargo build --release --quiet
@@ -37,12 +39,13 @@ PY
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print('%.3f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$1" "$(now)"; }
 rss_kib() { awk '/VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 conf "$WORK/peers.conf" "$PEERS" 1
 conf "$WORK/prefixes.conf" "$PREFIX_PEERS" "$PREFIXES_EACH"
 extra=$(wg genkey | wg pubkey)
 
-printf '%-14s %12s %12s %12s %10s %10s %14s %12s\n' implementation "setconf_s" "dump_s" "B/peer" "add_ms" "remove_ms" "setconf_1M_s" "dump_1M_s"
+printf '%-14s %10s %8s %8s %8s %10s %10s %13s %10s\n' implementation "setconf_s" "dump_s" "B/peer" "add_ms" "remove_ms" "idle_cpu_%" "setconf_1M_s" "dump_1M_s"
 for impl in $IMPLS; do
   make_ns N "n$impl"
   iface="wgs${RUN_ID}${impl:0:1}"
@@ -60,8 +63,10 @@ for impl in $IMPLS; do
     t=$(now); ip netns exec "$N" wg set "$iface" peer "$extra" remove; remove=$(since "$t")
     add_ms=$(python3 -c "print('%.1f' % (float('$add') * 1000))")
     remove_ms=$(python3 -c "print('%.1f' % (float('$remove') * 1000))")
+    c0=$(ticks "$pid"); sleep "$IDLE"; c1=$(ticks "$pid")
+    idle_cpu=$(python3 -c "print('%.2f' % (($c1 - $c0) / $(getconf CLK_TCK) / $IDLE * 100))")
   else
-    setconf="refused"; dump="-"; per_peer="-"; add_ms="-"; remove_ms="-"
+    setconf="refused"; dump="-"; per_peer="-"; add_ms="-"; remove_ms="-"; idle_cpu="-"
     n=$(head -c 80 "$WORK/err" | tr '\n' ' ')
   fi
   t=$(now)
@@ -71,7 +76,7 @@ for impl in $IMPLS; do
   else
     setconf_1m="refused"; dump_1m="-"
   fi
-  printf '%-14s %12s %12s %12s %10s %10s %14s %12s\n' "$impl" "$setconf" "$dump" "$per_peer" "$add_ms" "$remove_ms" "$setconf_1m" "$dump_1m"
+  printf '%-14s %10s %8s %8s %8s %10s %10s %13s %10s\n' "$impl" "$setconf" "$dump" "$per_peer" "$add_ms" "$remove_ms" "$idle_cpu" "$setconf_1m" "$dump_1m"
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
 done
-echo "peers: $PEERS with one /32 each; then $PREFIX_PEERS peers x $PREFIXES_EACH /32s; machine: $(nproc) vCPU, $(uname -r); commit $(git rev-parse --short HEAD)"
+echo "peers: $PEERS with one /32 each (idle for ${IDLE} s); then $PREFIX_PEERS peers x $PREFIXES_EACH /32s; machine: $(nproc) vCPU, $(uname -r); commit $(git rev-parse --short HEAD)"

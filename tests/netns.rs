@@ -96,6 +96,11 @@ fn wg_tool_drives_every_option() {
 }
 
 #[test]
+fn ten_thousand_peers_and_the_last_one_carries_traffic() {
+    script("test-scale.sh", &["10000"]);
+}
+
+#[test]
 fn daemon_lifecycle_and_startup_errors() {
     script("test-lifecycle.sh", &[]);
 }
