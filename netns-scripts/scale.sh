@@ -4,7 +4,8 @@
 # test. Defaults: 100,000 peers with one /32 each; then 1,000 peers x 1,000 prefixes (1M).
 # Prints, per implementation: `wg setconf` time, `wg show dump` time, RSS per peer, adding and
 # removing one peer on the full device, the daemon's CPU while the full device idles for
-# IDLE_SECONDS (default 60), and the 1M-prefix setconf and dump. wireguard-go
+# IDLE_SECONDS (default 60), and, on a fresh daemon, the 1M-prefix setconf, dump and RSS per
+# prefix. wireguard-go
 # refuses more than 65,536 peers; its row then says so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +46,7 @@ conf "$WORK/peers.conf" "$PEERS" 1
 conf "$WORK/prefixes.conf" "$PREFIX_PEERS" "$PREFIXES_EACH"
 extra=$(wg genkey | wg pubkey)
 
-printf '%-14s %10s %8s %8s %8s %10s %10s %13s %10s\n' implementation "setconf_s" "dump_s" "B/peer" "add_ms" "remove_ms" "idle_cpu_%" "setconf_1M_s" "dump_1M_s"
+printf '%-14s %10s %8s %8s %8s %10s %10s %13s %10s %10s\n' implementation "setconf_s" "dump_s" "B/peer" "add_ms" "remove_ms" "idle_cpu_%" "setconf_1M_s" "dump_1M_s" "B/prefix"
 for impl in $IMPLS; do
   make_ns N "n$impl"
   iface="wgs${RUN_ID}${impl:0:1}"
@@ -69,14 +70,21 @@ for impl in $IMPLS; do
     setconf="refused"; dump="-"; per_peer="-"; add_ms="-"; remove_ms="-"; idle_cpu="-"
     n=$(head -c 80 "$WORK/err" | tr '\n' ' ')
   fi
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  # The prefixes on a fresh daemon, so its RSS growth is theirs.
+  start_impl "$impl" "$N" "$iface"
+  pid=${PIDS[-1]}
+  sleep 0.3
+  rss0=$(rss_kib "$pid")
   t=$(now)
   if ip netns exec "$N" wg setconf "$iface" "$WORK/prefixes.conf" 2>/dev/null; then
     setconf_1m=$(since "$t")
     t=$(now); ip netns exec "$N" wg show "$iface" dump >/dev/null; dump_1m=$(since "$t")
+    per_prefix=$(( ($(rss_kib "$pid") - rss0) * 1024 / (PREFIX_PEERS * PREFIXES_EACH) ))
   else
-    setconf_1m="refused"; dump_1m="-"
+    setconf_1m="refused"; dump_1m="-"; per_prefix="-"
   fi
-  printf '%-14s %10s %8s %8s %8s %10s %10s %13s %10s\n' "$impl" "$setconf" "$dump" "$per_peer" "$add_ms" "$remove_ms" "$idle_cpu" "$setconf_1m" "$dump_1m"
+  printf '%-14s %10s %8s %8s %8s %10s %10s %13s %10s %10s\n' "$impl" "$setconf" "$dump" "$per_peer" "$add_ms" "$remove_ms" "$idle_cpu" "$setconf_1m" "$dump_1m" "$per_prefix"
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
 done
 echo "peers: $PEERS with one /32 each (idle for ${IDLE} s); then $PREFIX_PEERS peers x $PREFIXES_EACH /32s; machine: $(nproc) vCPU, $(uname -r); commit $(git rev-parse --short HEAD)"
