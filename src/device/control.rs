@@ -62,6 +62,9 @@ struct PeerState {
     pending_index: Option<u32>,
     /// The deadline this peer's live entry in `Control::deadlines` has.
     scheduled: Option<Instant>,
+    /// The index of the responder keypair a worker has yet to see confirmed (promote from
+    /// `next` to `current` on its first packet).
+    awaiting_confirmation: Option<u32>,
 }
 
 pub struct Control {
@@ -174,6 +177,7 @@ impl Control {
         peer.shared.handshake_requested.store(false, Ordering::Relaxed);
         peer.handshake_requested_at = None;
         peer.indices.push(keypair.local_index);
+        peer.awaiting_confirmation = (!keypair.is_initiator).then_some(keypair.local_index);
         let shared = peer.shared.clone();
         if !self.indices.insert(IndexEntry { keypair, peer: shared }) {
             warn!("peer {pk}: a keypair under an index that was not allocated");
@@ -306,12 +310,17 @@ impl Control {
             Packet::Initiation(i) => (Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, i.sender, i.mac1),
             Packet::Response(r) => (Response::MAC1_OFFSET, Response::MAC2_OFFSET, r.sender, r.mac1),
             Packet::CookieReply(c) => {
-                if let Some(pk) = self.pending.get(&c.receiver).copied() {
-                    if let Some(peer) = self.peers.get_mut(&pk) {
-                        match peer.handshake.cookies.consume_reply(c, now) {
-                            Ok(()) => debug!("peer {pk}: got a cookie reply"),
-                            Err(e) => debug!("peer {pk}: {e}"),
-                        }
+                // It may answer our initiation (a pending index) or our response (the index of
+                // the keypair that response made), as the kernel looks up both.
+                let owner = self.pending.get(&c.receiver).copied().or_else(|| {
+                    let entry = self.indices.table().get(c.receiver)?;
+                    entry.as_ref().map(|e| e.peer.public_key)
+                });
+                if let Some(peer) = owner.and_then(|pk| self.peers.get_mut(&pk)) {
+                    let pk = peer.shared.public_key;
+                    match peer.handshake.cookies.consume_reply(c, now) {
+                        Ok(()) => debug!("peer {pk}: got a cookie reply"),
+                        Err(e) => debug!("peer {pk}: {e}"),
                     }
                 }
                 return;
@@ -433,17 +442,7 @@ impl Control {
                 self.send_initiation(&pk, false, now);
                 self.touch(&pk);
             }
-            ControlMsg::Confirmed(peer) => {
-                let pk = peer.public_key;
-                self.prune_indices(&pk);
-                if let Some(state) = self.peers.get_mut(&pk) {
-                    state.timers.handshake_complete(now);
-                    state.last_handshake = Some(SystemTime::now());
-                    info!("peer {pk}: handshake complete (they initiated)");
-                }
-                self.send_staged(&pk, false, now);
-                self.touch(&pk);
-            }
+            ControlMsg::Confirmed(peer) => self.confirm_if_promoted(&peer.public_key, now),
             ControlMsg::Uapi(request, reply) => {
                 let text = match request {
                     Request::Get => format!("{}errno=0\n\n", uapi::format_get(&self.status())),
@@ -485,6 +484,25 @@ impl Control {
         }
     }
 
+    /// A worker promoted the responder keypair we installed (its first packet arrived): the
+    /// handshake is complete. Called for the worker's message and again from the timers (the
+    /// message may have been lost to a full channel); it acts once.
+    fn confirm_if_promoted(&mut self, pk: &PublicKey, now: Instant) {
+        let Some(state) = self.peers.get_mut(pk) else { return };
+        let Some(index) = state.awaiting_confirmation else { return };
+        let promoted = state.shared.keypairs.load().current.as_ref().is_some_and(|k| k.local_index == index);
+        if !promoted {
+            return;
+        }
+        state.awaiting_confirmation = None;
+        state.timers.handshake_complete(now);
+        state.last_handshake = Some(SystemTime::now());
+        info!("peer {pk}: handshake complete (they initiated)");
+        self.prune_indices(pk);
+        self.send_staged(pk, false, now);
+        self.touch(pk);
+    }
+
     /// A change to a peer's timers made here: look at it at the next tick.
     fn touch(&mut self, pk: &PublicKey) {
         self.touched.push(*pk);
@@ -493,7 +511,7 @@ impl Control {
     /// Feeds the workers' stamps to one peer's timers, fires what is due, and schedules the
     /// next look.
     fn run_peer_timers(&mut self, pk: &PublicKey, now: Instant) {
-        let (actions, moved) = {
+        let (actions, moved, lost_request) = {
             let Some(peer) = self.peers.get_mut(pk) else { return };
             let s = &peer.shared;
             let cur = Seen {
@@ -524,8 +542,19 @@ impl Control {
                 peer.handshake_requested_at = None;
                 peer.shared.handshake_requested.store(false, Ordering::Relaxed);
             }
-            (peer.timers.handle_timeout(now), moved)
+            // A worker asked for a handshake but its message never came (the channel was
+            // full): the flag it set is the request.
+            let lost_request =
+                peer.handshake_requested_at.is_none() && peer.shared.handshake_requested.load(Ordering::Relaxed);
+            if lost_request {
+                peer.handshake_requested_at = Some(now);
+            }
+            (peer.timers.handle_timeout(now), moved, lost_request)
         };
+        if lost_request {
+            self.send_initiation(pk, false, now);
+        }
+        self.confirm_if_promoted(pk, now);
         for action in actions {
             match action {
                 TimerAction::SendInitiation { retry } => self.send_initiation(pk, retry, now),
@@ -724,6 +753,7 @@ impl Control {
                     handshake_requested_at: None,
                     pending_index: None,
                     scheduled: None,
+                    awaiting_confirmation: None,
                     allowed_ips: Vec::new(),
                     indices: Vec::new(),
                 });
@@ -760,5 +790,111 @@ impl Control {
         }
         self.publish_routing();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Device, DeviceIo};
+    use super::*;
+    use crate::io::twin::{twin_tun, TwinNet};
+    use crate::io::{Backend, TunQueue};
+    use crate::keys::PrivateKey;
+
+    /// A device "B" on a twin network with one peer "A" whose keys the test holds, and A's
+    /// address (nothing listens there; what B sends is recorded).
+    struct Setup {
+        device: Device,
+        net: Arc<TwinNet>,
+        a: StaticIdentity,
+        a_addr: SocketAddr,
+        b_public: PublicKey,
+    }
+
+    fn setup() -> Setup {
+        let net = TwinNet::new();
+        let (tun, _host) = twin_tun(false);
+        let io = DeviceIo {
+            queues: vec![TunQueue::Twin(tun)],
+            network: Network::Twin(net.clone()),
+            backend: Backend::Twin,
+            gso: false,
+            vnet: false,
+            uso: false,
+            parallel_crypto: false,
+        };
+        let mut device = Device::start(io).unwrap();
+        let b = PrivateKey::generate();
+        let b_public = b.public_key();
+        let a = StaticIdentity::new(PrivateKey::generate());
+        let text = format!("set=1\nprivate_key={}\npublic_key={}\n", b.to_hex(), a.public.to_hex());
+        let Ok(Request::Set(change)) = uapi::parse_request(&text) else { panic!("a set") };
+        device.control.apply(change, Instant::now()).unwrap();
+        net.recording.store(true, Ordering::Relaxed);
+        Setup { device, net, a, a_addr: "127.0.0.1:9".parse().unwrap(), b_public }
+    }
+
+    /// What B sent to A so far, of message type `kind`.
+    fn sent(s: &Setup, kind: u8) -> Vec<Vec<u8>> {
+        s.net.take_recorded().into_iter().filter(|(_, to, d)| *to == s.a_addr && d[0] == kind).map(|r| r.2).collect()
+    }
+
+    /// A initiates; B (the device) answers. Returns B's response.
+    fn handshake_from_a(s: &mut Setup) -> Response {
+        let mut hs = Handshake::new(&s.a, s.b_public, PresharedKey::default());
+        let init = hs.create_initiation(&s.a, 7, Tai64N::now(), Instant::now()).unwrap();
+        s.device.control.on_handshake_packet(HandshakePacket { packet: init.to_vec(), src: s.a_addr });
+        let responses = sent(s, 2);
+        assert_eq!(responses.len(), 1, "B answered");
+        Response::parse(&responses[0]).unwrap()
+    }
+
+    /// A cookie reply may answer B's *response* (A under load): B must take the cookie, so its
+    /// next handshake message to A carries a mac2. The kernel looks up both index kinds.
+    #[test]
+    fn a_cookie_reply_to_our_response_is_taken() {
+        let mut s = setup();
+        let response = handshake_from_a(&mut s);
+        let b_addr = TwinNet::address(s.device.control.listen_port);
+        let reply =
+            CookieChecker::new(&s.a.public).create_reply(response.sender, &response.mac1, &b_addr, Instant::now());
+        s.device.control.on_handshake_packet(HandshakePacket { packet: reply.to_bytes().to_vec(), src: s.a_addr });
+        s.device.control.send_initiation(&s.a.public, false, Instant::now());
+        let inits = sent(&s, 1);
+        assert_eq!(inits.len(), 1);
+        let mac2 = &inits[0][Initiation::MAC2_OFFSET..Initiation::MAC2_OFFSET + 16];
+        assert_ne!(mac2, [0u8; 16], "B's initiation carries the cookie's mac2");
+        s.device.stop();
+    }
+
+    /// The worker's `Confirmed` message can be lost to a full channel; the handshake must
+    /// still be completed (timers, last handshake) when the control thread next looks at the
+    /// peer, which the worker queued.
+    #[test]
+    fn a_lost_confirmation_is_caught_by_the_timers() {
+        let mut s = setup();
+        handshake_from_a(&mut s);
+        let peer = s.device.control.peers[&s.a.public].shared.clone();
+        assert!(s.device.control.status().peers[0].last_handshake.is_none());
+        // What a worker does on the first packet under `next`, without its message.
+        let next = peer.keypairs.load().next.clone().expect("a responder keypair awaits confirmation");
+        peer.keypairs.rcu(|cur| cur.confirmed(&next).map(Arc::new).unwrap_or_else(|| cur.clone()));
+        peer.mark_active(&s.device.shared.active_tx);
+        s.device.control.run_timers();
+        assert!(s.device.control.status().peers[0].last_handshake.is_some(), "the handshake counts as complete");
+        s.device.stop();
+    }
+
+    /// The worker's `WantHandshake` can be lost too: the flag it set is the request.
+    #[test]
+    fn a_lost_handshake_request_is_caught_by_the_timers() {
+        let mut s = setup();
+        handshake_from_a(&mut s);
+        let peer = s.device.control.peers[&s.a.public].shared.clone();
+        assert!(!peer.handshake_requested.swap(true, Ordering::Relaxed));
+        peer.mark_active(&s.device.shared.active_tx);
+        s.device.control.run_timers();
+        assert_eq!(sent(&s, 1).len(), 1, "B initiated a handshake");
+        s.device.stop();
     }
 }
