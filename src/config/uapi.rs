@@ -33,7 +33,7 @@ pub enum Request {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum UapiError {
-    #[error("unknown operation '{0}'")]
+    #[error("unknown operation ({} bytes; expected get=1 or set=1)", .0.len())]
     UnknownOperation(String),
     #[error(transparent)]
     Invalid(#[from] ConfigError),
@@ -48,16 +48,41 @@ impl UapiError {
     }
 }
 
+/// Names a key in an error only if it is one of ours: an unknown "key" may be a secret typed
+/// on the wrong line (a base64 key ends in '='), and values are never echoed at all.
+fn describe(key: &str) -> String {
+    const KNOWN: [&str; 13] = [
+        "private_key",
+        "listen_port",
+        "fwmark",
+        "replace_peers",
+        "public_key",
+        "remove",
+        "update_only",
+        "preshared_key",
+        "endpoint",
+        "persistent_keepalive_interval",
+        "replace_allowed_ips",
+        "allowed_ip",
+        "protocol_version",
+    ];
+    if KNOWN.contains(&key) {
+        format!("'{key}'")
+    } else {
+        format!("a key of {} characters", key.chars().count())
+    }
+}
+
 fn parse_bool(line: usize, key: &str, value: &str) -> Result<bool, ConfigError> {
     match value {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(ConfigError::new(line, format!("{key} must be true or false, not '{value}'"))),
+        _ => Err(ConfigError::new(line, format!("{key} must be true or false"))),
     }
 }
 
 fn parse_num<T: std::str::FromStr>(line: usize, key: &str, value: &str) -> Result<T, ConfigError> {
-    value.parse().map_err(|_| ConfigError::new(line, format!("{key}: '{value}' is not a valid number")))
+    value.parse().map_err(|_| ConfigError::new(line, format!("{key} is not a valid number")))
 }
 
 /// Parses one request: its lines without the terminating blank line.
@@ -79,8 +104,7 @@ pub fn parse_set<'a>(lines: impl Iterator<Item = &'a str>) -> Result<DeviceChang
         if raw.is_empty() {
             break;
         }
-        let (key, value) =
-            raw.split_once('=').ok_or_else(|| ConfigError::new(n, format!("'{raw}' is not key=value")))?;
+        let (key, value) = raw.split_once('=').ok_or_else(|| ConfigError::new(n, "the line is not key=value"))?;
         if key == "public_key" {
             if let Some(p) = peer.take() {
                 change.peers.push(p);
@@ -105,7 +129,7 @@ pub fn parse_set<'a>(lines: impl Iterator<Item = &'a str>) -> Result<DeviceChang
                     }
                     change.replace_peers = true;
                 }
-                _ => return Err(ConfigError::new(n, format!("invalid UAPI device key '{key}'"))),
+                _ => return Err(ConfigError::new(n, format!("{} is not a device key", describe(key)))),
             },
             Some(p) => match key {
                 "remove" => {
@@ -127,9 +151,8 @@ pub fn parse_set<'a>(lines: impl Iterator<Item = &'a str>) -> Result<DeviceChang
                     );
                 }
                 "endpoint" => {
-                    let ep: SocketAddr = value
-                        .parse()
-                        .map_err(|_| ConfigError::new(n, format!("endpoint '{value}' is not ip:port or [ip6]:port")))?;
+                    let ep: SocketAddr =
+                        value.parse().map_err(|_| ConfigError::new(n, "endpoint is not ip:port or [ip6]:port"))?;
                     p.endpoint = Some(ep);
                 }
                 "persistent_keepalive_interval" => p.persistent_keepalive = Some(parse_num(n, key, value)?),
@@ -145,10 +168,10 @@ pub fn parse_set<'a>(lines: impl Iterator<Item = &'a str>) -> Result<DeviceChang
                 }
                 "protocol_version" => {
                     if value != "1" {
-                        return Err(ConfigError::new(n, format!("protocol_version {value} is not supported")));
+                        return Err(ConfigError::new(n, "only protocol_version 1 is supported"));
                     }
                 }
-                _ => return Err(ConfigError::new(n, format!("invalid UAPI peer key '{key}'"))),
+                _ => return Err(ConfigError::new(n, format!("{} is not a peer key", describe(key)))),
             },
         }
     }
@@ -191,6 +214,32 @@ pub fn format_get(status: &DeviceStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A malformed request never puts a value, or a line that might hold one, into an error
+    /// (errors are logged): a mistyped `private_key` line would otherwise log the key.
+    #[test]
+    fn errors_never_echo_values() {
+        let secret = crate::keys::PrivateKey::generate().to_hex();
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0x5au8; 32]);
+        let requests = [
+            format!("{secret}\n\n"),
+            format!("set=1\nprivate_key{secret}\n\n"),
+            format!("set=1\n{b64}=\n\n"),
+            format!("set=1\nlisten_port={secret}\n\n"),
+            format!("set=1\nreplace_peers={secret}\n\n"),
+            format!("set=1\npublic_key={secret}\nendpoint={secret}\n\n"),
+            format!("set=1\npublic_key={secret}\nallowed_ip={secret}/32\n\n"),
+            format!("set=1\npublic_key={secret}\nallowed_ip=10.0.0.0/{secret}\n\n"),
+            format!("set=1\npublic_key={secret}\nprotocol_version={secret}\n\n"),
+            format!("set=1\npublic_key={secret}\n{secret}=1\n\n"),
+            format!("set=1\npublic_key={secret}\npersistent_keepalive_interval={secret}\n\n"),
+        ];
+        for r in &requests {
+            let e = parse_request(r).expect_err("malformed");
+            let text = e.to_string();
+            assert!(!text.contains(&secret[..16]) && !text.contains(&b64[..16]), "{text}");
+        }
+    }
     use crate::config::PeerStatus;
 
     const PK: &str = "e84b5a6d2717c1003a13b431570353dbaca9146cf150c5f8575680feba52027a";
@@ -236,13 +285,13 @@ mod tests {
             ("set=1\nlisten_port=notaport\n", 2, "listen_port"),
             ("set=1\nlisten_port=70000\n", 2, "listen_port"),
             ("set=1\nprivate_key=zz\n", 2, "private_key"),
-            ("set=1\nbogus=1\n", 2, "invalid UAPI device key"),
+            ("set=1\nbogus=1\n", 2, "is not a device key"),
             ("set=1\nno equals sign\n", 2, "key=value"),
             ("set=1\nreplace_peers=false\n", 2, "replace_peers"),
             (&format!("set=1\npublic_key={PK}\nendpoint=1.2.3.4\n"), 3, "endpoint"),
             (&format!("set=1\npublic_key={PK}\nallowed_ip=10.0.0.0/33\n"), 3, "allowed_ip"),
             (&format!("set=1\npublic_key={PK}\nprotocol_version=2\n"), 3, "protocol_version"),
-            (&format!("set=1\npublic_key={PK}\nlisten_port=1\n"), 3, "invalid UAPI peer key"),
+            (&format!("set=1\npublic_key={PK}\nlisten_port=1\n"), 3, "'listen_port' is not a peer key"),
             (&format!("set=1\npublic_key={PK}\npersistent_keepalive_interval=-1\n"), 3, "persistent_keepalive"),
             (&format!("set=1\npublic_key={PK}\npreshared_key=00\n"), 3, "preshared_key"),
             ("set=1\npublic_key=abc\n", 2, "public_key"),

@@ -33,7 +33,7 @@ enum Section {
 }
 
 fn parse_port(n: usize, v: &str) -> Result<u16, ConfigError> {
-    v.parse().map_err(|_| ConfigError::new(n, format!("ListenPort '{v}' is not a port number")))
+    v.parse().map_err(|_| ConfigError::new(n, "ListenPort is not a port number"))
 }
 
 fn parse_fwmark(n: usize, v: &str) -> Result<u32, ConfigError> {
@@ -44,22 +44,19 @@ fn parse_fwmark(n: usize, v: &str) -> Result<u32, ConfigError> {
         Some(hex) => u32::from_str_radix(hex, 16),
         None => v.parse(),
     };
-    parsed.map_err(|_| ConfigError::new(n, format!("FwMark '{v}' is not a number or 'off'")))
+    parsed.map_err(|_| ConfigError::new(n, "FwMark is not a number or 'off'"))
 }
 
 fn parse_keepalive(n: usize, v: &str) -> Result<u16, ConfigError> {
     if v.eq_ignore_ascii_case("off") {
         return Ok(0);
     }
-    v.parse().map_err(|_| ConfigError::new(n, format!("PersistentKeepalive '{v}' is not 0-65535 or 'off'")))
+    v.parse().map_err(|_| ConfigError::new(n, "PersistentKeepalive is not 0-65535 or 'off'"))
 }
 
 fn parse_endpoint(n: usize, v: &str) -> Result<SocketAddr, ConfigError> {
     v.parse().map_err(|_| {
-        ConfigError::new(
-            n,
-            format!("Endpoint '{v}' is not ip:port or [ip6]:port (host names are resolved by wg(8), not here)"),
-        )
+        ConfigError::new(n, "Endpoint is not ip:port or [ip6]:port (host names are resolved by wg(8), not here)")
     })
 }
 
@@ -82,7 +79,7 @@ pub fn parse(text: &str) -> Result<WgConfig, ConfigError> {
             section = match line.to_ascii_lowercase().as_str() {
                 "[interface]" => Section::Interface,
                 "[peer]" => Section::Peer,
-                _ => return Err(ConfigError::new(n, format!("unknown section {line}"))),
+                _ => return Err(ConfigError::new(n, "unknown section")),
             };
             if section == Section::Peer {
                 peer = None;
@@ -92,10 +89,10 @@ pub fn parse(text: &str) -> Result<WgConfig, ConfigError> {
         let (key, value) = line
             .split_once('=')
             .map(|(k, v)| (k.trim(), v.trim()))
-            .ok_or_else(|| ConfigError::new(n, format!("'{line}' is not Key = Value")))?;
+            .ok_or_else(|| ConfigError::new(n, "the line is not Key = Value"))?;
         let lower = key.to_ascii_lowercase();
         match section {
-            Section::None => return Err(ConfigError::new(n, format!("'{key}' appears before any section"))),
+            Section::None => return Err(ConfigError::new(n, "a key appears before any section")),
             Section::Interface => match lower.as_str() {
                 "privatekey" => {
                     let k =
@@ -106,16 +103,13 @@ pub fn parse(text: &str) -> Result<WgConfig, ConfigError> {
                 "fwmark" => cfg.change.fwmark = Some(parse_fwmark(n, value)?),
                 "address" => cfg.extras.address.extend(value.split(',').map(|s| s.trim().to_string())),
                 "dns" => cfg.extras.dns.extend(value.split(',').map(|s| s.trim().to_string())),
-                "mtu" => {
-                    cfg.extras.mtu =
-                        Some(value.parse().map_err(|_| ConfigError::new(n, format!("MTU '{value}' is not a number")))?)
-                }
+                "mtu" => cfg.extras.mtu = Some(value.parse().map_err(|_| ConfigError::new(n, "MTU is not a number"))?),
                 "table" => cfg.extras.table = Some(value.to_string()),
                 "preup" | "postup" | "predown" | "postdown" => {
                     cfg.extras.hooks.push((key.to_string(), value.to_string()))
                 }
                 "saveconfig" => cfg.extras.save_config = value.eq_ignore_ascii_case("true"),
-                _ => return Err(ConfigError::new(n, format!("unknown key '{key}' in [Interface]"))),
+                _ => return Err(ConfigError::new(n, "unknown key in [Interface]")),
             },
             Section::Peer => {
                 if lower == "publickey" {
@@ -129,9 +123,7 @@ pub fn parse(text: &str) -> Result<WgConfig, ConfigError> {
                     peer = Some(p);
                     continue;
                 }
-                let p = peer
-                    .as_mut()
-                    .ok_or_else(|| ConfigError::new(n, format!("'{key}' comes before the peer's PublicKey")))?;
+                let p = peer.as_mut().ok_or_else(|| ConfigError::new(n, "a key comes before the peer's PublicKey"))?;
                 match lower.as_str() {
                     "presharedkey" => {
                         p.preshared_key = Some(
@@ -148,7 +140,7 @@ pub fn parse(text: &str) -> Result<WgConfig, ConfigError> {
                     }
                     "endpoint" => p.endpoint = Some(parse_endpoint(n, value)?),
                     "persistentkeepalive" => p.persistent_keepalive = Some(parse_keepalive(n, value)?),
-                    _ => return Err(ConfigError::new(n, format!("unknown key '{key}' in [Peer]"))),
+                    _ => return Err(ConfigError::new(n, "unknown key in [Peer]")),
                 }
             }
         }

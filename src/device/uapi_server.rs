@@ -91,9 +91,9 @@ fn handle(stream: UnixStream, control: Sender<ControlMsg>) {
                     Err(_) => return,
                 }
             }
-            Err(UapiError::UnknownOperation(op)) => {
-                warn!("UAPI: unknown operation '{op}'");
-                format!("errno={}\n\n", UapiError::UnknownOperation(op).errno())
+            Err(e @ UapiError::UnknownOperation(_)) => {
+                warn!("UAPI: {e}");
+                format!("errno={}\n\n", e.errno())
             }
             Err(e) => {
                 warn!("UAPI: {e}");

@@ -11,9 +11,10 @@ pub use trie::Trie;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IpNetError {
-    #[error("'{0}' is not an IP address")]
+    // The text is kept for callers but never printed: a config value might be a secret.
+    #[error("not an IP address")]
     BadAddress(String),
-    #[error("prefix length '{0}' is not a number in range")]
+    #[error("prefix length not a number in range")]
     BadPrefixLength(String),
 }
 
