@@ -26,10 +26,20 @@ ip netns exec "$A" "$WGTURBO" "$I1" || die "background start failed"
 ip -n "$A" link show "$I1" >/dev/null || die "no interface after start returned"
 pid=$(pid_of "$I1"); [ -n "$pid" ] || die "daemon not found"
 PIDS+=("$pid")
-# A second daemon for the same interface refuses with one line.
+# The UAPI socket is the owner's only (bound under umask 077).
+mode=$(stat -c %a "/var/run/wireguard/$I1.sock")
+[ "$mode" = 600 ] || die "UAPI socket mode $mode"
+# A second daemon for the same interface refuses with one line, and touches nothing of the
+# running one: no queue attached, MTU not reset.
+ip -n "$A" link set "$I1" mtu 1380
+queues() { ip netns exec "$A" ls "/sys/class/net/$I1/queues" | grep -c '^tx-'; }
+q_before=$(queues)
 err=$(ip netns exec "$A" "$WGTURBO" "$I1" 2>&1) && die "second daemon on $I1 started"
 [ "$(wc -l <<<"$err")" = 1 ] || die "expected one error line, got: $err"
 grep -q "in use" <<<"$err" || die "unclear error: $err"
+mtu=$(ip -n "$A" -o link show "$I1" | sed -n 's/.* mtu \([0-9]*\).*/\1/p')
+[ "$mtu" = 1380 ] || die "the second daemon reset the MTU to $mtu"
+[ "$(queues)" = "$q_before" ] || die "the second daemon attached TUN queues ($q_before -> $(queues))"
 ip -n "$A" link del "$I1"
 gone_within "$pid" 3 || die "daemon survived ip link del"
 [ -e "/var/run/wireguard/$I1.sock" ] && die "socket left behind after link del"

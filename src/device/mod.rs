@@ -297,6 +297,8 @@ fn open_tun(iface: &str, workers: usize, offloads: bool) -> Result<OpenedTun, De
 /// deleted, the socket file removed, or SIGINT/SIGTERM arrives.
 pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
     let settings = Settings::from_env()?;
+    // A running daemon's interface is left alone: no queue attached, no MTU reset.
+    uapi_server::ensure_free(iface).map_err(DeviceError::Uapi)?;
     let OpenedTun { queues, vnet, uso, engaged: tun_offloads } = open_tun(iface, settings.workers, settings.offloads)?;
     let iface = queues[0].name().to_string();
     if let Err(e) = tun::set_mtu(&iface, DEFAULT_MTU) {

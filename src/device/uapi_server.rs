@@ -17,21 +17,30 @@ pub fn socket_path(iface: &str) -> PathBuf {
     Path::new(SOCKET_DIR).join(format!("{iface}.sock"))
 }
 
-/// Binds the socket; refuses if a live daemon already answers on it.
+/// Refuses if a live daemon answers on the interface's socket. Called before anything of the
+/// interface is touched: a second daemon must not attach queues to, or reset the MTU of, a
+/// running one's TUN.
+pub fn ensure_free(iface: &str) -> std::io::Result<()> {
+    let path = socket_path(iface);
+    if path.exists() && UnixStream::connect(&path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{} is in use by another running daemon", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Binds the socket (private from its creation); refuses if a live daemon already answers.
 pub fn bind(iface: &str) -> std::io::Result<UnixListener> {
     std::fs::create_dir_all(SOCKET_DIR)?;
     let _ = std::fs::set_permissions(SOCKET_DIR, std::fs::Permissions::from_mode(0o755));
+    ensure_free(iface)?;
     let path = socket_path(iface);
     if path.exists() {
-        if UnixStream::connect(&path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{} is in use by another running daemon", path.display()),
-            ));
-        }
         std::fs::remove_file(&path)?;
     }
-    let listener = UnixListener::bind(&path)?;
+    let listener = crate::io::unix::bind_private(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }

@@ -15,6 +15,7 @@ pub mod syscalls;
 pub mod tun;
 pub mod twin;
 pub mod udp;
+pub mod unix;
 pub mod uring;
 pub mod vnet;
 
