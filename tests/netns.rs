@@ -96,6 +96,11 @@ fn wg_tool_drives_every_option() {
 }
 
 #[test]
+fn interface_moved_to_another_namespace_keeps_working() {
+    script("test-netns-move.sh", &[]);
+}
+
+#[test]
 fn ten_thousand_peers_and_the_last_one_carries_traffic() {
     script("test-scale.sh", &["10000"]);
 }

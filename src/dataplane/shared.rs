@@ -192,6 +192,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// Set with `stop` when a worker gave up (the daemon then exits with an error).
     pub failed: AtomicBool,
+    /// Set with `stop` when the TUN said its interface is gone (deleted, wherever it lives).
+    pub interface_gone: AtomicBool,
     pub drops: DropCounters,
     /// Seal jobs any worker may take (ordered parallel AEAD for one flow).
     pub crypto_pool: CryptoPool,
@@ -207,6 +209,11 @@ impl Shared {
     /// Stops the device because something broke for good.
     pub fn fail(&self) {
         self.failed.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+    }
+    /// The interface was deleted: the daemon stops.
+    pub fn interface_deleted(&self) {
+        self.interface_gone.store(true, Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
     }
     pub fn stopping(&self) -> bool {

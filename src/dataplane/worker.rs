@@ -15,7 +15,7 @@ use super::rx::{Opener, RxRound};
 use super::seal::Sealer;
 use super::shared::{DropCounters, Shared};
 use super::tx::{flush, TxOut, TxRound, SEND_CHUNKS, SEND_MAX_MESSAGES};
-use crate::io::{Buf, SendBatch, Socket, TunWriteBatch, WorkerIo, TUN_READ_BATCH, UDP_RECV_BATCH};
+use crate::io::{tun_is_gone, Buf, SendBatch, Socket, TunWriteBatch, WorkerIo, TUN_READ_BATCH, UDP_RECV_BATCH};
 use crate::noise::messages::TRANSPORT_HEADER_LEN;
 
 /// How long a worker sleeps when idle; it then looks again for a stop or a new socket.
@@ -91,6 +91,10 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
         let pool = &shared.crypto_pool;
         if pool.park(config.index) {
             if let Err(e) = io.wait(IDLE_WAIT) {
+                if tun_is_gone(&e) {
+                    shared.interface_deleted();
+                    break;
+                }
                 debug!("worker {}: wait failed: {e}", config.index);
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -122,6 +126,9 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
     let index = config.index;
 
     if let Err(e) = io.read_tun(&mut st.tun_reads) {
+        if tun_is_gone(&e) {
+            shared.interface_deleted();
+        }
         debug!("worker {index}: TUN read failed: {e}");
     }
     if !st.tun_reads.is_empty() {

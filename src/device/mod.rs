@@ -126,6 +126,7 @@ impl Device {
             active_tx,
             stop: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            interface_gone: AtomicBool::new(false),
             drops: DropCounters::default(),
             crypto_pool: CryptoPool::new(bells.clone(), io.parallel_crypto),
         });
@@ -341,20 +342,23 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
             info!("signal received, shutting down");
             break;
         }
+        if shared.interface_gone.load(Ordering::Relaxed) {
+            // Told by the TUN itself, so also when the interface was moved to another
+            // namespace first (where it keeps working until deleted there).
+            info!("interface {iface} was deleted, shutting down");
+            break;
+        }
         if shared.stopping() {
             break;
         }
         let now = Instant::now();
         if now >= next_housekeeping {
             next_housekeeping = now + HOUSEKEEPING;
-            if !tun::interface_exists(&iface) {
-                info!("interface {iface} was deleted, shutting down");
-                break;
-            }
             if !socket_path.exists() {
                 info!("UAPI socket removed, shutting down");
                 break;
             }
+            // By name in our namespace: an interface moved elsewhere keeps the MTU it had.
             if let Ok(mtu) = tun::get_mtu(&iface) {
                 shared.mtu.store(mtu as usize, Ordering::Relaxed);
             }

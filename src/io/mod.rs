@@ -62,6 +62,12 @@ pub trait WorkerIo: Send {
     fn set_socket(&mut self, socket: Arc<Socket>);
 }
 
+/// Whether a TUN read error means the interface is gone (deleted, also from another
+/// namespace it was moved to): the kernel answers EBADFD once the netdev is unregistered.
+pub fn tun_is_gone(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EBADFD)
+}
+
 /// Which I/O backend a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

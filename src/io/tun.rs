@@ -1,6 +1,5 @@
 //! Linux TUN devices (/dev/net/tun) and the interface ioctls the daemon needs.
 
-use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -162,11 +161,4 @@ pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Whether an interface of that name exists (it goes away on `ip link del`).
-pub fn interface_exists(name: &str) -> bool {
-    let Ok(c) = CString::new(name) else { return false };
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
