@@ -3,6 +3,8 @@
 //! `gso_size` bytes of payload; `Coalescer` merges consecutive TCP segments, or equal-sized UDP
 //! datagrams, of a flow into one super-packet the kernel takes in a single write (GRO). Checksums follow RFC 1071.
 
+use std::collections::HashMap;
+
 use super::checksum::{fold, sum};
 use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::io::TunWriteBatch;
@@ -166,7 +168,7 @@ impl<'a> GsoSplit<'a> {
 }
 
 /// The flow a segment belongs to: addresses, ports and protocol, as raw bytes.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct FlowKey {
     addrs: [u8; 32],
     ports: [u8; 4],
@@ -189,6 +191,9 @@ struct Item {
 
 /// Up to this many bytes per coalesced packet (the IP length field's limit).
 const MAX_COALESCED: usize = 65_535;
+/// Packets held before they are written, at most: many small flows (a flood of them through
+/// one authenticated peer) then flush early instead of holding a buffer each.
+pub const MAX_ITEMS: usize = 512;
 
 /// Coalesces a batch of received packets, in order, into as few TUN writes as possible. Its
 /// buffers come from, and go to, the TUN write batch. UDP datagrams are coalesced only when
@@ -196,6 +201,8 @@ const MAX_COALESCED: usize = 65_535;
 #[derive(Default)]
 pub struct Coalescer {
     items: Vec<Item>,
+    /// Each flow's latest item, so finding it costs a hash, not a scan of every item.
+    latest: HashMap<FlowKey, usize>,
     udp: bool,
 }
 
@@ -206,7 +213,7 @@ fn tcp_flags(pkt: &[u8], ip_hl: usize) -> u8 {
 impl Coalescer {
     /// A coalescer that also merges UDP datagrams.
     pub fn with_udp(udp: bool) -> Self {
-        Coalescer { items: Vec::new(), udp }
+        Coalescer { items: Vec::new(), latest: HashMap::new(), udp }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -241,8 +248,9 @@ impl Coalescer {
         let mergeable = plain && !payload.is_empty() && !fragment;
 
         if mergeable {
-            if let Some(item) = self.items.iter_mut().rev().find(|it| it.key == key) {
+            if let Some(item) = self.latest.get(&key).and_then(|&i| self.items.get_mut(i)) {
                 if item.open && Self::can_append(item, pkt, ip_hl, hdr_len, seq, payload.len()) {
+                    Self::grow_for_coalescing(item);
                     item.data.extend_from_slice(payload);
                     item.count += 1;
                     item.last_len = payload.len();
@@ -281,7 +289,7 @@ impl Coalescer {
         key.ports.copy_from_slice(&pkt[ip_hl..ip_hl + 4]);
         let hdr_len = ip_hl + UDP_HEADER_LEN;
         let payload = &pkt[hdr_len..];
-        if let Some(item) = self.items.iter_mut().rev().find(|it| it.key == key) {
+        if let Some(item) = self.latest.get(&key).and_then(|&i| self.items.get_mut(i)) {
             let first = &item.data[VNET_HDR_LEN..VNET_HDR_LEN + item.hdr_len];
             let ip_same = if v6 {
                 first[..4] == pkt[..4] && first[7] == pkt[7]
@@ -295,6 +303,7 @@ impl Coalescer {
                 && item.count < MAX_UDP_SEGMENTS
                 && item.data.len() - VNET_HDR_LEN + payload.len() <= MAX_COALESCED
             {
+                Self::grow_for_coalescing(item);
                 item.data.extend_from_slice(payload);
                 item.count += 1;
                 item.last_len = payload.len();
@@ -306,7 +315,16 @@ impl Coalescer {
         true
     }
 
-    /// A new item holding `pkt` alone, in a buffer from the TUN batch's pool.
+    /// The second packet of an item: room for a whole super-packet at once (a lone packet
+    /// keeps a buffer of its own size).
+    fn grow_for_coalescing(item: &mut Item) {
+        if item.count == 1 {
+            item.data.reserve(VNET_HDR_LEN + MAX_COALESCED - item.data.len());
+        }
+    }
+
+    /// A new item holding `pkt` alone, in a buffer from the TUN batch's pool. At `MAX_ITEMS`
+    /// the items so far are written out first (order is kept: they came before).
     fn start_item(
         &mut self,
         out: &mut TunWriteBatch,
@@ -316,11 +334,15 @@ impl Coalescer {
         next_seq: u32,
         open: bool,
     ) {
+        if self.items.len() >= MAX_ITEMS {
+            self.drain(out);
+        }
         let mut data = out.take_buf();
-        data.reserve(VNET_HDR_LEN + MAX_COALESCED);
+        data.reserve(VNET_HDR_LEN + pkt.len());
         data.resize(VNET_HDR_LEN, 0);
         data.extend_from_slice(pkt);
         let payload_len = pkt.len() - hdr_len;
+        self.latest.insert(key, self.items.len());
         self.items.push(Item {
             key,
             data,
@@ -357,6 +379,7 @@ impl Coalescer {
 
     /// Moves every item (virtio_net_hdr first) into `out` in arrival order.
     pub fn drain(&mut self, out: &mut TunWriteBatch) {
+        self.latest.clear();
         for mut item in self.items.drain(..) {
             let d = &mut item.data;
             let hdr = if item.count == 1 {
@@ -421,6 +444,37 @@ mod tests {
         let c = !fold(sum(&p[20..], pseudo_header_sum(&p, len - 20)));
         p[36..38].copy_from_slice(&c.to_be_bytes());
         p
+    }
+
+    /// A flood of small flows through one authenticated peer (each packet its own flow): the
+    /// coalescer holds at most MAX_ITEMS packets, each in a buffer of its own size, finds
+    /// flows by hash, and keeps the order. A flow that does coalesce still does.
+    #[test]
+    fn many_small_flows_stay_bounded_and_in_order() {
+        let mut c = Coalescer::with_udp(true);
+        let mut out = TunWriteBatch::default();
+        let flows = 5000u16;
+        for i in 0..flows {
+            let mut p = tcp4(1, TCP_ACK, &[i as u8; 100]);
+            p[20..22].copy_from_slice(&(10_000 + i).to_be_bytes()); // a new source port
+            assert!(c.push(&p, &mut out));
+            assert!(c.items.len() <= MAX_ITEMS && c.latest.len() <= MAX_ITEMS);
+        }
+        c.drain(&mut out);
+        assert_eq!(out.len(), flows as usize);
+        let held: usize = out.packets().iter().map(|p| p.capacity()).sum();
+        assert!(held < flows as usize * 1024, "lone packets keep small buffers: {held} bytes");
+        let ports: Vec<u16> =
+            out.packets().iter().map(|p| u16::from_be_bytes([p[VNET_HDR_LEN + 20], p[VNET_HDR_LEN + 21]])).collect();
+        assert!(ports.windows(2).all(|w| w[0] < w[1]), "arrival order kept");
+        // And one flow of full segments still becomes one super-packet.
+        out.clear();
+        for k in 0..10u32 {
+            assert!(c.push(&tcp4(1 + k * 1000, TCP_ACK, &[7; 1000]), &mut out));
+        }
+        c.drain(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out.packets()[0].len(), VNET_HDR_LEN + 52 + 10_000);
     }
 
     fn valid(p: &[u8]) -> bool {
