@@ -96,6 +96,11 @@ fn wg_tool_drives_every_option() {
 }
 
 #[test]
+fn path_faults_loss_delay_reorder_duplicates_against_wireguard_go() {
+    script("test-netem.sh", &[]);
+}
+
+#[test]
 fn interface_moved_to_another_namespace_keeps_working() {
     script("test-netns-move.sh", &[]);
 }
