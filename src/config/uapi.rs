@@ -3,6 +3,8 @@
 use std::fmt::Write;
 use std::net::SocketAddr;
 
+use zeroize::Zeroizing;
+
 use super::{ConfigError, DeviceChange, DeviceStatus, PeerChange};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::routing::IpNet;
@@ -181,11 +183,13 @@ pub fn parse_set<'a>(lines: impl Iterator<Item = &'a str>) -> Result<DeviceChang
     Ok(change)
 }
 
-/// The reply to `get=1`, without the final `errno=0` line.
-pub fn format_get(status: &DeviceStatus) -> String {
-    let mut s = String::new();
+/// The reply to `get=1`, without the final `errno=0` line. It holds the private and preshared
+/// keys, so it (and each key's hex on the way) is wiped when dropped.
+pub fn format_get(status: &DeviceStatus) -> Zeroizing<String> {
+    let mut s = Zeroizing::new(String::new());
     if let Some(k) = &status.private_key {
-        let _ = writeln!(s, "private_key={}", k.to_hex());
+        let hex = Zeroizing::new(k.to_hex());
+        let _ = writeln!(s, "private_key={}", hex.as_str());
     }
     let _ = writeln!(s, "listen_port={}", status.listen_port);
     if status.fwmark != 0 {
@@ -193,7 +197,8 @@ pub fn format_get(status: &DeviceStatus) -> String {
     }
     for p in &status.peers {
         let _ = writeln!(s, "public_key={}", p.public_key.to_hex());
-        let _ = writeln!(s, "preshared_key={}", p.preshared_key.to_hex());
+        let hex = Zeroizing::new(p.preshared_key.to_hex());
+        let _ = writeln!(s, "preshared_key={}", hex.as_str());
         let _ = writeln!(s, "protocol_version=1");
         if let Some(ep) = p.endpoint {
             let _ = writeln!(s, "endpoint={ep}");
@@ -339,7 +344,7 @@ mod tests {
             "allowed_ip=10.0.0.0/24",
             "protocol_version=1",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line} in {text}");
+            assert!(text.lines().any(|l| l == line), "missing {line} in {}", text.as_str());
         }
         // A `get` reply parses back as a `set` of the same values (except status-only keys).
         let settable: String = text

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_channel::Sender;
+use zeroize::Zeroizing;
 
 use super::indices::IndexTable;
 use super::pool::CryptoPool;
@@ -138,7 +139,8 @@ pub enum ControlMsg {
     WantHandshake(Arc<PeerShared>),
     /// A responder's `next` keypair got its first packet and is now current.
     Confirmed(Arc<PeerShared>),
-    Uapi(Request, Sender<String>),
+    /// A UAPI request and where its reply goes (wiped when dropped: a `get` holds keys).
+    Uapi(Request, Sender<Zeroizing<String>>),
 }
 
 /// Per-reason drop counters, kept per device (the workers bump them, `LOG_LEVEL=debug` shows them).

@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Receiver;
 use rand::Rng;
 use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
 
 use crate::config::uapi::{self, Request, ERRNO_IO, ERRNO_PORT_IN_USE, ERRNO_TOO_MANY_PEERS};
 use crate::config::{DeviceChange, DeviceStatus, PeerStatus};
@@ -445,11 +446,15 @@ impl Control {
             ControlMsg::Confirmed(peer) => self.confirm_if_promoted(&peer.public_key, now),
             ControlMsg::Uapi(request, reply) => {
                 let text = match request {
-                    Request::Get => format!("{}errno=0\n\n", uapi::format_get(&self.status())),
-                    Request::Set(change) => match self.apply(change, now) {
+                    Request::Get => {
+                        let mut text = uapi::format_get(&self.status());
+                        text.push_str("errno=0\n\n");
+                        text
+                    }
+                    Request::Set(change) => Zeroizing::new(match self.apply(change, now) {
                         Ok(()) => "errno=0\n\n".to_string(),
                         Err(errno) => format!("errno={errno}\n\n"),
-                    },
+                    }),
                 };
                 let _ = reply.send(text);
             }

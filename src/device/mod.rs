@@ -223,7 +223,10 @@ impl BackgroundDevice {
                 if self.control_tx.send(ControlMsg::Uapi(req, tx)).is_err() {
                     return "errno=-5\n\n".to_string();
                 }
-                rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| "errno=-5\n\n".to_string())
+                // For tests and benchmarks: the reply leaves its wiped buffer as a plain string.
+                rx.recv_timeout(Duration::from_secs(10))
+                    .map(|r| r.as_str().to_owned())
+                    .unwrap_or_else(|_| "errno=-5\n\n".to_string())
             }
             Err(e) => format!("errno={}\n\n", e.errno()),
         }

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use crossbeam_channel::Sender;
 use tracing::{debug, warn};
+use zeroize::Zeroizing;
 
-use crate::config::uapi::{parse_request, UapiError};
+use crate::config::uapi::parse_request;
 use crate::dataplane::shared::ControlMsg;
 
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
@@ -69,8 +70,9 @@ fn handle(stream: UnixStream, control: Sender<ControlMsg>) {
     let Ok(mut writer) = stream.try_clone() else { return };
     let mut reader = BufReader::new(stream);
     loop {
-        let mut request = String::new();
-        let mut line = String::new();
+        // A `set` carries keys: both buffers are wiped when dropped.
+        let mut request = Zeroizing::new(String::new());
+        let mut line = Zeroizing::new(String::new());
         let mut eof = false;
         loop {
             line.clear();
@@ -81,7 +83,7 @@ fn handle(stream: UnixStream, control: Sender<ControlMsg>) {
                 }
                 Ok(_) => {}
             }
-            if line == "\n" {
+            if line.as_str() == "\n" {
                 break;
             }
             request.push_str(&line);
@@ -100,13 +102,9 @@ fn handle(stream: UnixStream, control: Sender<ControlMsg>) {
                     Err(_) => return,
                 }
             }
-            Err(e @ UapiError::UnknownOperation(_)) => {
-                warn!("UAPI: {e}");
-                format!("errno={}\n\n", e.errno())
-            }
             Err(e) => {
                 warn!("UAPI: {e}");
-                format!("errno={}\n\n", e.errno())
+                Zeroizing::new(format!("errno={}\n\n", e.errno()))
             }
         };
         if writer.write_all(reply.as_bytes()).is_err() || eof {

@@ -258,7 +258,7 @@ impl Handshake {
         now: Instant,
     ) -> Result<[u8; INITIATION_LEN], HandshakeError> {
         self.ensure_static_static(us);
-        let ss = self.static_static()?;
+        let mut ss = self.static_static()?;
         let mut t = Transcript::start(&self.remote_static);
         let ephemeral = PrivateKey::generate();
         let ephemeral_public = ephemeral.public_key();
@@ -277,6 +277,7 @@ impl Handshake {
         };
         t.seal(&key, us.public.as_bytes(), &mut msg.encrypted_static);
         key = t.mix_key_with_output(&ss);
+        ss.zeroize();
         t.seal(&key, &timestamp.0, &mut msg.encrypted_timestamp);
         key.zeroize();
         let mut bytes = msg.to_bytes();
@@ -287,8 +288,9 @@ impl Handshake {
 
     /// Responder, step two: with the peer found, decrypt and check the timestamp.
     pub fn consume_initiation(&mut self, mut msg: InitiationForUs, now: Instant) -> Result<(), HandshakeError> {
-        let ss = self.static_static()?;
+        let mut ss = self.static_static()?;
         let mut key = msg.transcript.mix_key_with_output(&ss);
+        ss.zeroize();
         let mut timestamp = [0u8; 12];
         let opened = msg.transcript.open(&key, &msg.encrypted_timestamp, &mut timestamp);
         key.zeroize();

@@ -50,6 +50,9 @@ pub fn kdf<const N: usize>(key: &[u8; 32], input: &[u8]) -> [[u8; 32]; N] {
         prev = Some(t);
     }
     t0.zeroize();
+    if let Some(p) = prev.as_mut() {
+        p.zeroize();
+    }
     out
 }
 
