@@ -3,7 +3,8 @@
 # Idempotent: skips what is already there.
 set -euo pipefail
 need_apt=()
-for pair in wg:wireguard-tools wireguard-go:wireguard-go iperf3:iperf3 ip:iproute2 ping:iputils-ping tcpdump:tcpdump; do
+for pair in wg:wireguard-tools wireguard-go:wireguard-go iperf3:iperf3 ip:iproute2 ping:iputils-ping tcpdump:tcpdump \
+  systemd-analyze:systemd tc:iproute2; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

@@ -101,6 +101,11 @@ fn path_faults_loss_delay_reorder_duplicates_against_wireguard_go() {
 }
 
 #[test]
+fn dist_systemd_units_pass_systemd_analyze_verify() {
+    script("test-dist.sh", &[]);
+}
+
+#[test]
 fn interface_moved_to_another_namespace_keeps_working() {
     script("test-netns-move.sh", &[]);
 }
