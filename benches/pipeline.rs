@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wgturbo::device::{BackgroundDevice, DeviceIo};
-use wgturbo::io::twin::{twin_tun, TwinHost, TwinNet};
+use wgturbo::io::twin::{TwinHost, TwinNet};
 use wgturbo::io::vnet::VNET_HDR_LEN;
-use wgturbo::io::{Backend, Network, TunQueue};
 use wgturbo::keys::PrivateKey;
 
 #[path = "../tests/common/packets.rs"]
@@ -35,21 +34,7 @@ struct Device {
 }
 
 fn device(net: &Arc<TwinNet>, port: u16, workers: usize, parallel_crypto: bool) -> Device {
-    let (queues, hosts): (Vec<_>, Vec<_>) = (0..workers)
-        .map(|_| {
-            let (tun, host) = twin_tun(true);
-            (TunQueue::Twin(tun), host)
-        })
-        .unzip();
-    let io = DeviceIo {
-        queues,
-        network: Network::Twin(net.clone()),
-        backend: Backend::Twin,
-        gso: true,
-        vnet: true,
-        uso: true,
-        parallel_crypto,
-    };
+    let (io, hosts) = DeviceIo::twin(net, workers, true, parallel_crypto);
     let dev = BackgroundDevice::spawn(io).expect("device starts");
     let key = PrivateKey::generate();
     let reply = dev.uapi(&format!("set=1\nprivate_key={}\nlisten_port={port}\n", key.to_hex()));

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use wgturbo::device::{BackgroundDevice, DeviceIo};
-use wgturbo::io::twin::{twin_tun, TwinHost, TwinNet};
-use wgturbo::io::{Backend, Network, TunQueue};
+use wgturbo::io::twin::{TwinHost, TwinNet};
 use wgturbo::keys::{PresharedKey, PrivateKey, PublicKey};
 use wgturbo::noise::{Handshake, StaticIdentity, Tai64N};
 
@@ -30,16 +29,8 @@ struct Initiator {
 
 fn setup() -> (Arc<TwinNet>, BackgroundDevice, TwinHost, Vec<Initiator>) {
     let net = TwinNet::new();
-    let (tun, host) = twin_tun(false);
-    let io = DeviceIo {
-        queues: vec![TunQueue::Twin(tun)],
-        network: Network::Twin(net.clone()),
-        backend: Backend::Twin,
-        gso: false,
-        vnet: false,
-        uso: false,
-        parallel_crypto: false,
-    };
+    let (io, mut hosts) = DeviceIo::twin(&net, 1, false, false);
+    let host = hosts.remove(0);
     let dev = BackgroundDevice::spawn(io).expect("device starts");
     let device_key = PrivateKey::generate();
     let device_pub = device_key.public_key();

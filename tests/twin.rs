@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wgturbo::device::{BackgroundDevice, DeviceIo};
-use wgturbo::io::twin::{twin_tun, TwinHost, TwinNet};
+use wgturbo::io::twin::{TwinHost, TwinNet};
 use wgturbo::io::vnet::VNET_HDR_LEN;
-use wgturbo::io::{Backend, Network, TunQueue};
 use wgturbo::keys::PrivateKey;
 
 mod common;
@@ -25,21 +24,7 @@ struct Node {
 }
 
 fn node(net: &Arc<TwinNet>, port: u16, vnet: bool, workers: usize) -> Node {
-    let (queues, mut hosts): (Vec<_>, Vec<_>) = (0..workers)
-        .map(|_| {
-            let (tun, host) = twin_tun(vnet);
-            (TunQueue::Twin(tun), host)
-        })
-        .unzip();
-    let io = DeviceIo {
-        queues,
-        network: Network::Twin(net.clone()),
-        backend: Backend::Twin,
-        gso: true,
-        vnet,
-        uso: vnet,
-        parallel_crypto: true,
-    };
+    let (io, mut hosts) = DeviceIo::twin(net, workers, vnet, true);
     let dev = BackgroundDevice::spawn(io).expect("device starts");
     let key = PrivateKey::generate();
     let reply = dev.uapi(&format!("set=1\nprivate_key={}\nlisten_port={port}\n", key.to_hex()));
@@ -207,6 +192,23 @@ fn wrong_sized_handshakes_and_replays_are_counted_drops() {
     assert_eq!(endpoint, vec![format!("127.0.0.1:{}", a.port)], "the endpoint did not roam to the replayer");
 }
 
+/// The TCP payload B's host gets (no vnet_hdr on B), asserting that every segment arrives
+/// after the one before it: B has one worker and delivers in arrival order, so a segment out
+/// of sequence means it left A out of order.
+fn collect_in_sequence(host: &TwinHost, want: usize) -> Vec<u8> {
+    let mut got = Vec::with_capacity(want);
+    let mut last_seq = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < want && Instant::now() < deadline {
+        let Ok(p) = host.recv.recv_timeout(Duration::from_millis(500)) else { continue };
+        let seq = u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
+        assert!(seq > last_seq, "segment {seq} arrived after {last_seq}: out of order");
+        last_seq = seq;
+        got.extend_from_slice(&p[40..]);
+    }
+    got
+}
+
 /// One flow on a 2-worker device: its reads come from one TUN queue, the second worker helps
 /// seal chunks of the batch, and the datagrams must still leave in nonce order. B has one
 /// worker and delivers in arrival order, so a segment out of order at B's host means one left
@@ -224,16 +226,7 @@ fn parallel_seal_keeps_one_flow_in_order() {
     for (k, part) in payload.chunks(60_000).enumerate() {
         a.host.send.send(tso_read(1, 2, 1 + (k * 60_000) as u32, part, 1380)).unwrap();
     }
-    let mut got = Vec::with_capacity(payload.len());
-    let mut last_seq = 0u32;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while got.len() < payload.len() && Instant::now() < deadline {
-        let Ok(p) = b.host.recv.recv_timeout(Duration::from_millis(500)) else { continue };
-        let seq = u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
-        assert!(seq > last_seq, "segment {seq} arrived after {last_seq}: sent out of nonce order");
-        last_seq = seq;
-        got.extend_from_slice(&p[40..]);
-    }
+    let got = collect_in_sequence(&b.host, payload.len());
     assert_eq!(got.len(), payload.len(), "every segment arrived");
     assert!(got == payload, "intact");
     assert_eq!(b.dev.shared.drops.replayed.load(Ordering::Relaxed), 0, "{}", b.dev.shared.drops.summary());
@@ -260,16 +253,7 @@ fn parallel_open_keeps_one_flow_in_order_and_replays_out() {
     for (k, part) in payload.chunks(60_000).enumerate() {
         a.host.send.send(tso_read(1, 2, 1 + (k * 60_000) as u32, part, 1380)).unwrap();
     }
-    let mut got = Vec::with_capacity(payload.len());
-    let mut last_seq = 0u32;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while got.len() < payload.len() && Instant::now() < deadline {
-        let Ok(p) = b.host.recv.recv_timeout(Duration::from_millis(500)) else { continue };
-        let seq = u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
-        assert!(seq > last_seq, "segment {seq} delivered after {last_seq}");
-        last_seq = seq;
-        got.extend_from_slice(&p[40..]);
-    }
+    let got = collect_in_sequence(&b.host, payload.len());
     net.recording.store(false, Ordering::Relaxed);
     assert_eq!(got.len(), payload.len(), "every segment arrived: {}", b.dev.shared.drops.summary());
     assert!(got == payload, "intact");

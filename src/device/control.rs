@@ -802,8 +802,7 @@ impl Control {
 mod tests {
     use super::super::{Device, DeviceIo};
     use super::*;
-    use crate::io::twin::{twin_tun, TwinNet};
-    use crate::io::{Backend, TunQueue};
+    use crate::io::twin::TwinNet;
     use crate::keys::PrivateKey;
 
     /// A device "B" on a twin network with one peer "A" whose keys the test holds, and A's
@@ -818,16 +817,7 @@ mod tests {
 
     fn setup() -> Setup {
         let net = TwinNet::new();
-        let (tun, _host) = twin_tun(false);
-        let io = DeviceIo {
-            queues: vec![TunQueue::Twin(tun)],
-            network: Network::Twin(net.clone()),
-            backend: Backend::Twin,
-            gso: false,
-            vnet: false,
-            uso: false,
-            parallel_crypto: false,
-        };
+        let (io, _hosts) = DeviceIo::twin(&net, 1, false, false);
         let mut device = Device::start(io).unwrap();
         let b = PrivateKey::generate();
         let b_public = b.public_key();

@@ -97,6 +97,34 @@ pub struct DeviceIo {
     pub parallel_crypto: bool,
 }
 
+impl DeviceIo {
+    /// A device over the in-memory twins (tests, benchmarks): `workers` TUN queues (vnet_hdr
+    /// and USO when `vnet`), UDP GSO on. Returns the host side of each queue too.
+    pub fn twin(
+        net: &Arc<crate::io::twin::TwinNet>,
+        workers: usize,
+        vnet: bool,
+        parallel_crypto: bool,
+    ) -> (DeviceIo, Vec<crate::io::twin::TwinHost>) {
+        let (queues, hosts) = (0..workers.max(1))
+            .map(|_| {
+                let (tun, host) = crate::io::twin::twin_tun(vnet);
+                (TunQueue::Twin(tun), host)
+            })
+            .unzip();
+        let io = DeviceIo {
+            queues,
+            network: Network::Twin(net.clone()),
+            backend: Backend::Twin,
+            gso: true,
+            vnet,
+            uso: vnet,
+            parallel_crypto,
+        };
+        (io, hosts)
+    }
+}
+
 /// A running device: its workers, and the control state the caller drives with `tick`.
 pub struct Device {
     pub shared: Arc<Shared>,
@@ -380,7 +408,7 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
 mod tests {
     use super::*;
     use crate::config::uapi::{parse_request, Request, ERRNO_TOO_MANY_PEERS};
-    use crate::io::twin::{twin_tun, TwinNet};
+    use crate::io::twin::TwinNet;
     use crate::keys::PrivateKey;
 
     fn set(device: &mut Device, text: &str) -> Result<(), i32> {
@@ -400,16 +428,7 @@ mod tests {
     /// the peer that would not fit; removals and updates of known peers still work.
     #[test]
     fn the_peer_cap_refuses_whole_requests() {
-        let (tun, _host) = twin_tun(false);
-        let io = DeviceIo {
-            queues: vec![TunQueue::Twin(tun)],
-            network: Network::Twin(TwinNet::new()),
-            backend: Backend::Twin,
-            gso: false,
-            vnet: false,
-            uso: false,
-            parallel_crypto: false,
-        };
+        let (io, _hosts) = DeviceIo::twin(&TwinNet::new(), 1, false, false);
         let mut device = Device::start(io).unwrap();
         device.control.peer_limit = 3;
         set(&mut device, &format!("set=1\n{}", peers(3))).unwrap();
@@ -432,16 +451,7 @@ mod tests {
     /// own prefixes and leaves the others'; `get` lists each peer's prefixes in order.
     #[test]
     fn allowed_ips_follow_their_owner() {
-        let (tun, _host) = twin_tun(false);
-        let io = DeviceIo {
-            queues: vec![TunQueue::Twin(tun)],
-            network: Network::Twin(TwinNet::new()),
-            backend: Backend::Twin,
-            gso: false,
-            vnet: false,
-            uso: false,
-            parallel_crypto: false,
-        };
+        let (io, _hosts) = DeviceIo::twin(&TwinNet::new(), 1, false, false);
         let mut device = Device::start(io).unwrap();
         let (a, b) = (PrivateKey::generate().public_key(), PrivateKey::generate().public_key());
         set(
