@@ -1,6 +1,6 @@
 //! The UAPI socket /var/run/wireguard/IFACE.sock that wg(8) and wg-quick(8) talk to.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -65,32 +65,57 @@ pub fn serve(listener: UnixListener, control: Sender<ControlMsg>) {
     }
 }
 
+/// The longest line a request may have: the longest valid one is under 100 bytes, so a
+/// client that sends an endless line gets an error, not the daemon's memory.
+pub const MAX_LINE: usize = 4096;
+
+/// One request read off a connection's byte stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Framed {
+    /// The lines up to a blank line (or the end of the stream), and whether the stream ended.
+    Request { text: Zeroizing<String>, eof: bool },
+    /// The stream ended before any line.
+    End,
+    /// A line longer than `MAX_LINE`: the connection is answered with EINVAL and closed.
+    LineTooLong,
+}
+
+/// Reads the next request: lines up to a blank one, as wg(8) frames them. A `set` carries keys,
+/// so the buffers are wiped when dropped.
+pub fn read_request(reader: &mut impl BufRead) -> Framed {
+    let mut text = Zeroizing::new(String::new());
+    let mut line = Zeroizing::new(String::new());
+    loop {
+        line.clear();
+        let eof = match Read::take(&mut *reader, MAX_LINE as u64 + 1).read_line(&mut line) {
+            Ok(0) | Err(_) => true,
+            Ok(_) if line.len() > MAX_LINE => return Framed::LineTooLong,
+            Ok(_) => false,
+        };
+        if eof {
+            return if text.is_empty() { Framed::End } else { Framed::Request { text, eof: true } };
+        }
+        if line.as_str() == "\n" {
+            return if text.is_empty() { Framed::End } else { Framed::Request { text, eof: false } };
+        }
+        text.push_str(&line);
+    }
+}
+
 /// Serves requests on one connection until the client closes it.
 fn handle(stream: UnixStream, control: Sender<ControlMsg>) {
     let Ok(mut writer) = stream.try_clone() else { return };
     let mut reader = BufReader::new(stream);
     loop {
-        // A `set` carries keys: both buffers are wiped when dropped.
-        let mut request = Zeroizing::new(String::new());
-        let mut line = Zeroizing::new(String::new());
-        let mut eof = false;
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => {
-                    eof = true;
-                    break;
-                }
-                Ok(_) => {}
+        let (request, eof) = match read_request(&mut reader) {
+            Framed::Request { text, eof } => (text, eof),
+            Framed::End => return,
+            Framed::LineTooLong => {
+                warn!("UAPI: a line longer than {MAX_LINE} bytes; closing the connection");
+                let _ = writer.write_all(format!("errno={}\n\n", crate::config::uapi::ERRNO_INVALID).as_bytes());
+                return;
             }
-            if line.as_str() == "\n" {
-                break;
-            }
-            request.push_str(&line);
-        }
-        if request.is_empty() {
-            return;
-        }
+        };
         let reply = match parse_request(&request) {
             Ok(req) => {
                 let (tx, rx) = crossbeam_channel::bounded(1);
@@ -110,5 +135,32 @@ fn handle(stream: UnixStream, control: Sender<ControlMsg>) {
         if writer.write_all(reply.as_bytes()).is_err() || eof {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(f: Framed) -> Option<(String, bool)> {
+        match f {
+            Framed::Request { text, eof } => Some((text.as_str().to_owned(), eof)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn requests_are_framed_by_blank_lines_and_lines_are_bounded() {
+        let mut r = std::io::Cursor::new(b"get=1\n\nset=1\nlisten_port=1\n\nget=1\n".to_vec());
+        assert_eq!(text(read_request(&mut r)), Some(("get=1\n".into(), false)));
+        assert_eq!(text(read_request(&mut r)), Some(("set=1\nlisten_port=1\n".into(), false)));
+        assert_eq!(text(read_request(&mut r)), Some(("get=1\n".into(), true)), "the end of the stream ends one too");
+        assert_eq!(read_request(&mut r), Framed::End);
+        let mut long = b"set=1\nprivate_key=".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 10 * MAX_LINE));
+        assert_eq!(read_request(&mut std::io::Cursor::new(long)), Framed::LineTooLong);
+        let mut exact = vec![b'x'; MAX_LINE - 1];
+        exact.push(b'\n');
+        assert!(matches!(read_request(&mut std::io::Cursor::new(exact)), Framed::Request { .. }));
     }
 }
