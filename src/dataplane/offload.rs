@@ -176,6 +176,20 @@ struct FlowKey {
     udp: bool,
 }
 
+impl FlowKey {
+    /// The flow of a TCP or UDP packet whose IP header is `ip_hl` bytes long.
+    fn of(pkt: &[u8], ip_hl: usize, v6: bool, udp: bool) -> FlowKey {
+        let mut key = FlowKey { addrs: [0; 32], ports: [0; 4], v6, udp };
+        if v6 {
+            key.addrs.copy_from_slice(&pkt[8..40]);
+        } else {
+            key.addrs[..8].copy_from_slice(&pkt[12..20]);
+        }
+        key.ports.copy_from_slice(&pkt[ip_hl..ip_hl + 4]);
+        key
+    }
+}
+
 struct Item {
     key: FlowKey,
     /// VNET_HDR_LEN bytes of room, then the first packet's headers, then all payloads.
@@ -231,13 +245,7 @@ impl Coalescer {
         if !v6 && ip_hl != 20 {
             return false; // IP options: leave it alone
         }
-        let mut key = FlowKey { addrs: [0; 32], ports: [0; 4], v6, udp: false };
-        if v6 {
-            key.addrs.copy_from_slice(&pkt[8..40]);
-        } else {
-            key.addrs[..8].copy_from_slice(&pkt[12..20]);
-        }
-        key.ports.copy_from_slice(&pkt[ip_hl..ip_hl + 4]);
+        let key = FlowKey::of(pkt, ip_hl, v6, false);
         let hdr_len = ip_hl + tcp_hl;
         let payload = &pkt[hdr_len..];
         let flags = tcp_flags(pkt, ip_hl);
@@ -280,13 +288,7 @@ impl Coalescer {
         if (!v6 && ip_hl != 20) || fragment || udp_len != pkt.len() - ip_hl {
             return false; // options, fragments or a length that lies: deliver it alone
         }
-        let mut key = FlowKey { addrs: [0; 32], ports: [0; 4], v6, udp: true };
-        if v6 {
-            key.addrs.copy_from_slice(&pkt[8..40]);
-        } else {
-            key.addrs[..8].copy_from_slice(&pkt[12..20]);
-        }
-        key.ports.copy_from_slice(&pkt[ip_hl..ip_hl + 4]);
+        let key = FlowKey::of(pkt, ip_hl, v6, true);
         let hdr_len = ip_hl + UDP_HEADER_LEN;
         let payload = &pkt[hdr_len..];
         if let Some(item) = self.latest.get(&key).and_then(|&i| self.items.get_mut(i)) {
