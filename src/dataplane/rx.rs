@@ -129,7 +129,7 @@ impl Opener {
 
     /// Decrypts the transport datagrams of `bufs`: receives after the first that carry a GRO
     /// train go to the pool, the rest are done here, and every one is back in its place on
-    /// return. `results(i)` then says what was done to receive i.
+    /// return. `result(i, k)` then says what was done to datagram k of receive i.
     pub fn decrypt(&mut self, pool: &CryptoPool, indices: &Arc<IndexTable>, bufs: &mut [Buf], now: Instant) {
         self.results.resize_with(bufs.len(), Vec::new);
         self.handed.clear();
