@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod device;
 pub mod io;
 pub mod keys;
+pub mod metrics;
 pub mod noise;
 pub mod peer;
 pub mod routing;

@@ -4,10 +4,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 
+use wgturbo::device::{parse_metrics_addr, Settings};
 use wgturbo::keys::{PresharedKey, PrivateKey};
 
 const USAGE: &str = concat!(
-    "Usage: wgturbo [-f/--foreground] INTERFACE-NAME\n",
+    "Usage: wgturbo [-f/--foreground] [--metrics ADDR:PORT] INTERFACE-NAME\n",
     "       wgturbo genkey | pubkey | genpsk\n\n",
     "Creates the TUN interface and serves /var/run/wireguard/INTERFACE-NAME.sock for wg(8).\n",
     "Environment:\n",
@@ -15,7 +16,9 @@ const USAGE: &str = concat!(
     "  WGTURBO_WORKERS=N            worker threads (default: one per core)\n",
     "  WGTURBO_IO=syscalls|uring    I/O backend (default syscalls; uring falls back if refused)\n",
     "  WGTURBO_NO_OFFLOAD=1         no TUN TSO/USO/GRO and no UDP GSO/GRO\n",
-    "  WGTURBO_PARALLEL_CRYPTO=0|1  idle workers seal/open chunks of another worker's flow (default 1)",
+    "  WGTURBO_PARALLEL_CRYPTO=0|1  idle workers seal/open chunks of another worker's flow (default 1)\n",
+    "  WGTURBO_METRICS=ADDR:PORT    serve Prometheus metrics at http://ADDR:PORT/metrics (default off;\n",
+    "                               --metrics does the same and wins)",
 );
 
 /// Set in the background child: its stdout is a pipe to the parent, which waits for "ready".
@@ -60,7 +63,7 @@ fn key_command(cmd: KeyCommand) -> ExitCode {
 }
 
 /// Starts the daemon in the background and returns once it reports ready (or failed).
-fn spawn_background(iface: &str) -> ExitCode {
+fn spawn_background(iface: &str, metrics: Option<&str>) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
@@ -69,8 +72,12 @@ fn spawn_background(iface: &str) -> ExitCode {
         }
     };
     let stderr = if std::env::var_os("LOG_LEVEL").is_some() { Stdio::inherit() } else { Stdio::null() };
-    let spawned = Command::new(exe)
-        .arg("--foreground")
+    let mut command = Command::new(exe);
+    command.arg("--foreground");
+    if let Some(addr) = metrics {
+        command.arg("--metrics").arg(addr);
+    }
+    let spawned = command
         .arg(iface)
         .env(READY_ENV, "1")
         .stdin(Stdio::null())
@@ -104,14 +111,22 @@ fn spawn_background(iface: &str) -> ExitCode {
     }
 }
 
-fn run_foreground(iface: &str) -> ExitCode {
+fn run_foreground(iface: &str, metrics: Option<&str>) -> ExitCode {
     let via_pipe = std::env::var_os(READY_ENV).is_some();
-    let result = wgturbo::device::run(iface, || {
-        if via_pipe {
-            let mut out = std::io::stdout();
-            let _ = out.write_all(b"ready\n");
-            let _ = out.flush();
+    let settings = Settings::from_env().and_then(|mut s| {
+        if let Some(addr) = metrics {
+            s.metrics = Some(parse_metrics_addr(addr)?);
         }
+        Ok(s)
+    });
+    let result = settings.and_then(|settings| {
+        wgturbo::device::run(iface, settings, || {
+            if via_pipe {
+                let mut out = std::io::stdout();
+                let _ = out.write_all(b"ready\n");
+                let _ = out.flush();
+            }
+        })
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,9 +151,19 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut foreground = false;
     let mut iface = None;
-    for a in &args {
+    let mut metrics = None;
+    let mut args_iter = args.iter();
+    while let Some(a) = args_iter.next() {
         match a.as_str() {
             "-f" | "--foreground" => foreground = true,
+            "--metrics" => match args_iter.next() {
+                Some(addr) => metrics = Some(addr.clone()),
+                None => {
+                    eprintln!("wgturbo: error: --metrics needs ADDR:PORT\n{USAGE}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            s if s.starts_with("--metrics=") => metrics = Some(s["--metrics=".len()..].to_string()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -166,9 +191,14 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     init_logging();
+    // A bad address is one clear error before anything starts, in either mode.
+    if let Some(Err(e)) = metrics.as_deref().map(parse_metrics_addr) {
+        eprintln!("wgturbo: error: {e}");
+        return ExitCode::FAILURE;
+    }
     if foreground {
-        run_foreground(&iface)
+        run_foreground(&iface, metrics.as_deref())
     } else {
-        spawn_background(&iface)
+        spawn_background(&iface, metrics.as_deref())
     }
 }

@@ -76,3 +76,51 @@ fn usage_errors() {
     assert!(!ok);
     assert!(err.contains("unknown option"));
 }
+
+/// Runs wgturbo with a deadline: a start-up check that failed to refuse would otherwise leave
+/// a daemon running (as root it would create the interface).
+fn run_bounded(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut child = Command::new(WGTURBO)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wgturbo starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wgturbo {args:?} did not refuse to start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A bad metrics address, by flag or by environment, or one already taken, is one clear error
+/// line before anything is created.
+#[test]
+fn bad_metrics_addresses_are_one_clear_error() {
+    let iface = format!("wgtm{}", std::process::id() % 100_000);
+    for (args, env) in [
+        (vec!["--metrics", "localhost", iface.as_str()], vec![]),
+        (vec!["-f", "--metrics", "300.1.2.3:9586", iface.as_str()], vec![]),
+        (vec!["-f", iface.as_str()], vec![("WGTURBO_METRICS", "9586")]),
+        (vec![iface.as_str()], vec![("WGTURBO_METRICS", "[::1]")]),
+    ] {
+        let (ok, err) = run_bounded(&args, &env);
+        assert!(!ok, "{args:?} {env:?}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains("must be ADDR:PORT"), "{err}");
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (ok, err) = run_bounded(&["-f", iface.as_str()], &[("WGTURBO_METRICS", addr.as_str())]);
+    assert!(!ok);
+    assert!(err.contains(&format!("cannot serve metrics on {addr}")), "{err}");
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{iface}")).exists(), "no interface was created");
+}

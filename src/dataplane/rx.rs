@@ -17,7 +17,7 @@ use tracing::error;
 use super::indices::IndexTable;
 use super::ip;
 use super::pool::{CryptoPool, Job};
-use super::shared::{ControlMsg, DropCounters, HandshakePacket, PeerShared, Shared};
+use super::shared::{bump, ControlMsg, HandshakePacket, PeerShared, Shared};
 use crate::constants::{KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT};
 use crate::io::{Buf, UDP_BUF};
 use crate::noise::messages::{
@@ -198,35 +198,35 @@ impl RxRound<'_> {
     pub fn datagram_with(&self, datagram: &mut [u8], src: SocketAddr, pre: Decrypted) -> Option<usize> {
         let drops = &self.shared.drops;
         if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
-            DropCounters::bump(&drops.malformed);
+            bump(&drops.malformed);
             return None;
         }
         let kind = u32::from(datagram[0]);
         if kind != MESSAGE_TRANSPORT {
             // Sized before anything is copied or queued: a wrong size is never a handshake.
             if handshake_len(kind) != Some(datagram.len()) {
-                DropCounters::bump(&drops.malformed);
+                bump(&drops.malformed);
                 return None;
             }
             let msg = HandshakePacket { packet: datagram.to_vec(), src };
             if self.shared.handshake_tx.try_send(msg).is_err() {
-                DropCounters::bump(&drops.handshake_queue_full);
+                bump(&drops.handshake_queue_full);
             }
             return None;
         }
         let Ok(header) = TransportHeader::parse(datagram) else {
-            DropCounters::bump(&drops.malformed);
+            bump(&drops.malformed);
             return None;
         };
         let found = self.indices.get(header.receiver);
         let Some(entry) = found.as_ref().and_then(|g| g.as_ref()) else {
-            DropCounters::bump(&drops.unknown_index);
+            bump(&drops.unknown_index);
             return None;
         };
         let peer = &entry.peer;
         let keypairs = peer.keypairs.load();
         if !keypairs.contains(&entry.keypair) {
-            DropCounters::bump(&drops.unknown_index);
+            bump(&drops.unknown_index);
             return None;
         }
         let wire_len = datagram.len() as u64;
@@ -238,11 +238,11 @@ impl RxRound<'_> {
         let len = match opened {
             Ok((_, len)) => len,
             Err(SessionError::Replayed(_)) => {
-                DropCounters::bump(&drops.replayed);
+                bump(&drops.replayed);
                 return None;
             }
             Err(_) => {
-                DropCounters::bump(&drops.decrypt_failed);
+                bump(&drops.decrypt_failed);
                 return None;
             }
         };
@@ -269,12 +269,12 @@ impl RxRound<'_> {
         }
         let plaintext = &datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
         let Some(inner) = ip::parse(plaintext) else {
-            DropCounters::bump(&drops.malformed);
+            bump(&drops.malformed);
             return None;
         };
         // Cryptokey routing as an access list: the inner source must be this peer's.
         if !self.routing.lookup(inner.src).is_some_and(|owner| Arc::ptr_eq(owner, peer)) {
-            DropCounters::bump(&drops.source_not_allowed);
+            bump(&drops.source_not_allowed);
             return None;
         }
         peer.last_data_received.store(self.stamp, Ordering::Relaxed);

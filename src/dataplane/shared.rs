@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_channel::Sender;
@@ -16,7 +16,7 @@ use crate::config::uapi::Request;
 use crate::constants::MAX_STAGED_PACKETS;
 use crate::io::Socket;
 use crate::keys::PublicKey;
-use crate::routing::AllowedIps;
+use crate::routing::{AllowedIps, IpNet};
 use crate::session::{Keypair, Keypairs};
 
 /// Nanoseconds since the device's epoch, 0 meaning "never".
@@ -141,9 +141,26 @@ pub enum ControlMsg {
     Confirmed(Arc<PeerShared>),
     /// A UAPI request and where its reply goes (wiped when dropped: a `get` holds keys).
     Uapi(Request, Sender<Zeroizing<String>>),
+    /// A metrics scrape wants the peers (no secrets in the answer).
+    Report(Sender<DeviceReport>),
 }
 
-/// Per-reason drop counters, kept per device (the workers bump them, `LOG_LEVEL=debug` shows them).
+/// What a metrics scrape needs from the control thread: pointers and plain values, O(peers),
+/// and never a key but public ones. Counters are read from `PeerShared` when rendered.
+pub struct DeviceReport {
+    pub public_key: Option<PublicKey>,
+    pub listen_port: u16,
+    pub peers: Vec<PeerReport>,
+}
+
+pub struct PeerReport {
+    pub shared: Arc<PeerShared>,
+    pub allowed_ips: Vec<IpNet>,
+    pub last_handshake: Option<SystemTime>,
+}
+
+/// Per-reason drop counters, kept per device (the workers bump them; `/metrics` and
+/// `LOG_LEVEL=debug` show them).
 #[derive(Default)]
 pub struct DropCounters {
     pub malformed: AtomicU64,
@@ -158,25 +175,73 @@ pub struct DropCounters {
     pub worker_restarts: AtomicU64,
 }
 
+/// Counts one event (relaxed: counters order nothing).
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 impl DropCounters {
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn summary(&self) -> String {
+    /// Every drop reason with its count (worker restarts are not drops and are not here).
+    pub fn by_reason(&self) -> [(&'static str, u64); 8] {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "malformed={} unknown_index={} decrypt_failed={} replayed={} source_not_allowed={} \
-             no_peer_for_destination={} no_endpoint={} handshake_queue_full={} worker_restarts={}",
-            l(&self.malformed),
-            l(&self.unknown_index),
-            l(&self.decrypt_failed),
-            l(&self.replayed),
-            l(&self.source_not_allowed),
-            l(&self.no_peer_for_destination),
-            l(&self.no_endpoint),
-            l(&self.handshake_queue_full),
-            l(&self.worker_restarts)
-        )
+        [
+            ("malformed", l(&self.malformed)),
+            ("unknown_index", l(&self.unknown_index)),
+            ("decrypt_failed", l(&self.decrypt_failed)),
+            ("replayed", l(&self.replayed)),
+            ("source_not_allowed", l(&self.source_not_allowed)),
+            ("no_peer_for_destination", l(&self.no_peer_for_destination)),
+            ("no_endpoint", l(&self.no_endpoint)),
+            ("handshake_queue_full", l(&self.handshake_queue_full)),
+        ]
+    }
+
+    pub fn summary(&self) -> String {
+        let mut s: Vec<String> = self.by_reason().iter().map(|(reason, n)| format!("{reason}={n}")).collect();
+        s.push(format!("worker_restarts={}", self.worker_restarts.load(Ordering::Relaxed)));
+        s.join(" ")
+    }
+}
+
+/// What the control thread did with handshake messages (it alone writes these).
+#[derive(Default)]
+pub struct HandshakeCounters {
+    pub initiations_received: AtomicU64,
+    pub responses_received: AtomicU64,
+    pub cookie_replies_received: AtomicU64,
+    pub initiations_sent: AtomicU64,
+    pub responses_sent: AtomicU64,
+    /// Handshakes that made a session we initiated / they initiated.
+    pub completed_as_initiator: AtomicU64,
+    pub completed_as_responder: AtomicU64,
+    /// Answers under load to messages without a valid mac2.
+    pub cookie_replies_sent: AtomicU64,
+    /// Messages with a valid mac2 refused by the per-source limiter under load.
+    pub rate_limited: AtomicU64,
+    /// Messages whose mac1 did not prove knowledge of our public key.
+    pub invalid_mac1: AtomicU64,
+    /// Messages that parsed and passed mac1 but failed later (unknown peer, bad AEAD, replayed
+    /// TAI64N, no pending initiation).
+    pub rejected: AtomicU64,
+}
+
+/// One worker's traffic, on a cache line of its own (each worker writes only its own).
+#[derive(Default)]
+#[repr(align(128))]
+pub struct WorkerCounters {
+    /// Packets read from the TUN (a TSO/USO super-packet counts once) and their bytes.
+    pub tun_packets: AtomicU64,
+    pub tun_bytes: AtomicU64,
+    /// Datagrams received from UDP (each GRO segment counts) and their bytes.
+    pub udp_datagrams: AtomicU64,
+    pub udp_bytes: AtomicU64,
+}
+
+impl WorkerCounters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n != 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -197,6 +262,11 @@ pub struct Shared {
     /// Set with `stop` when the TUN said its interface is gone (deleted, wherever it lives).
     pub interface_gone: AtomicBool,
     pub drops: DropCounters,
+    pub handshakes: HandshakeCounters,
+    /// One per worker, by index.
+    pub workers: Vec<WorkerCounters>,
+    /// The control thread answers handshakes with cookies (its queue filled; the kernel's rule).
+    pub under_load: AtomicBool,
     /// Seal jobs any worker may take (ordered parallel AEAD for one flow).
     pub crypto_pool: CryptoPool,
 }

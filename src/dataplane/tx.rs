@@ -12,7 +12,7 @@ use super::ip;
 use super::offload::{complete_checksum, GsoSplit};
 use super::pool::CryptoPool;
 use super::seal::Sealer;
-use super::shared::{ControlMsg, DropCounters, PeerShared, Shared};
+use super::shared::{bump, ControlMsg, PeerShared, Shared};
 use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::io::{SendBatch, TunWriteBatch, WorkerIo};
 use crate::noise::messages::TRANSPORT_HEADER_LEN;
@@ -63,7 +63,7 @@ impl TxRound<'_> {
             match VnetHdr::parse(buf) {
                 Some(h) => (h, &mut buf[VNET_HDR_LEN..]),
                 None => {
-                    DropCounters::bump(&self.shared.drops.malformed);
+                    bump(&self.shared.drops.malformed);
                     return;
                 }
             }
@@ -76,11 +76,11 @@ impl TxRound<'_> {
     fn packet(&self, hdr: VnetHdr, pkt: &mut [u8], out: &mut TxOut<'_>, io: &mut dyn WorkerIo) {
         let drops = &self.shared.drops;
         let Some(header) = ip::parse(pkt) else {
-            DropCounters::bump(&drops.malformed);
+            bump(&drops.malformed);
             return;
         };
         let Some(peer) = self.routing.lookup(header.dst) else {
-            DropCounters::bump(&drops.no_peer_for_destination);
+            bump(&drops.no_peer_for_destination);
             if let Some(icmp) = ip::unreachable(&pkt[..header.total_len]) {
                 out.tun.push_plain(&icmp);
             }
@@ -90,7 +90,7 @@ impl TxRound<'_> {
             GSO_TCPV4 | GSO_TCPV6 | GSO_UDP_L4 => match GsoSplit::new(pkt, &hdr) {
                 Ok(s) => Some(s),
                 Err(_) => {
-                    DropCounters::bump(&drops.malformed);
+                    bump(&drops.malformed);
                     return;
                 }
             },
@@ -99,13 +99,13 @@ impl TxRound<'_> {
                 if hdr.flags & F_NEEDS_CSUM != 0
                     && complete_checksum(whole, hdr.csum_start as usize, hdr.csum_offset as usize).is_err()
                 {
-                    DropCounters::bump(&drops.malformed);
+                    bump(&drops.malformed);
                     return;
                 }
                 None
             }
             _ => {
-                DropCounters::bump(&drops.malformed);
+                bump(&drops.malformed);
                 return;
             }
         };
@@ -119,7 +119,7 @@ impl TxRound<'_> {
             return;
         };
         let Some(endpoint) = peer.endpoint.load_full() else {
-            DropCounters::bump(&drops.no_endpoint);
+            bump(&drops.no_endpoint);
             return;
         };
         let mut sent_bytes = 0u64;

@@ -13,8 +13,9 @@ use tracing::{debug, error};
 use super::offload::Coalescer;
 use super::rx::{Opener, RxRound};
 use super::seal::Sealer;
-use super::shared::{DropCounters, Shared};
+use super::shared::{bump, Shared, WorkerCounters};
 use super::tx::{flush, TxOut, TxRound, SEND_CHUNKS, SEND_MAX_MESSAGES};
+use crate::io::vnet::VNET_HDR_LEN;
 use crate::io::{tun_is_gone, Buf, SendBatch, Socket, TunWriteBatch, WorkerIo, TUN_READ_BATCH, UDP_RECV_BATCH};
 use crate::noise::messages::TRANSPORT_HEADER_LEN;
 
@@ -50,7 +51,7 @@ pub fn supervise(shared: Arc<Shared>, mut io: Box<dyn WorkerIo>, config: WorkerC
         let now = Instant::now();
         panics.retain(|t| now.saturating_duration_since(*t) < PANIC_WINDOW);
         panics.push(now);
-        DropCounters::bump(&shared.drops.worker_restarts);
+        bump(&shared.drops.worker_restarts);
         if panics.len() > MAX_PANICS {
             error!("worker {} panicked {} times within a minute; stopping the daemon", config.index, panics.len());
             shared.fail();
@@ -132,6 +133,12 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
         debug!("worker {index}: TUN read failed: {e}");
     }
     if !st.tun_reads.is_empty() {
+        if let Some(counters) = shared.workers.get(index) {
+            let header = if config.vnet { VNET_HDR_LEN } else { 0 };
+            let bytes = st.tun_reads.iter().map(|b| b.len.saturating_sub(header) as u64).sum();
+            WorkerCounters::add(&counters.tun_packets, st.tun_reads.len() as u64);
+            WorkerCounters::add(&counters.tun_bytes, bytes);
+        }
         let tx = TxRound {
             shared,
             routing: &routing,
@@ -157,6 +164,12 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
         debug!("worker {index}: receive failed: {e}");
     }
     if !st.udp_reads.is_empty() {
+        if let Some(counters) = shared.workers.get(index) {
+            let datagrams = st.udp_reads.iter().map(|b| b.len.div_ceil(b.stride.max(1)) as u64).sum();
+            let bytes = st.udp_reads.iter().map(|b| b.len as u64).sum();
+            WorkerCounters::add(&counters.udp_datagrams, datagrams);
+            WorkerCounters::add(&counters.udp_bytes, bytes);
+        }
         let indices = &shared.indices;
         st.opener.decrypt(&shared.crypto_pool, indices, &mut st.udp_reads, now);
         let rx = RxRound { shared, indices, routing: &routing, now, stamp };

@@ -17,7 +17,9 @@ use crate::config::uapi::{self, Request, ERRNO_IO, ERRNO_PORT_IN_USE, ERRNO_TOO_
 use crate::config::{DeviceChange, DeviceStatus, PeerStatus};
 use crate::constants::REKEY_TIMEOUT;
 use crate::dataplane::indices::IndexAllocator;
-use crate::dataplane::shared::{ControlMsg, HandshakePacket, IndexEntry, PeerShared, Shared};
+use crate::dataplane::shared::{
+    bump, ControlMsg, DeviceReport, HandshakePacket, IndexEntry, PeerReport, PeerShared, Shared,
+};
 use crate::io::{Network, Socket};
 use crate::keys::{PresharedKey, PublicKey};
 use crate::noise::messages::{Initiation, Response, TRANSPORT_HEADER_LEN};
@@ -150,18 +152,23 @@ impl Control {
         self.shared.sockets.load().first().cloned()
     }
 
-    fn send_to_peer(&self, peer: &PeerShared, bytes: &[u8], now: Instant) {
+    /// True if the datagram went out.
+    fn send_to_peer(&self, peer: &PeerShared, bytes: &[u8], now: Instant) -> bool {
         let Some(endpoint) = peer.endpoint.load_full() else {
             debug!("peer {}: no endpoint, not sending", peer.public_key);
-            return;
+            return false;
         };
-        let Some(sock) = self.socket() else { return };
+        let Some(sock) = self.socket() else { return false };
         match sock.send_to(bytes, *endpoint) {
             Ok(_) => {
                 peer.tx_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 peer.last_sent.store(self.shared.stamp(now), Ordering::Relaxed);
+                true
             }
-            Err(e) => debug!("peer {}: send to {endpoint} failed: {e}", peer.public_key),
+            Err(e) => {
+                debug!("peer {}: send to {endpoint} failed: {e}", peer.public_key);
+                false
+            }
         }
     }
 
@@ -247,7 +254,9 @@ impl Control {
         peer.timers.handshake_initiated(now);
         debug!("peer {pk}: sending handshake initiation (retry: {retry})");
         let shared = peer.shared.clone();
-        self.send_to_peer(&shared, &msg, now);
+        if self.send_to_peer(&shared, &msg, now) {
+            bump(&self.shared.handshakes.initiations_sent);
+        }
         self.touch(pk);
     }
 
@@ -291,7 +300,9 @@ impl Control {
         if self.handshake_rx.len() >= UNDER_LOAD_AFTER {
             self.under_load_until = Some(now + UNDER_LOAD_STICKY);
         }
-        self.under_load_until.is_some_and(|t| now < t)
+        let under_load = self.under_load_until.is_some_and(|t| now < t);
+        self.shared.under_load.store(under_load, Ordering::Relaxed);
+        under_load
     }
 
     fn on_handshake_packet(&mut self, msg: HandshakePacket) {
@@ -299,13 +310,21 @@ impl Control {
         let under_load = self.under_load(now);
         let (Some(identity), Some(checker)) = (self.identity.clone(), self.checker.as_mut()) else { return };
         let bytes = &msg.packet;
+        let counters = &self.shared.handshakes;
         let packet = match Packet::parse(bytes) {
             Ok(p) => p,
             Err(e) => {
+                bump(&self.shared.drops.malformed);
                 debug!("from {}: {e}", msg.src);
                 return;
             }
         };
+        match &packet {
+            Packet::Initiation(_) => bump(&counters.initiations_received),
+            Packet::Response(_) => bump(&counters.responses_received),
+            Packet::CookieReply(_) => bump(&counters.cookie_replies_received),
+            Packet::Transport { .. } => {}
+        }
         // mac1 first (cheap, proves the sender knows our public key), then the cookie under load.
         let (mac1_at, mac2_at, sender, mac1) = match &packet {
             Packet::Initiation(i) => (Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, i.sender, i.mac1),
@@ -321,27 +340,36 @@ impl Control {
                     let pk = peer.shared.public_key;
                     match peer.handshake.cookies.consume_reply(c, now) {
                         Ok(()) => debug!("peer {pk}: got a cookie reply"),
-                        Err(e) => debug!("peer {pk}: {e}"),
+                        Err(e) => {
+                            bump(&counters.rejected);
+                            debug!("peer {pk}: {e}")
+                        }
                     }
+                } else {
+                    bump(&counters.rejected);
                 }
                 return;
             }
             Packet::Transport { .. } => return,
         };
         if !checker.verify_mac1(bytes, mac1_at) {
+            bump(&counters.invalid_mac1);
             debug!("from {}: handshake message with invalid mac1", msg.src);
             return;
         }
         if under_load && !checker.verify_mac2(bytes, mac2_at, &msg.src, now) {
             let reply = checker.create_reply(sender, &mac1, &msg.src, now);
             if let Some(sock) = self.socket() {
-                let _ = sock.send_to(&reply.to_bytes(), msg.src);
+                if sock.send_to(&reply.to_bytes(), msg.src).is_ok() {
+                    bump(&counters.cookie_replies_sent);
+                }
             }
             debug!("from {}: under load, sent a cookie reply", msg.src);
             return;
         }
         // Under load even a source that proved its address gets a bounded share of DH work.
         if under_load && !self.ratelimiter.allow(msg.src.ip(), now) {
+            bump(&counters.rate_limited);
             debug!("from {}: handshake rate limited", msg.src);
             return;
         }
@@ -353,20 +381,24 @@ impl Control {
     }
 
     fn on_initiation(&mut self, identity: &StaticIdentity, init: &Initiation, src: SocketAddr, now: Instant) {
+        let rejected = &self.shared.handshakes.rejected;
         let for_us = match consume_initiation(identity, init) {
             Ok(f) => f,
             Err(e) => {
+                bump(rejected);
                 debug!("from {src}: {e}");
                 return;
             }
         };
         let pk = for_us.remote_static;
         let Some(peer) = self.peers.get_mut(&pk) else {
+            bump(rejected);
             debug!("from {src}: initiation from unknown peer {pk}");
             return;
         };
         peer.handshake.ensure_static_static(identity);
         if let Err(e) = peer.handshake.consume_initiation(for_us, now) {
+            bump(rejected);
             debug!("peer {pk} at {src}: {e}");
             return;
         }
@@ -388,12 +420,16 @@ impl Control {
         let shared = peer.shared.clone();
         self.install_keypair(&pk, Arc::new(Keypair::new(&keys, now)));
         debug!("peer {pk}: answered handshake initiation from {src}");
-        self.send_to_peer(&shared, &response, now);
+        if self.send_to_peer(&shared, &response, now) {
+            bump(&self.shared.handshakes.responses_sent);
+        }
         self.touch(&pk);
     }
 
     fn on_response(&mut self, identity: &StaticIdentity, resp: &Response, src: SocketAddr, now: Instant) {
+        let rejected = &self.shared.handshakes.rejected;
         let Some(pk) = self.pending.get(&resp.receiver).copied() else {
+            bump(rejected);
             debug!("from {src}: response to no initiation of ours");
             return;
         };
@@ -401,6 +437,7 @@ impl Control {
         let keys = match peer.handshake.consume_response(identity, resp) {
             Ok(k) => k,
             Err(e) => {
+                bump(rejected);
                 debug!("peer {pk} at {src}: {e}");
                 return;
             }
@@ -412,6 +449,7 @@ impl Control {
         peer.timers.handshake_complete(now);
         peer.timers.session_derived(now);
         peer.last_handshake = Some(SystemTime::now());
+        bump(&self.shared.handshakes.completed_as_initiator);
         self.install_keypair(&pk, Arc::new(Keypair::new(&keys, now)));
         info!("peer {pk}: handshake complete (we initiated), endpoint {src}");
         // The initiator confirms the session at once: staged packets, or a keepalive.
@@ -458,6 +496,9 @@ impl Control {
                 };
                 let _ = reply.send(text);
             }
+            ControlMsg::Report(reply) => {
+                let _ = reply.send(self.report());
+            }
         }
     }
 
@@ -502,6 +543,7 @@ impl Control {
         state.awaiting_confirmation = None;
         state.timers.handshake_complete(now);
         state.last_handshake = Some(SystemTime::now());
+        bump(&self.shared.handshakes.completed_as_responder);
         info!("peer {pk}: handshake complete (they initiated)");
         self.prune_indices(pk);
         self.send_staged(pk, false, now);
@@ -621,6 +663,23 @@ impl Control {
             listen_port: self.listen_port,
             fwmark: self.fwmark,
             peers,
+        }
+    }
+
+    /// The peers for a metrics scrape: pointers and public values only.
+    pub fn report(&self) -> DeviceReport {
+        DeviceReport {
+            public_key: self.identity.as_ref().map(|i| i.public),
+            listen_port: self.listen_port,
+            peers: self
+                .peers
+                .values()
+                .map(|p| PeerReport {
+                    shared: p.shared.clone(),
+                    allowed_ips: p.allowed_ips.clone(),
+                    last_handshake: p.last_handshake,
+                })
+                .collect(),
         }
     }
 

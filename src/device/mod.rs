@@ -13,11 +13,12 @@ use tracing::{info, warn};
 
 use crate::dataplane::indices::IndexTable;
 use crate::dataplane::pool::CryptoPool;
-use crate::dataplane::shared::{ControlMsg, DropCounters, Shared};
+use crate::dataplane::shared::{ControlMsg, DropCounters, HandshakeCounters, Shared, WorkerCounters};
 use crate::dataplane::worker::{self, WorkerConfig};
 use crate::io::tun::{self, Tun};
 use crate::io::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
 use crate::io::{Backend, Doorbell, Network, TunQueue, WorkerIoConfig};
+use crate::metrics::{DeviceInfo, Metrics, CONTENT_TYPE};
 use crate::routing::AllowedIps;
 use control::{Control, HANDSHAKE_QUEUE};
 
@@ -43,6 +44,8 @@ pub enum DeviceError {
     BadSetting(&'static str, &'static str, String),
     #[error("a worker kept panicking; the daemon stopped (see the log)")]
     WorkerFailed,
+    #[error("cannot serve metrics on {0}: {1}")]
+    Metrics(std::net::SocketAddr, std::io::Error),
 }
 
 /// The knobs that reach a daemon started by wg-quick: environment variables, read here only.
@@ -54,6 +57,19 @@ pub struct Settings {
     pub offloads: bool,
     /// `WGTURBO_PARALLEL_CRYPTO=0|1`: whether idle workers seal another worker's batch.
     pub parallel_crypto: bool,
+    /// `WGTURBO_METRICS=ADDR:PORT` (or `--metrics`): serve Prometheus metrics there.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// The metrics address as given: `ADDR:PORT`, IPv6 in brackets.
+pub fn parse_metrics_addr(value: &str) -> Result<std::net::SocketAddr, DeviceError> {
+    value.trim().parse().map_err(|_| {
+        DeviceError::BadSetting(
+            "WGTURBO_METRICS (or --metrics)",
+            "ADDR:PORT, like 127.0.0.1:9586 or [::1]:9586",
+            value.to_string(),
+        )
+    })
 }
 
 impl Settings {
@@ -77,7 +93,11 @@ impl Settings {
             "0" | "off" => false,
             other => return Err(DeviceError::BadSetting("WGTURBO_PARALLEL_CRYPTO", "0 or 1", other.to_string())),
         };
-        Ok(Settings { workers, backend, offloads, parallel_crypto })
+        let metrics = match std::env::var("WGTURBO_METRICS") {
+            Ok(v) if !v.is_empty() => Some(parse_metrics_addr(&v)?),
+            _ => None,
+        };
+        Ok(Settings { workers, backend, offloads, parallel_crypto, metrics })
     }
 }
 
@@ -132,6 +152,8 @@ pub struct Device {
     control_tx: Sender<ControlMsg>,
     /// The backend each worker runs, and the engaged offloads, for the start-up line.
     pub summary: String,
+    /// The same, as labels for `wgturbo_info` (device and TUN offloads filled in by the caller).
+    pub info: DeviceInfo,
 }
 
 impl Device {
@@ -156,6 +178,9 @@ impl Device {
             failed: AtomicBool::new(false),
             interface_gone: AtomicBool::new(false),
             drops: DropCounters::default(),
+            handshakes: HandshakeCounters::default(),
+            workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
+            under_load: AtomicBool::new(false),
             crypto_pool: CryptoPool::new(bells.clone(), io.parallel_crypto),
         });
         let mut control =
@@ -200,7 +225,14 @@ impl Device {
         };
         let seal = if shared.crypto_pool.enabled() { "parallel seal" } else { "seal per worker" };
         let summary = format!("{} worker(s) on {}; {seal}; {udp}", backends.len(), names.join("+"));
-        Ok(Device { shared, control, control_tx, summary })
+        let info = DeviceInfo {
+            device: String::new(),
+            backend: names.join("+"),
+            udp_offloads: udp.to_string(),
+            tun_offloads: String::new(),
+            parallel_crypto: shared.crypto_pool.enabled(),
+        };
+        Ok(Device { shared, control, control_tx, summary, info })
     }
 
     pub fn control_sender(&self) -> Sender<ControlMsg> {
@@ -224,6 +256,7 @@ impl Device {
 pub struct BackgroundDevice {
     pub shared: Arc<Shared>,
     control_tx: Sender<ControlMsg>,
+    info: DeviceInfo,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -232,6 +265,7 @@ impl BackgroundDevice {
         let mut device = Device::start(io)?;
         let shared = device.shared.clone();
         let control_tx = device.control_sender();
+        let info = DeviceInfo { device: "twin".into(), tun_offloads: "twin".into(), ..device.info.clone() };
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
@@ -240,7 +274,12 @@ impl BackgroundDevice {
                 }
             })
             .map_err(DeviceError::Thread)?;
-        Ok(BackgroundDevice { shared, control_tx, thread: Some(thread) })
+        Ok(BackgroundDevice { shared, control_tx, info, thread: Some(thread) })
+    }
+
+    /// The device's metrics, as `/metrics` serves them (device label "twin").
+    pub fn metrics(&self) -> Metrics {
+        Metrics::new(self.shared.clone(), self.info.clone(), self.control_tx.clone())
     }
 
     /// Sends a UAPI request (`get=1` or `set=1` and its lines) and returns the reply text.
@@ -327,10 +366,14 @@ fn open_tun(iface: &str, workers: usize, offloads: bool) -> Result<OpenedTun, De
 
 /// Creates the interface and the UAPI socket, calls `ready`, then runs until the interface is
 /// deleted, the socket file removed, or SIGINT/SIGTERM arrives.
-pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
-    let settings = Settings::from_env()?;
+pub fn run(iface: &str, settings: Settings, ready: impl FnOnce()) -> Result<(), DeviceError> {
     // A running daemon's interface is left alone: no queue attached, no MTU reset.
     uapi_server::ensure_free(iface).map_err(DeviceError::Uapi)?;
+    // Bound before the interface exists, so a port in use leaves nothing behind.
+    let metrics_endpoint = match settings.metrics {
+        Some(addr) => Some(crate::io::http::bind(addr).map_err(|e| DeviceError::Metrics(addr, e))?),
+        None => None,
+    };
     let OpenedTun { queues, vnet, uso, engaged: tun_offloads } = open_tun(iface, settings.workers, settings.offloads)?;
     let iface = queues[0].name().to_string();
     if let Err(e) = tun::set_mtu(&iface, DEFAULT_MTU) {
@@ -352,13 +395,28 @@ pub fn run(iface: &str, ready: impl FnOnce()) -> Result<(), DeviceError> {
         .name("uapi".into())
         .spawn(move || uapi_server::serve(listener, control_tx))
         .map_err(DeviceError::Thread)?;
+    let metrics_line = match metrics_endpoint {
+        Some(endpoint) => {
+            let info =
+                DeviceInfo { device: iface.clone(), tun_offloads: tun_offloads.to_string(), ..device.info.clone() };
+            let line = format!("; metrics at http://{}/metrics", endpoint.local_addr());
+            let metrics = Metrics::new(device.shared.clone(), info, device.control_sender());
+            let shared = device.shared.clone();
+            std::thread::Builder::new()
+                .name("metrics".into())
+                .spawn(move || endpoint.serve("/metrics", CONTENT_TYPE, || shared.stopping(), || metrics.render()))
+                .map_err(DeviceError::Thread)?;
+            line
+        }
+        None => String::new(),
+    };
 
     let terminate = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, terminate.clone());
     }
     info!(
-        "interface {iface} up: {}; {tun_offloads}; UAPI at {}",
+        "interface {iface} up: {}; {tun_offloads}; UAPI at {}{metrics_line}",
         device.summary,
         uapi_server::socket_path(&iface).display()
     );

@@ -11,6 +11,7 @@
 
 pub mod batch;
 pub mod doorbell;
+pub mod http;
 pub mod syscalls;
 pub mod tun;
 pub mod twin;
