@@ -4,7 +4,8 @@
 # test. Defaults: 100,000 peers with one /32 each; then 1,000 peers x 1,000 prefixes (1M).
 # Prints, per implementation: `wg setconf` time, `wg show dump` time, RSS per peer, adding and
 # removing one peer on the full device, the daemon's CPU while the full device idles for
-# IDLE_SECONDS (default 60), and, on a fresh daemon, the 1M-prefix setconf, dump and RSS per
+# IDLE_SECONDS (default 60), one metrics scrape of the full device (wgturbo's
+# /metrics; '-' for others), and, on a fresh daemon, the 1M-prefix setconf, dump and RSS per
 # prefix. wireguard-go
 # refuses more than 65,536 peers; its row then says so.
 set -uo pipefail
@@ -46,11 +47,19 @@ conf "$WORK/peers.conf" "$PEERS" 1
 conf "$WORK/prefixes.conf" "$PREFIX_PEERS" "$PREFIXES_EACH"
 extra=$(wg genkey | wg pubkey)
 
-printf '%-14s %10s %8s %8s %8s %10s %10s %13s %10s %10s\n' implementation "setconf_s" "dump_s" "B/peer" "add_ms" "remove_ms" "idle_cpu_%" "setconf_1M_s" "dump_1M_s" "B/prefix"
+METRICS=127.0.0.1:9586
+# scrape NS: seconds for one GET /metrics (timed inside python, without its start-up) and the size.
+scrape() {
+  ip netns exec "$1" timeout 60 python3 -c '
+import sys, time, urllib.request
+t = time.time(); n = len(urllib.request.urlopen(sys.argv[1], timeout=50).read())
+print("%.3f/%dMB" % (time.time() - t, n >> 20))' "http://$METRICS/metrics" 2>/dev/null || echo failed
+}
+printf '%-14s %10s %8s %8s %8s %10s %10s %12s %13s %10s %10s\n' implementation "setconf_s" "dump_s" "B/peer" "add_ms" "remove_ms" "idle_cpu_%" "scrape_s" "setconf_1M_s" "dump_1M_s" "B/prefix"
 for impl in $IMPLS; do
   make_ns N "n$impl"
   iface="wgs${RUN_ID}${impl:0:1}"
-  start_impl "$impl" "$N" "$iface"
+  WGTURBO_METRICS=$METRICS start_impl "$impl" "$N" "$iface"
   pid=${PIDS[-1]}
   sleep 0.3
   rss0=$(rss_kib "$pid")
@@ -66,8 +75,10 @@ for impl in $IMPLS; do
     remove_ms=$(python3 -c "print('%.1f' % (float('$remove') * 1000))")
     c0=$(ticks "$pid"); sleep "$IDLE"; c1=$(ticks "$pid")
     idle_cpu=$(python3 -c "print('%.2f' % (($c1 - $c0) / $(getconf CLK_TCK) / $IDLE * 100))")
+    scrape_s=-
+    [ "$impl" = wgturbo ] && scrape_s=$(scrape "$N")
   else
-    setconf="refused"; dump="-"; per_peer="-"; add_ms="-"; remove_ms="-"; idle_cpu="-"
+    setconf="refused"; dump="-"; per_peer="-"; add_ms="-"; remove_ms="-"; idle_cpu="-"; scrape_s="-"
     n=$(head -c 80 "$WORK/err" | tr '\n' ' ')
   fi
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
@@ -84,7 +95,7 @@ for impl in $IMPLS; do
   else
     setconf_1m="refused"; dump_1m="-"; per_prefix="-"
   fi
-  printf '%-14s %10s %8s %8s %8s %10s %10s %13s %10s %10s\n' "$impl" "$setconf" "$dump" "$per_peer" "$add_ms" "$remove_ms" "$idle_cpu" "$setconf_1m" "$dump_1m" "$per_prefix"
+  printf '%-14s %10s %8s %8s %8s %10s %10s %12s %13s %10s %10s\n' "$impl" "$setconf" "$dump" "$per_peer" "$add_ms" "$remove_ms" "$idle_cpu" "$scrape_s" "$setconf_1m" "$dump_1m" "$per_prefix"
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
 done
 echo "peers: $PEERS with one /32 each (idle for ${IDLE} s); then $PREFIX_PEERS peers x $PREFIXES_EACH /32s; machine: $(nproc) vCPU, $(uname -r); commit $(git rev-parse --short HEAD)"

@@ -151,3 +151,10 @@ fn handshake_flood_gets_cookies_and_real_peer_gets_through() {
 fn uring_refused_falls_back_to_syscalls() {
     script_env("test-uring-fallback.sh", &[], &[("WGTURBO_IO", "uring")]);
 }
+
+/// Prometheus metrics scraped during traffic: counters grow, drop reasons count exactly the
+/// spoofed sources and garbage the test sent, no secret on the page.
+#[test]
+fn metrics_scraped_during_traffic_count_what_was_sent() {
+    script("test-metrics.sh", &["wireguard-go"]);
+}

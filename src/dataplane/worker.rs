@@ -165,7 +165,7 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
     }
     if !st.udp_reads.is_empty() {
         if let Some(counters) = shared.workers.get(index) {
-            let datagrams = st.udp_reads.iter().map(|b| b.len.div_ceil(b.stride.max(1)) as u64).sum();
+            let datagrams = st.udp_reads.iter().map(|b| b.len.div_ceil(b.stride.max(1)).max(1) as u64).sum();
             let bytes = st.udp_reads.iter().map(|b| b.len as u64).sum();
             WorkerCounters::add(&counters.udp_datagrams, datagrams);
             WorkerCounters::add(&counters.udp_bytes, bytes);
@@ -175,6 +175,11 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
         let rx = RxRound { shared, indices, routing: &routing, now, stamp };
         for (slot, b) in st.udp_reads.iter_mut().enumerate() {
             let Some(src) = b.src else { continue };
+            if b.len == 0 {
+                // An empty datagram has no chunks below, but it is garbage all the same.
+                bump(&shared.drops.malformed);
+                continue;
+            }
             let stride = b.stride.max(1);
             for (k, datagram) in b.filled_mut().chunks_mut(stride).enumerate() {
                 let Some(len) = rx.datagram_with(datagram, src, st.opener.result(slot, k)) else { continue };
