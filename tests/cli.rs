@@ -124,3 +124,35 @@ fn bad_metrics_addresses_are_one_clear_error() {
     assert!(err.contains(&format!("cannot serve metrics on {addr}")), "{err}");
     assert!(!std::path::Path::new(&format!("/sys/class/net/{iface}")).exists(), "no interface was created");
 }
+
+/// `wgturbo --help` names every environment variable the daemon reads (the internal
+/// start-up pipe excepted), found in the source so a new knob cannot be left out.
+#[test]
+fn help_lists_every_environment_variable() {
+    fn sources(dir: &std::path::Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut text = String::new();
+    sources(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut text);
+    let mut names: Vec<&str> = text
+        .split("env::var")
+        .skip(1)
+        .filter_map(|rest| rest.trim_start_matches("_os").strip_prefix("(\""))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 6, "found {names:?}");
+    let (ok, help, _) = run(WGTURBO, &["--help"], None);
+    assert!(ok);
+    for name in names {
+        assert!(help.contains(&format!("{name}=")), "--help does not list {name}:\n{help}");
+    }
+}
