@@ -1,39 +1,238 @@
-//! A path-compressed binary trie for longest-prefix match, keys left-aligned in a u128.
+//! Longest-prefix match for allowed IPs: a multibit trie, 8 bits per level, keys
+//! left-aligned in a u128 (IPv4 in the top 32 bits of a trie of its own).
+//!
+//! Each node holds the prefixes that end within its 8 bits as a complete binary tree of 511
+//! positions (ART's numbering: a prefix of `r` bits `b` is at `2^r + b`), and its children by
+//! next octet; both are popcount-compressed arrays behind bitmaps, so a node costs its
+//! entries, not 256 slots (the layout of Tailscale's BART). A subtree holding one prefix is a
+//! leaf in its parent's child array (path compression), so a million random /32s make about
+//! three levels of nodes, not 24 of a binary trie. A lookup walks at most 4 nodes for IPv4:
+//! per level one bitmap test for a child and one 512-bit AND for "does any prefix here cover
+//! the address"; the best prefix's position is worked out once, at the end.
 //!
 //! Persistent: nodes are shared (`Arc`) between a trie and its clones, and a change copies
-//! only the nodes on its path (`Arc::make_mut`). So the control thread publishes a snapshot
-//! with an O(1) clone, and adding or removing a prefix on a table of a million costs its path,
-//! not the table.
+//! only the nodes on its path (`Arc::make_mut`). The control thread publishes a snapshot with
+//! an O(1) clone; adding or removing a prefix costs its path, not the table.
 
 use std::sync::Arc;
 
 use super::mask;
 
+/// A fixed-size bitmap with rank (set bits below a position), for the compressed arrays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bits<const W: usize>([u64; W]);
+
+impl<const W: usize> Default for Bits<W> {
+    fn default() -> Self {
+        Bits([0; W])
+    }
+}
+
+impl<const W: usize> Bits<W> {
+    fn test(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+    fn clear(&mut self, i: usize) {
+        self.0[i / 64] &= !(1 << (i % 64));
+    }
+    /// How many set bits come before `i`: the position of `i`'s entry in its array.
+    fn rank(&self, i: usize) -> usize {
+        let below: u32 = self.0[..i / 64].iter().map(|w| w.count_ones()).sum();
+        (below + (self.0[i / 64] & ((1u64 << (i % 64)) - 1)).count_ones()) as usize
+    }
+    /// The highest position set in both.
+    fn highest_common(&self, other: &[u64; W]) -> Option<usize> {
+        (0..W).rev().find_map(|w| {
+            let both = self.0[w] & other[w];
+            (both != 0).then(|| w * 64 + 63 - both.leading_zeros() as usize)
+        })
+    }
+    fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..W * 64).filter(|&i| self.test(i))
+    }
+}
+
+/// Position of a prefix of `rel` bits (0..=8) of `octet` in a node's prefix tree.
+fn prefix_index(octet: usize, rel: u32) -> usize {
+    (1 << rel) + (octet >> (8 - rel))
+}
+
+/// For each octet, the positions of every prefix in a node that covers it: the octet's
+/// /8 position and its ancestors up to the node's /0.
+static COVERING: [[u64; 8]; 256] = covering();
+
+const fn covering() -> [[u64; 8]; 256] {
+    let mut table = [[0u64; 8]; 256];
+    let mut octet = 0;
+    while octet < 256 {
+        let mut i = 256 + octet;
+        while i >= 1 {
+            table[octet][i / 64] |= 1 << (i % 64);
+            i /= 2;
+        }
+        octet += 1;
+    }
+    table
+}
+
+/// The octet of `key` a node at `depth` branches on.
+fn octet(key: u128, depth: usize) -> usize {
+    ((key >> (120 - 8 * depth)) & 0xff) as usize
+}
+
+/// The depth of the node a prefix of `len` bits lives in: /1-/8 at the root, /9-/16 one level
+/// down, ...; /0 at the root too.
+fn home_depth(len: u8) -> usize {
+    (len as usize).saturating_sub(1) / 8
+}
+
+/// A prefix stored in its parent's child array: it alone lives in that subtree.
 #[derive(Clone, Debug)]
-struct Node<V> {
+struct Leaf<V> {
     key: u128,
     len: u8,
-    value: Option<V>,
-    children: [Option<Arc<Node<V>>>; 2],
+    value: V,
 }
 
-fn bit(key: u128, at: u8) -> usize {
-    ((key >> (127 - at as u32)) & 1) as usize
+#[derive(Clone, Debug)]
+enum Child<V> {
+    Node(Arc<Node<V>>),
+    Leaf(Leaf<V>),
 }
 
-fn common_prefix(a: u128, b: u128, max: u8) -> u8 {
-    ((a ^ b).leading_zeros() as u8).min(max)
+/// What a lookup reads on its way down (the child bitmap, the child array, whether there are
+/// prefixes) is the first cache line; the prefix bitmap is read only when the walk ends
+/// without a matching leaf. Boxed slices, not `Vec`s: no spare capacity, and 16 bytes each.
+#[derive(Clone, Debug)]
+#[repr(C, align(64))]
+struct Node<V> {
+    child_bits: Bits<4>,
+    children: Box<[Child<V>]>,
+    prefixes: Box<[V]>,
+    prefix_bits: Bits<8>,
+}
+
+/// `slice` with `item` inserted at `at` (a change reallocates: arrays here hold at most 256
+/// or 511 entries, and a tight allocation is what keeps a million prefixes small).
+fn insert_into<T>(slice: &mut Box<[T]>, at: usize, item: T) {
+    let mut v = std::mem::take(slice).into_vec();
+    v.reserve_exact(1);
+    v.insert(at, item);
+    *slice = v.into_boxed_slice();
+}
+
+fn remove_from<T>(slice: &mut Box<[T]>, at: usize) -> T {
+    let mut v = std::mem::take(slice).into_vec();
+    let item = v.remove(at);
+    *slice = v.into_boxed_slice();
+    item
+}
+
+impl<V> Default for Node<V> {
+    fn default() -> Self {
+        Node {
+            child_bits: Bits::default(),
+            children: Box::default(),
+            prefixes: Box::default(),
+            prefix_bits: Bits::default(),
+        }
+    }
+}
+
+impl<V: Clone> Node<V> {
+    fn child(&self, octet: usize) -> Option<&Child<V>> {
+        if self.child_bits.test(octet) {
+            self.children.get(self.child_bits.rank(octet))
+        } else {
+            None
+        }
+    }
+
+    fn child_pos(&self, octet: usize) -> Option<usize> {
+        self.child_bits.test(octet).then(|| self.child_bits.rank(octet))
+    }
+
+    fn insert_child(&mut self, octet: usize, child: Child<V>) {
+        let at = self.child_bits.rank(octet);
+        self.child_bits.set(octet);
+        insert_into(&mut self.children, at, child);
+    }
+
+    fn remove_child(&mut self, octet: usize) -> Option<Child<V>> {
+        let at = self.child_pos(octet)?;
+        self.child_bits.clear(octet);
+        Some(remove_from(&mut self.children, at))
+    }
+
+    fn set_prefix(&mut self, index: usize, value: V) -> Option<V> {
+        let at = self.prefix_bits.rank(index);
+        if self.prefix_bits.test(index) {
+            return self.prefixes.get_mut(at).map(|slot| std::mem::replace(slot, value));
+        }
+        self.prefix_bits.set(index);
+        insert_into(&mut self.prefixes, at, value);
+        None
+    }
+
+    fn remove_prefix(&mut self, index: usize) -> Option<V> {
+        if !self.prefix_bits.test(index) {
+            return None;
+        }
+        let at = self.prefix_bits.rank(index);
+        self.prefix_bits.clear(index);
+        Some(remove_from(&mut self.prefixes, at))
+    }
+
+    /// The longest prefix here that covers `octet`.
+    fn best(&self, octet: usize) -> Option<&V> {
+        let index = self.prefix_bits.highest_common(&COVERING[octet])?;
+        self.prefixes.get(self.prefix_bits.rank(index))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.prefixes.is_empty() && self.children.is_empty()
+    }
+
+    /// A node with a single entry that a leaf can stand for: its one prefix (rebuilt from the
+    /// node's path), or its one child if that is a leaf.
+    fn as_leaf(&self, path: u128, depth: usize) -> Option<Leaf<V>> {
+        match (&*self.prefixes, &*self.children) {
+            ([value], []) => {
+                let index = self.prefix_bits.ones().next()?;
+                let (key, len) = prefix_key(path, depth, index);
+                Some(Leaf { key, len, value: value.clone() })
+            }
+            ([], [Child::Leaf(leaf)]) => Some(leaf.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The key and length of the prefix at `index` of a node at `depth` whose path is `path`.
+fn prefix_key(path: u128, depth: usize, index: usize) -> (u128, u8) {
+    let rel = usize::BITS - 1 - index.leading_zeros();
+    let bits = (index - (1 << rel)) as u128;
+    let start = 8 * depth as u32;
+    let key = if rel == 0 { path } else { path | (bits << (128 - start - rel)) };
+    (key, (start + rel) as u8)
+}
+
+fn covers(key: u128, prefix: u128, len: u8) -> bool {
+    (key ^ prefix) & mask(len) == 0
 }
 
 #[derive(Clone, Debug)]
 pub struct Trie<V> {
-    root: Option<Arc<Node<V>>>,
+    root: Arc<Node<V>>,
     len: usize,
 }
 
 impl<V> Default for Trie<V> {
     fn default() -> Self {
-        Trie { root: None, len: 0 }
+        Trie { root: Arc::new(Node::default()), len: 0 }
     }
 }
 
@@ -48,158 +247,193 @@ impl<V: Clone> Trie<V> {
 
     /// Inserts or replaces the value of `key/len` (host bits are ignored).
     pub fn insert(&mut self, key: u128, len: u8, value: V) -> Option<V> {
+        let len = len.min(128);
         let key = key & mask(len);
-        let (old, added) = Self::insert_at(&mut self.root, key, len, value);
-        if added {
+        let old = Self::insert_at(Arc::make_mut(&mut self.root), 0, key, len, value);
+        if old.is_none() {
             self.len += 1;
         }
         old
     }
 
-    /// Returns the replaced value and whether a new prefix was added.
-    fn insert_at(slot: &mut Option<Arc<Node<V>>>, key: u128, len: u8, value: V) -> (Option<V>, bool) {
-        enum Step {
-            Leaf,
-            Replace,
-            Descend(usize),
-            Split(u8),
+    fn insert_at(node: &mut Node<V>, depth: usize, key: u128, len: u8, value: V) -> Option<V> {
+        if home_depth(len) == depth {
+            return node.set_prefix(prefix_index(octet(key, depth), len as u32 - 8 * depth as u32), value);
         }
-        let step = match slot.as_deref() {
-            None => Step::Leaf,
-            Some(node) => {
-                let common = common_prefix(node.key, key, node.len.min(len));
-                if common == node.len && common == len {
-                    Step::Replace
-                } else if common == node.len {
-                    Step::Descend(bit(key, common))
-                } else {
-                    Step::Split(common)
-                }
-            }
+        let o = octet(key, depth);
+        let Some(at) = node.child_pos(o) else {
+            node.insert_child(o, Child::Leaf(Leaf { key, len, value }));
+            return None;
         };
-        let leaf = |value| Arc::new(Node { key, len, value: Some(value), children: [None, None] });
-        match (step, slot.take()) {
-            (Step::Leaf, _) | (_, None) => {
-                *slot = Some(leaf(value));
-                (None, true)
-            }
-            (Step::Replace, Some(mut node)) => {
-                let old = Arc::make_mut(&mut node).value.replace(value);
-                *slot = Some(node);
-                let added = old.is_none();
-                (old, added)
-            }
-            (Step::Descend(side), Some(mut node)) => {
-                let result = Self::insert_at(&mut Arc::make_mut(&mut node).children[side], key, len, value);
-                *slot = Some(node);
-                result
-            }
-            // The new prefix and the node diverge, or the new one is shorter: a node at the
-            // common prefix goes above the old one.
-            (Step::Split(common), Some(old)) => {
-                let old_side = bit(old.key, common);
-                let mut parent = Node { key: key & mask(common), len: common, value: None, children: [None, None] };
-                if common == len {
-                    parent.value = Some(value);
-                } else {
-                    parent.children[1 - old_side] = Some(leaf(value));
-                }
-                parent.children[old_side] = Some(old);
-                *slot = Some(Arc::new(parent));
-                (None, true)
+        match &mut node.children[at] {
+            Child::Node(next) => Self::insert_at(Arc::make_mut(next), depth + 1, key, len, value),
+            Child::Leaf(leaf) if leaf.key == key && leaf.len == len => Some(std::mem::replace(&mut leaf.value, value)),
+            // Two prefixes now share this subtree: it becomes a node holding both.
+            Child::Leaf(leaf) => {
+                let mut below = Node::default();
+                Self::insert_at(&mut below, depth + 1, leaf.key, leaf.len, leaf.value.clone());
+                Self::insert_at(&mut below, depth + 1, key, len, value);
+                node.children[at] = Child::Node(Arc::new(below));
+                None
             }
         }
     }
 
     /// The value of the longest prefix containing `key`.
     pub fn lookup(&self, key: u128) -> Option<&V> {
-        let mut best = None;
-        let mut cur = self.root.as_deref();
-        while let Some(node) = cur {
-            if (key ^ node.key) & mask(node.len) != 0 {
-                break;
+        // The nodes passed that hold prefixes, with the octet taken there: searched deepest
+        // first only if the walk ends without a matching leaf (a leaf is longer than every
+        // prefix above it), so a lookup that ends in a leaf never reads a prefix bitmap.
+        let mut passed: [Option<(&Node<V>, usize)>; 16] = [None; 16];
+        let mut count = 0;
+        let mut node: &Node<V> = &self.root;
+        let mut depth = 0;
+        loop {
+            let o = octet(key, depth);
+            if !node.prefixes.is_empty() {
+                if let Some(slot) = passed.get_mut(count) {
+                    *slot = Some((node, o));
+                    count += 1;
+                }
             }
-            if node.value.is_some() {
-                best = node.value.as_ref();
+            match node.child(o) {
+                Some(Child::Node(next)) => {
+                    node = next;
+                    depth += 1;
+                }
+                Some(Child::Leaf(leaf)) if covers(key, leaf.key, leaf.len) => return Some(&leaf.value),
+                _ => break,
             }
-            if node.len == 128 {
-                break;
-            }
-            cur = node.children[bit(key, node.len)].as_deref();
         }
-        best
+        passed[..count].iter().rev().flatten().find_map(|&(node, o)| node.best(o))
+    }
+
+    /// The value stored for exactly `key/len`.
+    fn get_exact(&self, key: u128, len: u8) -> Option<&V> {
+        let mut node: &Node<V> = &self.root;
+        let mut depth = 0;
+        loop {
+            if home_depth(len) == depth {
+                let index = prefix_index(octet(key, depth), len as u32 - 8 * depth as u32);
+                return node.prefix_bits.test(index).then(|| node.prefixes.get(node.prefix_bits.rank(index))).flatten();
+            }
+            match node.child(octet(key, depth))? {
+                Child::Node(next) => {
+                    node = next;
+                    depth += 1;
+                }
+                Child::Leaf(leaf) => return (leaf.key == key && leaf.len == len).then_some(&leaf.value),
+            }
+        }
     }
 
     /// Removes exactly `key/len`.
     pub fn remove(&mut self, key: u128, len: u8) -> Option<V> {
+        let len = len.min(128);
         let key = key & mask(len);
-        let removed = Self::remove_at(&mut self.root, key, len);
+        // Absent: no path is copied for nothing.
+        self.get_exact(key, len)?;
+        let removed = Self::remove_at(Arc::make_mut(&mut self.root), 0, key, len);
         if removed.is_some() {
             self.len -= 1;
         }
         removed
     }
 
-    fn remove_at(slot: &mut Option<Arc<Node<V>>>, key: u128, len: u8) -> Option<V> {
-        let node = slot.as_mut()?;
-        if node.len > len || (key ^ node.key) & mask(node.len) != 0 {
-            return None;
+    fn remove_at(node: &mut Node<V>, depth: usize, key: u128, len: u8) -> Option<V> {
+        if home_depth(len) == depth {
+            return node.remove_prefix(prefix_index(octet(key, depth), len as u32 - 8 * depth as u32));
         }
-        let node = Arc::make_mut(node);
-        let removed = if node.len == len {
-            node.value.take()
-        } else {
-            Self::remove_at(&mut node.children[bit(key, node.len)], key, len)
+        let o = octet(key, depth);
+        let at = node.child_pos(o)?;
+        let removed = match &mut node.children[at] {
+            Child::Leaf(leaf) if leaf.key == key && leaf.len == len => None,
+            Child::Leaf(_) => return None,
+            Child::Node(next) => Some(Self::remove_at(Arc::make_mut(next), depth + 1, key, len)),
         };
-        Self::compact(slot);
-        removed
+        match removed {
+            None => match node.remove_child(o) {
+                Some(Child::Leaf(leaf)) => Some(leaf.value),
+                _ => None,
+            },
+            Some(value) => {
+                let path = key & mask(8 * (depth as u8 + 1));
+                Self::compact_child(node, o, path, depth + 1);
+                value
+            }
+        }
     }
 
-    /// A node without a value and with fewer than two children is not needed.
-    fn compact(slot: &mut Option<Arc<Node<V>>>) {
-        let replacement = match slot.as_deref() {
-            Some(node) if node.value.is_none() => match &node.children {
-                [None, None] => None,
-                [Some(only), None] | [None, Some(only)] => Some(only.clone()),
-                _ => return,
-            },
-            _ => return,
-        };
-        *slot = replacement;
+    /// The child node at `octet` (path `path`, at `depth`) lost an entry: an empty node goes,
+    /// and a node with one entry a leaf can hold becomes that leaf.
+    fn compact_child(node: &mut Node<V>, o: usize, path: u128, depth: usize) {
+        let Some(at) = node.child_pos(o) else { return };
+        let Child::Node(child) = &node.children[at] else { return };
+        if child.is_empty() {
+            node.remove_child(o);
+        } else if let Some(leaf) = child.as_leaf(path, depth) {
+            node.children[at] = Child::Leaf(leaf);
+        }
     }
 
     /// Removes every entry whose value matches; returns how many went.
     pub fn retain(&mut self, keep: &mut impl FnMut(&V) -> bool) -> usize {
-        let removed = Self::retain_at(&mut self.root, keep);
+        let removed = Self::retain_at(Arc::make_mut(&mut self.root), 0, 0, keep);
         self.len -= removed;
         removed
     }
 
-    fn retain_at(slot: &mut Option<Arc<Node<V>>>, keep: &mut impl FnMut(&V) -> bool) -> usize {
-        let Some(node) = slot.as_mut() else { return 0 };
-        let node = Arc::make_mut(node);
+    fn retain_at(node: &mut Node<V>, depth: usize, path: u128, keep: &mut impl FnMut(&V) -> bool) -> usize {
         let mut removed = 0;
-        if node.value.as_ref().is_some_and(|v| !keep(v)) {
-            node.value = None;
-            removed += 1;
+        let indices: Vec<usize> = node.prefix_bits.ones().collect();
+        let mut kept = Vec::with_capacity(node.prefixes.len());
+        for (index, value) in indices.into_iter().zip(std::mem::take(&mut node.prefixes).into_vec()) {
+            if keep(&value) {
+                kept.push(value);
+            } else {
+                node.prefix_bits.clear(index);
+                removed += 1;
+            }
         }
-        removed += Self::retain_at(&mut node.children[0], keep);
-        removed += Self::retain_at(&mut node.children[1], keep);
-        Self::compact(slot);
+        node.prefixes = kept.into_boxed_slice();
+        let octets: Vec<usize> = node.child_bits.ones().collect();
+        for o in octets {
+            let Some(at) = node.child_pos(o) else { continue };
+            match &mut node.children[at] {
+                Child::Leaf(leaf) => {
+                    if !keep(&leaf.value) {
+                        node.remove_child(o);
+                        removed += 1;
+                    }
+                }
+                Child::Node(next) => {
+                    let child_path = path | ((o as u128) << (120 - 8 * depth));
+                    removed += Self::retain_at(Arc::make_mut(next), depth + 1, child_path, keep);
+                    Self::compact_child(node, o, child_path, depth + 1);
+                }
+            }
+        }
         removed
     }
 
-    /// Every (key, len, value), in key order.
+    /// Every (key, len, value).
     pub fn entries(&self) -> Vec<(u128, u8, V)> {
         let mut out = Vec::with_capacity(self.len);
-        let mut stack: Vec<&Node<V>> = self.root.as_deref().into_iter().collect();
-        while let Some(node) = stack.pop() {
-            if let Some(v) = &node.value {
-                out.push((node.key, node.len, v.clone()));
-            }
-            stack.extend(node.children.iter().rev().flatten().map(|b| b.as_ref()));
-        }
+        Self::entries_at(&self.root, 0, 0, &mut out);
         out
+    }
+
+    fn entries_at(node: &Node<V>, depth: usize, path: u128, out: &mut Vec<(u128, u8, V)>) {
+        for (index, value) in node.prefix_bits.ones().zip(&node.prefixes) {
+            let (key, len) = prefix_key(path, depth, index);
+            out.push((key, len, value.clone()));
+        }
+        for (o, child) in node.child_bits.ones().zip(&node.children) {
+            match child {
+                Child::Leaf(leaf) => out.push((leaf.key, leaf.len, leaf.value.clone())),
+                Child::Node(next) => Self::entries_at(next, depth + 1, path | ((o as u128) << (120 - 8 * depth)), out),
+            }
+        }
     }
 }
 
@@ -250,6 +484,47 @@ mod tests {
                 assert_eq!(snap.lookup(*k).copied(), naive_lookup(list, *k));
             }
         }
+    }
+
+    /// Removal leaves no empty node behind, and a subtree down to one prefix is a leaf again:
+    /// a table that shrank costs what it holds.
+    #[test]
+    fn removal_compacts_the_tree() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut trie = Trie::default();
+        let keys: Vec<(u128, u8)> = (0..2000)
+            .map(|_| ((rng.gen::<u32>() as u128 & 0x00ff_ffff) << 96 | (10u128 << 120), rng.gen_range(9..=32)))
+            .collect();
+        for (i, &(k, l)) in keys.iter().enumerate() {
+            trie.insert(k, l, i);
+        }
+        let n = trie.len();
+        let mut removed = 0;
+        for &(k, l) in &keys {
+            removed += usize::from(trie.remove(k, l).is_some());
+        }
+        assert_eq!(removed, n);
+        assert!(trie.is_empty() && trie.root.is_empty(), "an empty trie has an empty root");
+        // Two /32s under one /24: a node; remove one and the other is a leaf of the root's child.
+        let v4 = |a: u8, b: u8, c: u8, d: u8| (u32::from_be_bytes([a, b, c, d]) as u128) << 96;
+        trie.insert(v4(10, 1, 2, 3), 32, 1);
+        assert!(matches!(trie.root.child(10), Some(Child::Leaf(_))), "one prefix in a subtree is a leaf");
+        trie.insert(v4(10, 1, 2, 4), 32, 2);
+        assert!(matches!(trie.root.child(10), Some(Child::Node(_))));
+        trie.remove(v4(10, 1, 2, 3), 32);
+        match trie.root.child(10) {
+            Some(Child::Leaf(leaf)) => assert_eq!((leaf.key, leaf.len, leaf.value), (v4(10, 1, 2, 4), 32, 2)),
+            _ => panic!("the subtree did not collapse to a leaf"),
+        }
+        assert_eq!(trie.lookup(v4(10, 1, 2, 4)), Some(&2));
+        // A node left with one prefix of its own collapses too, rebuilt from its path.
+        trie.insert(v4(10, 1, 0, 0), 16, 3);
+        trie.remove(v4(10, 1, 2, 4), 32);
+        match trie.root.child(10) {
+            Some(Child::Leaf(leaf)) => assert_eq!((leaf.key, leaf.len, leaf.value), (v4(10, 1, 0, 0), 16, 3)),
+            _ => panic!("a node with one prefix did not collapse to a leaf"),
+        }
+        assert_eq!(trie.lookup(v4(10, 1, 9, 9)), Some(&3));
     }
 
     #[test]
