@@ -4,7 +4,7 @@
 set -euo pipefail
 need_apt=()
 for pair in wg:wireguard-tools wireguard-go:wireguard-go iperf3:iperf3 ip:iproute2 ping:iputils-ping tcpdump:tcpdump \
-  systemd-analyze:systemd tc:iproute2 python3:python3; do
+  systemd-analyze:systemd tc:iproute2 python3:python3 nft:nftables; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

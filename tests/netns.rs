@@ -158,3 +158,11 @@ fn uring_refused_falls_back_to_syscalls() {
 fn metrics_scraped_during_traffic_count_what_was_sent() {
     script("test-metrics.sh", &["wireguard-go"]);
 }
+
+/// wireguard-go's own netns.sh shape: interfaces moved out of the sockets' namespace, MTU 1420
+/// and 34,736 over v4 and v6, roaming with a port change, crypto-RP with a more specific
+/// allowed IP on another peer, NAT with persistent keepalive, source address fall-over.
+#[test]
+fn netns_suite_against_wireguard_go() {
+    script("test-netns-suite.sh", &[]);
+}
