@@ -166,3 +166,10 @@ fn metrics_scraped_during_traffic_count_what_was_sent() {
 fn netns_suite_against_wireguard_go() {
     script("test-netns-suite.sh", &[]);
 }
+
+/// A wireguard-go peer restarted mid-transfer: back after one handshake, the transfer
+/// completes; many small flows through an authenticated peer leave RSS bounded.
+#[test]
+fn peer_restart_mid_transfer_and_many_small_flows() {
+    script("test-restart.sh", &[]);
+}
