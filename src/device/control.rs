@@ -20,7 +20,8 @@ use crate::dataplane::indices::IndexAllocator;
 use crate::dataplane::shared::{
     bump, ControlMsg, DeviceReport, HandshakePacket, IndexEntry, PeerReport, PeerShared, Shared,
 };
-use crate::io::{Network, Socket};
+use crate::io::syscalls::BatchSender;
+use crate::io::{Network, SendBatch, Socket};
 use crate::keys::{PresharedKey, PublicKey};
 use crate::noise::messages::{Initiation, Response, TRANSPORT_HEADER_LEN};
 use crate::noise::ratelimiter::RateLimiter;
@@ -34,6 +35,9 @@ pub const HANDSHAKE_QUEUE: usize = 4096;
 /// Peers one device may have: the kernel's MAX_PEERS_PER_DEVICE.
 pub const MAX_PEERS: usize = 1 << 20;
 const UNDER_LOAD_AFTER: usize = HANDSHAKE_QUEUE / 8;
+/// Handshake messages handled per wake-up, and cookie replies per batched send (64 bytes
+/// each: one 64 KiB chunk).
+const COOKIE_BATCH: usize = 1024;
 const UNDER_LOAD_STICKY: std::time::Duration = std::time::Duration::from_secs(1);
 /// When a peer whose stamps moved is looked at again (one timer tick).
 const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
@@ -98,6 +102,10 @@ pub struct Control {
     deadlines: BinaryHeap<Reverse<(Instant, PublicKey)>>,
     /// Peers whose timers this thread changed since the last tick.
     touched: Vec<PublicKey>,
+    /// Cookie replies of the handshake messages being drained, sent together (a flood from
+    /// one source becomes a few GSO sends, not a syscall per reply).
+    cookie_replies: SendBatch,
+    sender: BatchSender,
 }
 
 impl Control {
@@ -130,6 +138,8 @@ impl Control {
             active_rx,
             deadlines: BinaryHeap::new(),
             touched: Vec::new(),
+            cookie_replies: SendBatch::new(1, COOKIE_BATCH, true),
+            sender: BatchSender::default(),
         }
     }
 
@@ -141,7 +151,7 @@ impl Control {
                 return;
             }
             crossbeam_channel::select! {
-                recv(self.handshake_rx) -> msg => if let Ok(msg) = msg { self.on_handshake_packet(msg) },
+                recv(self.handshake_rx) -> msg => if let Ok(msg) = msg { self.on_handshake_burst(msg) },
                 recv(self.control_rx) -> msg => if let Ok(msg) = msg { self.on_control(msg) },
                 default(deadline - now) => return,
             }
@@ -305,6 +315,34 @@ impl Control {
         under_load
     }
 
+    /// Handles `first` and whatever else waits in the handshake queue (up to a batch), then
+    /// sends the cookie replies they earned together. A flood is drained in bursts: one wake-up
+    /// and one send per burst.
+    fn on_handshake_burst(&mut self, first: HandshakePacket) {
+        self.on_handshake_packet(first);
+        for _ in 1..COOKIE_BATCH {
+            match self.handshake_rx.try_recv() {
+                Ok(msg) => self.on_handshake_packet(msg),
+                Err(_) => break,
+            }
+        }
+        self.flush_cookie_replies();
+    }
+
+    fn flush_cookie_replies(&mut self) {
+        if self.cookie_replies.is_empty() {
+            return;
+        }
+        match self.socket() {
+            Some(sock) => {
+                if let Err(e) = sock.send_batch(&mut self.sender, &mut self.cookie_replies) {
+                    debug!("cookie replies: {e}");
+                }
+            }
+            None => self.cookie_replies.clear(),
+        }
+    }
+
     fn on_handshake_packet(&mut self, msg: HandshakePacket) {
         let now = Instant::now();
         let under_load = self.under_load(now);
@@ -358,12 +396,14 @@ impl Control {
             return;
         }
         if under_load && !checker.verify_mac2(bytes, mac2_at, &msg.src, now) {
-            let reply = checker.create_reply(sender, &mac1, &msg.src, now);
-            if let Some(sock) = self.socket() {
-                if sock.send_to(&reply.to_bytes(), msg.src).is_ok() {
-                    bump(&counters.cookie_replies_sent);
-                }
+            let reply = checker.create_reply(sender, &mac1, &msg.src, now).to_bytes();
+            if !self.cookie_replies.has_room(reply.len()) {
+                self.flush_cookie_replies();
             }
+            let (_, space) = self.cookie_replies.reserve(reply.len());
+            space[..reply.len()].copy_from_slice(&reply);
+            self.cookie_replies.commit(reply.len(), msg.src);
+            bump(&self.shared.handshakes.cookie_replies_sent);
             debug!("from {}: under load, sent a cookie reply", msg.src);
             return;
         }
@@ -901,6 +941,38 @@ mod tests {
         let responses = sent(s, 2);
         assert_eq!(responses.len(), 1, "B answered");
         Response::parse(&responses[0]).unwrap()
+    }
+
+    /// Under load (the handshake queue past 1/8), a drained burst of initiations without
+    /// mac2 gets one cookie reply each, sent together after the burst; A, holding the cookie
+    /// from the last reply, then gets through with mac2 while B is still under load.
+    #[test]
+    fn under_load_a_burst_gets_cookie_replies_and_mac2_gets_through() {
+        let mut s = setup();
+        let flood = UNDER_LOAD_AFTER + 300;
+        let mut cookies = crate::noise::CookieGenerator::new(&s.b_public);
+        let mut hs = Handshake::new(&s.a, s.b_public, PresharedKey::default());
+        let now = Instant::now();
+        for i in 0..flood {
+            let mut init = hs.create_initiation(&s.a, i as u32, Tai64N::now(), now).unwrap().to_vec();
+            cookies.stamp(&mut init, Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, now);
+            s.device.shared.handshake_tx.try_send(HandshakePacket { packet: init, src: s.a_addr }).unwrap();
+        }
+        let first = s.device.control.handshake_rx.try_recv().unwrap();
+        s.device.control.on_handshake_burst(first);
+        let replies = sent(&s, 3);
+        assert_eq!(replies.len(), flood.min(COOKIE_BATCH), "one cookie reply per message drained");
+        assert_eq!(sent(&s, 2).len(), 0, "no DH work under load");
+        assert!(s.device.shared.under_load.load(Ordering::Relaxed));
+        let counted = s.device.shared.handshakes.cookie_replies_sent.load(Ordering::Relaxed);
+        assert_eq!(counted as usize, replies.len());
+        // The last reply answers the last initiation A stamped: A takes the cookie.
+        let last = crate::noise::messages::CookieReply::parse(replies.last().unwrap()).unwrap();
+        cookies.consume_reply(&last, now).unwrap();
+        let mut init = hs.create_initiation(&s.a, 9999, Tai64N::now(), now).unwrap().to_vec();
+        cookies.stamp(&mut init, Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, now);
+        s.device.control.on_handshake_burst(HandshakePacket { packet: init, src: s.a_addr });
+        assert_eq!(sent(&s, 2).len(), 1, "with a valid mac2, B answers even under load");
     }
 
     /// A cookie reply may answer B's *response* (A under load): B must take the cookie, so its

@@ -123,6 +123,26 @@ impl Socket {
         }
     }
 
+    /// Sends every datagram of `batch` (GSO groups where the batch made them) and clears it:
+    /// for senders outside the workers, such as the control thread's cookie replies.
+    pub fn send_batch(&self, sender: &mut syscalls::BatchSender, batch: &mut SendBatch) -> io::Result<()> {
+        match self {
+            Socket::Os(s) => sender.send(s, batch),
+            Socket::Twin(s) => {
+                let mut result = Ok(());
+                for g in batch.groups() {
+                    for d in batch.datagrams(g) {
+                        if let Err(e) = s.send_to(d, g.addr) {
+                            result = Err(e);
+                        }
+                    }
+                }
+                batch.clear();
+                result
+            }
+        }
+    }
+
     /// Whether a send may carry several datagrams (UDP GSO).
     pub fn supports_gso(&self) -> bool {
         match self {

@@ -24,8 +24,25 @@ pub struct SyscallIo {
     free_tun: Vec<Buf>,
     free_udp: Vec<Buf>,
     recv: MmsgArrays,
+    sender: BatchSender,
+}
+
+/// Sends a `SendBatch` with sendmmsg, a GSO group per message where the batch made groups;
+/// falls back to one datagram per message when the kernel refuses GSO. The workers' backend
+/// and the control thread (cookie replies under a flood) both send through one.
+pub struct BatchSender {
     send: MmsgArrays,
     send_addrs: Vec<SockAddr>,
+}
+
+// SAFETY: the raw pointers inside the mmsghdr/iovec arrays only ever point into buffers this
+// struct owns or borrows for one call, and are rebuilt before every call.
+unsafe impl Send for BatchSender {}
+
+impl Default for BatchSender {
+    fn default() -> Self {
+        BatchSender { send: MmsgArrays::new(SEND_CHUNK), send_addrs: Vec::with_capacity(SEND_CHUNK) }
+    }
 }
 
 /// The C arrays one recvmmsg/sendmmsg call points into.
@@ -75,9 +92,37 @@ impl SyscallIo {
             free_tun: Vec::new(),
             free_udp: Vec::new(),
             recv: MmsgArrays::new(UDP_RECV_BATCH),
-            send: MmsgArrays::new(SEND_CHUNK),
-            send_addrs: Vec::with_capacity(SEND_CHUNK),
+            sender: BatchSender::default(),
         })
+    }
+}
+
+impl BatchSender {
+    /// Sends every group of `batch` and clears it. A group the kernel refuses (an unreachable
+    /// endpoint, ...) is skipped and its error returned after the rest went out.
+    pub fn send(&mut self, sock: &OsSocket, batch: &mut SendBatch) -> io::Result<()> {
+        let total = batch.groups().len();
+        let mut sent = 0;
+        let mut result = Ok(());
+        while sent < total {
+            let (n, r) = self.send_chunk(batch, sent, sock);
+            sent += n;
+            if let Err(e) = r {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                let g = batch.groups()[sent];
+                if g.count > 1 && gso_refused(&e) {
+                    batch.disable_gso();
+                    send_one_by_one(sock, batch, &g);
+                }
+                result = Err(e);
+                // Skip the group that failed and go on.
+                sent += 1;
+            }
+        }
+        batch.clear();
+        result
     }
 
     fn send_chunk(&mut self, batch: &SendBatch, first: usize, sock: &OsSocket) -> (usize, io::Result<()>) {
@@ -232,29 +277,7 @@ impl WorkerIo for SyscallIo {
 
     fn send_udp(&mut self, batch: &mut SendBatch) -> io::Result<()> {
         let socket = self.socket.clone();
-        let sock = os(&socket)?;
-        let total = batch.groups().len();
-        let mut sent = 0;
-        let mut result = Ok(());
-        while sent < total {
-            let (n, r) = self.send_chunk(batch, sent, sock);
-            sent += n;
-            if let Err(e) = r {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                let g = batch.groups()[sent];
-                if g.count > 1 && gso_refused(&e) {
-                    batch.disable_gso();
-                    send_one_by_one(sock, batch, &g);
-                }
-                result = Err(e);
-                // Skip the group that failed (unreachable endpoint, ...) and go on.
-                sent += 1;
-            }
-        }
-        batch.clear();
-        result
+        self.sender.send(os(&socket)?, batch)
     }
 
     fn write_tun(&mut self, batch: &mut TunWriteBatch) -> io::Result<()> {

@@ -81,18 +81,27 @@ impl CookieChecker {
         mac(&self.secret, &[&bytes[..n]])
     }
 
-    /// mac2 must be MAC(cookie(src), msg up to mac2) for the current cookie secret.
+    /// mac2 must be MAC(cookie(src), msg up to mac2) for the current cookie secret. An
+    /// all-zero mac2 is "no cookie" (what every sender without one puts there, floods
+    /// included): it is refused without computing anything, as a MAC of zero has a 2^-128
+    /// chance.
     pub fn verify_mac2(&mut self, msg: &[u8], mac2_offset: usize, src: &SocketAddr, now: Instant) -> bool {
+        let given = &msg[mac2_offset..mac2_offset + MAC_LEN];
+        if given.iter().all(|&b| b == 0) {
+            return false;
+        }
         let cookie = self.cookie_for(src, now);
         let expected = mac(&cookie, &[&msg[..mac2_offset]]);
-        constant_time_eq(&expected, &msg[mac2_offset..mac2_offset + MAC_LEN])
+        constant_time_eq(&expected, given)
     }
 
     /// A cookie reply to a message whose sender index is `receiver` and whose mac1 is `mac1`.
     pub fn create_reply(&mut self, receiver: u32, mac1: &[u8; MAC_LEN], src: &SocketAddr, now: Instant) -> CookieReply {
         let mut cookie = self.cookie_for(src, now);
+        // A nonce need only never repeat: the thread's CSPRNG (seeded from the OS) instead of
+        // a getrandom call per reply, which a flood would multiply.
         let mut nonce = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        rand::thread_rng().fill_bytes(&mut nonce);
         let cipher = XChaCha20Poly1305::new((&self.cookie_key).into());
         // Encryption of 16 bytes cannot fail.
         let sealed =

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# flood-bench.sh [SECONDS] [RATE]: a handshake flood against a gateway while its real peer
+# pushes iperf3 through it. A benchmark, not a test. For each server implementation (IMPLS,
+# default "wgturbo wireguard-go"): A runs the server, B runs wireguard-go as the established
+# peer and the iperf3 client; from a second address of B, flood.py sends mac1-valid
+# initiations at RATE/s (default 20000) and then as fast as it can. Prints throughput without
+# and with each flood (and the ratio), what the flooder sent and got back as cookie replies,
+# the server's CPU seconds and RSS before and after, and for wgturbo its own counters.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-5}
+RATE=${2:-20000}
+IMPLS=${IMPLS:-"wgturbo wireguard-go"}
+bash netns-scripts/install-deps.sh >/dev/null
+cargo build --release --quiet
+source netns-scripts/lib.sh
+trap cleanup EXIT
+METRICS=127.0.0.1:9588
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+metric() {
+  ip netns exec "$A" timeout 10 python3 -c '
+import sys, urllib.request
+page = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+print(sum(int(float(l.split()[-1])) for l in page.splitlines() if l.startswith(sys.argv[2])))' \
+    "http://$METRICS/metrics" "$1" 2>/dev/null || echo "-"
+}
+ratio() { python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.0f%%" % (100 * b / a) if a else "-")' "$1" "$2"; }
+
+printf '%-12s %9s %9s %6s %9s %6s %22s %22s %9s %9s\n' server "alone" "at_rate" "kept" "full" "kept" "flood_at_rate" "flood_full" "cpu_s" "rss_MiB"
+for impl in $IMPLS; do
+  RUN_ID=$(new_run_id)
+  setup_pair
+  WGTURBO_METRICS=$METRICS start_impl "$impl" "$A" "$IA"
+  pid=${PIDS[-1]}
+  start_impl wireguard-go "$B" "$IB"
+  configure "$A" "$IA" "$WORK/a.key" 51820 10.200.0.1/24 fd00:200::1/64 "$(cat "$WORK/b.pub")" 10.200.0.2/32 ""
+  configure "$B" "$IB" "$WORK/b.key" 51821 10.200.0.2/24 fd00:200::2/64 "$(cat "$WORK/a.pub")" 10.200.0.1/32 192.0.2.1:51820
+  ip -n "$B" addr add 192.0.2.9/24 dev "vb${RUN_ID}0"
+  ping_ok "$B" 10.200.0.1 || die "$impl: no tunnel"
+  rss0=$(rss_mib "$pid"); c0=$(ticks "$pid")
+  alone=$(iperf "$A" "$B" 10.200.0.1 "$SECS")
+  flood() {
+    ip netns exec "$B" timeout $((SECS + 20)) python3 netns-scripts/flood.py 192.0.2.1 51820 "$(cat "$WORK/a.pub")" \
+      $((SECS + 3)) "$1" 0 192.0.2.9 >"$WORK/flood" &
+    local f=$!
+    sleep 1
+    iperf "$A" "$B" 10.200.0.1 "$SECS"
+    wait "$f"
+  }
+  at_rate=$(flood "$RATE" | tail -1); flood_rate=$(cut -d' ' -f1,2 "$WORK/flood")
+  full=$(flood 0 | tail -1); flood_full=$(cut -d' ' -f1,2 "$WORK/flood")
+  c1=$(ticks "$pid"); rss1=$(rss_mib "$pid")
+  cpu=$(python3 -c "print('%.1f' % (($c1 - $c0) / $(getconf CLK_TCK)))")
+  printf '%-12s %9s %9s %6s %9s %6s %22s %22s %9s %9s\n' "$impl" "$alone" "$at_rate" "$(ratio "$alone" "$at_rate")" \
+    "$full" "$(ratio "$alone" "$full")" "$flood_rate" "$flood_full" "$cpu" "$rss0->$rss1"
+  if [ "$impl" = wgturbo ]; then
+    echo "  wgturbo: initiations received $(metric 'wgturbo_handshake_messages_received_total{device="'"$IA"'",type="initiation"}'), cookie replies sent $(metric wgturbo_cookie_replies_sent_total), rate limited $(metric wgturbo_handshakes_rate_limited_total), queue full drops $(metric 'wgturbo_packets_dropped_total{device="'"$IA"'",reason="handshake_queue_full"}'), handshakes completed $(metric wgturbo_handshakes_completed_total)"
+  fi
+  cleanup
+  PIDS=(); NAMESPACES=(); WORK=$(mktemp -d "/tmp/wgturbo-flood.XXXX")
+done
+echo "Gbit/s of one iperf3 TCP stream B -> A, ${SECS} s each; flood from B's second address; machine: $(nproc) vCPU, $(uname -r); commit $(git rev-parse --short HEAD)"
