@@ -18,13 +18,7 @@ trap cleanup EXIT
 METRICS=127.0.0.1:9588
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-metric() {
-  ip netns exec "$A" timeout 10 python3 -c '
-import sys, urllib.request
-page = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
-print(sum(int(float(l.split()[-1])) for l in page.splitlines() if l.startswith(sys.argv[2])))' \
-    "http://$METRICS/metrics" "$1" 2>/dev/null || echo "-"
-}
+metric() { metric_sum "$A" "$METRICS" "$1" 2>/dev/null || echo "-"; }
 ratio() { python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.0f%%" % (100 * b / a) if a else "-")' "$1" "$2"; }
 
 printf '%-12s %9s %9s %6s %9s %6s %22s %22s %9s %9s\n' server "alone" "at_rate" "kept" "full" "kept" "flood_at_rate" "flood_full" "cpu_s" "rss_MiB"

@@ -138,6 +138,16 @@ iperf() {
   python3 -c 'import json,sys; d=json.load(sys.stdin)["end"]; s=d.get("sum_received") or d.get("sum"); print("%.3f" % (s["bits_per_second"]/1e9))' <<<"$out"
 }
 
+# metric_sum NS ADDR PREFIX: the sum of the samples whose series starts with PREFIX on the
+# metrics page http://ADDR/metrics (WGTURBO_METRICS), fetched from namespace NS.
+metric_sum() {
+  ip netns exec "$1" timeout 10 python3 -c '
+import sys, urllib.request
+page = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+print(sum(int(float(l.split()[-1])) for l in page.splitlines() if l.startswith(sys.argv[2])))' \
+    "http://$2/metrics" "$3"
+}
+
 require_root() {
   if [ "$(id -u)" != 0 ]; then
     if [ "${CI:-}" = true ]; then die "netns tests need root"; fi

@@ -20,13 +20,7 @@ configure "$A" "$IA" "$WORK/a.key" 51820 10.200.0.1/24 fd00:200::1/64 "$(cat "$W
 configure "$B" "$IB" "$WORK/b.key" 51821 10.200.0.2/24 fd00:200::2/64 "$(cat "$WORK/a.pub")" 10.200.0.1/32,fd00:200::1/128 192.0.2.1:51820
 ping_ok "$B" 10.200.0.1 || die "no tunnel"
 
-completed() {
-  ip netns exec "$A" timeout 10 python3 -c '
-import sys, urllib.request
-page = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
-print(sum(int(float(l.split()[-1])) for l in page.splitlines() if l.startswith("wgturbo_handshakes_completed_total")))' \
-    "http://$METRICS/metrics"
-}
+completed() { metric_sum "$A" "$METRICS" wgturbo_handshakes_completed_total; }
 
 # 1. Restart mid-transfer.
 ip netns exec "$B" timeout 40 iperf3 -s -1 -B 10.200.0.2 >/dev/null 2>&1 &
