@@ -94,5 +94,17 @@ fn handshake(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, transport, handshake);
+/// One X25519: ours (through the Edwards form) against x25519-dalek's Montgomery ladder.
+fn dh(c: &mut Criterion) {
+    let ours = PrivateKey::generate();
+    let peer = PrivateKey::generate().public_key();
+    let mut group = c.benchmark_group("x25519");
+    group.bench_function("ours_edwards", |b| b.iter(|| black_box(ours.diffie_hellman(black_box(&peer)))));
+    let secret = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
+    let their = x25519_dalek::PublicKey::from(*peer.as_bytes());
+    group.bench_function("x25519_dalek_ladder", |b| b.iter(|| black_box(secret.diffie_hellman(black_box(&their)))));
+    group.finish();
+}
+
+criterion_group!(benches, transport, handshake, dh);
 criterion_main!(benches);

@@ -95,14 +95,19 @@ impl PrivateKey {
     }
     /// X25519(self, peer). Returns None for a low-order peer key (all-zero shared secret),
     /// which the protocol must reject.
+    ///
+    /// Computed through the Edwards form where the peer's point has one: dalek multiplies
+    /// Edwards points with its AVX2 backend where the CPU has it, while its Montgomery ladder
+    /// is serial (58 against 73 us here, `perf/README.md`). The result's u-coordinate is the
+    /// same for either lift of the point. A u on the twist has no Edwards form and takes the
+    /// ladder. Both are constant-time in the scalar; the branch depends on the public point.
     pub fn diffie_hellman(&self, public: &PublicKey) -> Option<[u8; 32]> {
-        let secret = x25519_dalek::StaticSecret::from(self.0);
-        let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(public.0));
-        if shared.was_contributory() {
-            Some(shared.to_bytes())
-        } else {
-            None
-        }
+        let point = curve25519_dalek::montgomery::MontgomeryPoint(public.0);
+        let shared = match point.to_edwards(0) {
+            Some(edwards) => edwards.mul_clamped(self.0).to_montgomery(),
+            None => point.mul_clamped(self.0),
+        };
+        (shared.0 != [0u8; 32]).then_some(shared.0)
     }
 }
 
@@ -214,6 +219,68 @@ mod tests {
         assert_eq!(PublicKey::from_hex(&"g".repeat(64)), Err(KeyError::BadHex));
         assert_eq!(PublicKey::from_hex("00"), Err(KeyError::BadHex));
         assert!(format!("{:?}", PrivateKey::generate()).contains("redacted"));
+    }
+
+    fn hex32(s: &str) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        for (i, byte) in b.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        b
+    }
+
+    /// RFC 7748 5.2 (scalar and u-coordinate, the second with its top bit set), the first
+    /// step of 5.2's iteration, and 6.1's Diffie-Hellman.
+    #[test]
+    fn x25519_known_answers_from_rfc7748() {
+        let cases = [
+            (
+                "a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
+                "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c",
+                "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552",
+            ),
+            (
+                "4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d",
+                "e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493",
+                "95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957",
+            ),
+            (
+                "0900000000000000000000000000000000000000000000000000000000000000",
+                "0900000000000000000000000000000000000000000000000000000000000000",
+                "422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079",
+            ),
+            (
+                "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+                "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f",
+                "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742",
+            ),
+        ];
+        for (k, u, out) in cases {
+            let shared = PrivateKey(hex32(k)).diffie_hellman(&PublicKey(hex32(u)));
+            assert_eq!(shared, Some(hex32(out)), "k={k}");
+        }
+    }
+
+    /// The same as x25519-dalek's ladder for random points, half of them on the twist (which
+    /// take the ladder here too) and half with the top bit set.
+    #[test]
+    fn x25519_matches_the_ladder_on_curve_and_twist() {
+        use rand::RngCore;
+        let (mut on_curve, mut twist) = (0, 0);
+        for _ in 0..300 {
+            let k = PrivateKey::generate();
+            let mut u = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut u);
+            let point = curve25519_dalek::montgomery::MontgomeryPoint(u);
+            if point.to_edwards(0).is_some() {
+                on_curve += 1;
+            } else {
+                twist += 1;
+            }
+            let ladder = x25519_dalek::StaticSecret::from(k.0).diffie_hellman(&x25519_dalek::PublicKey::from(u));
+            assert_eq!(k.diffie_hellman(&PublicKey(u)), Some(ladder.to_bytes()));
+        }
+        assert!(on_curve > 50 && twist > 50, "both paths ran: {on_curve} on the curve, {twist} on the twist");
     }
 
     #[test]
