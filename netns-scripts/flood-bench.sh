@@ -2,10 +2,13 @@
 # flood-bench.sh [SECONDS] [RATE]: a handshake flood against a gateway while its real peer
 # pushes iperf3 through it. A benchmark, not a test. For each server implementation (IMPLS,
 # default "wgturbo wireguard-go"): A runs the server, B runs wireguard-go as the established
-# peer and the iperf3 client; from a second address of B, flood.py sends mac1-valid
-# initiations at RATE/s (default 20000) and then as fast as it can. Prints throughput without
-# and with each flood (and the ratio), what the flooder sent and got back as cookie replies,
-# the server's CPU seconds and RSS before and after, and for wgturbo its own counters.
+# peer and the iperf3 client; from a third namespace F on a veth of its own to A, the
+# `flood` example (Rust, batched sends: the flooder costs little CPU, so the figure is the
+# server's) sends mac1-valid initiations at RATE/s (default 20000) and then flat out.
+# FLOODER=python uses flood.py from B's second address instead (a core of its own at 20k/s),
+# which also counts the cookie replies it gets back. Prints throughput without and with each
+# flood (and the ratio), what the flooder sent, the server's CPU seconds and RSS before and
+# after, and for wgturbo its own counters.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
@@ -13,6 +16,8 @@ RATE=${2:-20000}
 IMPLS=${IMPLS:-"wgturbo wireguard-go"}
 bash netns-scripts/install-deps.sh >/dev/null
 cargo build --release --quiet
+cargo build --release --quiet --example flood
+FLOODER=${FLOODER:-rust}
 source netns-scripts/lib.sh
 trap cleanup EXIT
 METRICS=127.0.0.1:9588
@@ -31,12 +36,19 @@ for impl in $IMPLS; do
   configure "$A" "$IA" "$WORK/a.key" 51820 10.200.0.1/24 fd00:200::1/64 "$(cat "$WORK/b.pub")" 10.200.0.2/32 ""
   configure "$B" "$IB" "$WORK/b.key" 51821 10.200.0.2/24 fd00:200::2/64 "$(cat "$WORK/a.pub")" 10.200.0.1/32 192.0.2.1:51820
   ip -n "$B" addr add 192.0.2.9/24 dev "vb${RUN_ID}0"
+  make_ns F f
+  link_ns "$A" "$F" 1 192.0.3.1 192.0.3.2 2001:db8:3::1 2001:db8:3::2
   ping_ok "$B" 10.200.0.1 || die "$impl: no tunnel"
   rss0=$(rss_mib "$pid"); c0=$(ticks "$pid")
   alone=$(iperf "$A" "$B" 10.200.0.1 "$SECS")
   flood() {
-    ip netns exec "$B" timeout $((SECS + 20)) python3 netns-scripts/flood.py 192.0.2.1 51820 "$(cat "$WORK/a.pub")" \
-      $((SECS + 3)) "$1" 0 192.0.2.9 >"$WORK/flood" &
+    if [ "$FLOODER" = python ]; then
+      ip netns exec "$B" timeout $((SECS + 20)) python3 netns-scripts/flood.py 192.0.2.1 51820 "$(cat "$WORK/a.pub")" \
+        $((SECS + 3)) "$1" 0 192.0.2.9 >"$WORK/flood" &
+    else
+      ip netns exec "$F" timeout $((SECS + 20)) "$ROOT/target/release/examples/flood" 192.0.3.1:51820 "$(cat "$WORK/a.pub")" \
+        $((SECS + 3)) "$1" >"$WORK/flood" &
+    fi
     local f=$!
     sleep 1
     iperf "$A" "$B" 10.200.0.1 "$SECS"
@@ -54,4 +66,4 @@ for impl in $IMPLS; do
   cleanup
   PIDS=(); NAMESPACES=(); WORK=$(mktemp -d "/tmp/wgturbo-flood.XXXX")
 done
-echo "Gbit/s of one iperf3 TCP stream B -> A, ${SECS} s each; flood from B's second address; machine: $(nproc) vCPU, $(uname -r); commit $(git rev-parse --short HEAD)"
+echo "Gbit/s of one iperf3 TCP stream B -> A, ${SECS} s each; flooder: $FLOODER; machine: $(nproc) vCPU, $(uname -r); commit $(git rev-parse --short HEAD)"

@@ -1,0 +1,81 @@
+//! flood: handshake initiations with a valid mac1 (so each would cost the responder a
+//! Diffie-Hellman unless it answers with a cookie), at a given rate, for
+//! `netns-scripts/flood-bench.sh`. It sends through the crate's batched UDP sender (sendmmsg,
+//! GSO), so the flooder itself costs little CPU and the benchmark measures the server.
+//!
+//! Usage: flood HOST:PORT RESPONDER_PUBLIC_KEY_BASE64 SECONDS [RATE]   (RATE 0: flat out)
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use wgturbo::io::syscalls::BatchSender;
+use wgturbo::io::udp::OsSocket;
+use wgturbo::io::{SendBatch, Socket};
+use wgturbo::keys::PublicKey;
+use wgturbo::noise::messages::INITIATION_LEN;
+use wgturbo::noise::{CookieGenerator, Initiation};
+
+const BATCH: usize = 512;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parsed = (|| -> Option<(SocketAddr, PublicKey, f64, f64)> {
+        let target = args.first()?.parse().ok()?;
+        let key = PublicKey::from_base64(args.get(1)?).ok()?;
+        let secs = args.get(2)?.parse().ok()?;
+        let rate = args.get(3).map_or(Some(0.0), |r| r.parse().ok())?;
+        Some((target, key, secs, rate))
+    })();
+    let Some((target, key, secs, rate)) = parsed else {
+        eprintln!("usage: flood HOST:PORT RESPONDER_PUBLIC_KEY_BASE64 SECONDS [RATE]");
+        return ExitCode::FAILURE;
+    };
+    let socket = match OsSocket::bind(0, 0, false) {
+        Ok(s) => Socket::Os(s),
+        Err(e) => {
+            eprintln!("flood: cannot bind: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stamper = CookieGenerator::new(&key);
+    let mut batch = SendBatch::new(1, BATCH, true);
+    let mut sender = BatchSender::default();
+    let mut noise = vec![0u8; 1 << 16];
+    rand::thread_rng().fill_bytes(&mut noise);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut sent: u64 = 0;
+    let mut errors: u64 = 0;
+    while Instant::now() < deadline {
+        let due = if rate > 0.0 {
+            let owed = (start.elapsed().as_secs_f64() * rate) as u64 - sent;
+            owed.min(BATCH as u64) as usize
+        } else {
+            BATCH
+        };
+        if due == 0 {
+            std::thread::sleep(Duration::from_micros(500));
+            continue;
+        }
+        for i in 0..due {
+            let (_, msg) = batch.reserve(INITIATION_LEN);
+            msg.fill(0);
+            msg[0] = 1;
+            let n = sent + i as u64;
+            msg[4..8].copy_from_slice(&(n as u32).to_le_bytes());
+            let off = (n as usize * 108) % (noise.len() - 108);
+            msg[8..116].copy_from_slice(&noise[off..off + 108]);
+            stamper.stamp(msg, Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, Instant::now());
+            batch.commit(INITIATION_LEN, target);
+        }
+        if socket.send_batch(&mut sender, &mut batch).is_err() {
+            errors += 1;
+        }
+        sent += due as u64;
+    }
+    let took = start.elapsed().as_secs_f64();
+    println!("sent={sent} seconds={took:.1} rate={:.0} send_errors={errors}", sent as f64 / took);
+    ExitCode::SUCCESS
+}
