@@ -138,6 +138,17 @@ iperf() {
   python3 -c 'import json,sys; d=json.load(sys.stdin)["end"]; s=d.get("sum_received") or d.get("sum"); print("%.3f" % (s["bits_per_second"]/1e9))' <<<"$out"
 }
 
+# iperf_start NS_SERVER NS_CLIENT ADDR SECONDS: a bounded TCP transfer to ADDR in the
+# background, the client's JSON in $WORK/iperf.json; wait on $IPERF_CLIENT for its result.
+iperf_start() {
+  ip netns exec "$1" timeout $(($4 + 30)) iperf3 -s -1 -B "$3" >/dev/null 2>&1 &
+  PIDS+=("$!")
+  sleep 0.5
+  ip netns exec "$2" timeout $(($4 + 25)) iperf3 -c "$3" -t "$4" -J >"$WORK/iperf.json" 2>&1 &
+  IPERF_CLIENT=$!
+  PIDS+=("$IPERF_CLIENT")
+}
+
 # metric_sum NS ADDR PREFIX: the sum of the samples whose series starts with PREFIX on the
 # metrics page http://ADDR/metrics (WGTURBO_METRICS), fetched from namespace NS.
 metric_sum() {

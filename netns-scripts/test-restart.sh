@@ -23,12 +23,8 @@ ping_ok "$B" 10.200.0.1 || die "no tunnel"
 completed() { metric_sum "$A" "$METRICS" wgturbo_handshakes_completed_total; }
 
 # 1. Restart mid-transfer.
-ip netns exec "$B" timeout 40 iperf3 -s -1 -B 10.200.0.2 >/dev/null 2>&1 &
-PIDS+=("$!")
-sleep 0.5
-ip netns exec "$A" timeout 35 iperf3 -c 10.200.0.2 -t 10 -J >"$WORK/iperf.json" 2>&1 &
-client=$!
-PIDS+=("$client")
+iperf_start "$B" "$A" 10.200.0.2 10
+client=$IPERF_CLIENT
 sleep 2
 before=$(completed)
 old=${PIDS[1]}

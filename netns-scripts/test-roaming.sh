@@ -16,12 +16,8 @@ ep=$(ip netns exec "$A" wg show "$IA" endpoints | awk '{ print $2 }')
 [ "$ep" = 192.0.2.2:51821 ] || die "endpoint before roaming is '$ep'"
 
 # A bounded TCP transfer from A to the roamer; the roamer moves two seconds in.
-ip netns exec "$B" timeout 30 iperf3 -s -1 -B 10.200.0.2 >/dev/null 2>&1 &
-PIDS+=("$!")
-sleep 0.5
-ip netns exec "$A" timeout 25 iperf3 -c 10.200.0.2 -t 8 -J >"$WORK/iperf.json" 2>&1 &
-client=$!
-PIDS+=("$client")
+iperf_start "$B" "$A" 10.200.0.2 8
+client=$IPERF_CLIENT
 sleep 2
 ip -n "$B" addr del 192.0.2.2/24 dev "vb${RUN_ID}0"
 ip -n "$B" addr add 192.0.2.3/24 dev "vb${RUN_ID}0"

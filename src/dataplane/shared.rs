@@ -149,7 +149,6 @@ pub enum ControlMsg {
 /// and never a key but public ones. Counters are read from `PeerShared` when rendered.
 pub struct DeviceReport {
     pub public_key: Option<PublicKey>,
-    pub listen_port: u16,
     pub peers: Vec<PeerReport>,
 }
 

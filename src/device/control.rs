@@ -357,17 +357,18 @@ impl Control {
                 return;
             }
         };
-        match &packet {
-            Packet::Initiation(_) => bump(&counters.initiations_received),
-            Packet::Response(_) => bump(&counters.responses_received),
-            Packet::CookieReply(_) => bump(&counters.cookie_replies_received),
-            Packet::Transport { .. } => {}
-        }
         // mac1 first (cheap, proves the sender knows our public key), then the cookie under load.
         let (mac1_at, mac2_at, sender, mac1) = match &packet {
-            Packet::Initiation(i) => (Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, i.sender, i.mac1),
-            Packet::Response(r) => (Response::MAC1_OFFSET, Response::MAC2_OFFSET, r.sender, r.mac1),
+            Packet::Initiation(i) => {
+                bump(&counters.initiations_received);
+                (Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, i.sender, i.mac1)
+            }
+            Packet::Response(r) => {
+                bump(&counters.responses_received);
+                (Response::MAC1_OFFSET, Response::MAC2_OFFSET, r.sender, r.mac1)
+            }
             Packet::CookieReply(c) => {
+                bump(&counters.cookie_replies_received);
                 // It may answer our initiation (a pending index) or our response (the index of
                 // the keypair that response made), as the kernel looks up both.
                 let owner = self.pending.get(&c.receiver).copied().or_else(|| {
@@ -710,7 +711,6 @@ impl Control {
     pub fn report(&self) -> DeviceReport {
         DeviceReport {
             public_key: self.identity.as_ref().map(|i| i.public),
-            listen_port: self.listen_port,
             peers: self
                 .peers
                 .values()

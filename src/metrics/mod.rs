@@ -16,7 +16,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet}
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::dataplane::shared::{ControlMsg, DeviceReport, Shared};
+use crate::dataplane::shared::{ControlMsg, DeviceReport, Shared, WorkerCounters};
 
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -292,9 +292,13 @@ impl Collector for DeviceCollector {
             [(device, under_load)],
         )?;
         let workers: Vec<String> = (0..s.workers.len()).map(|i| i.to_string()).collect();
-        let per_worker = |pick: fn(&crate::dataplane::shared::WorkerCounters) -> [(&'static str, u64); 2]| {
+        // Each worker's (outbound, inbound) pair of one counter kind.
+        let per_worker = |pick: fn(&WorkerCounters) -> [&AtomicU64; 2]| {
             s.workers.iter().zip(&workers).flat_map(move |(w, i)| {
-                pick(w).map(|(direction, n)| ([("device", dev), ("direction", direction), ("worker", i.as_str())], n))
+                let [outbound, inbound] = pick(w);
+                [("outbound", outbound), ("inbound", inbound)].map(|(direction, c)| {
+                    ([("device", dev), ("direction", direction), ("worker", i.as_str())], load(c))
+                })
             })
         };
         family(
@@ -302,20 +306,14 @@ impl Collector for DeviceCollector {
             "wgturbo_worker_packets",
             "Packets per worker: outbound = read from the TUN (a TSO/USO super-packet counts once), inbound = datagrams received from UDP.",
             Counter,
-            per_worker(|w| {
-                let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-                [("outbound", l(&w.tun_packets)), ("inbound", l(&w.udp_datagrams))]
-            }),
+            per_worker(|w| [&w.tun_packets, &w.udp_datagrams]),
         )?;
         family(
             &mut enc,
             "wgturbo_worker_bytes",
             "Bytes per worker: outbound = read from the TUN, inbound = received from UDP.",
             Counter,
-            per_worker(|w| {
-                let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-                [("outbound", l(&w.tun_bytes)), ("inbound", l(&w.udp_bytes))]
-            }),
+            per_worker(|w| [&w.tun_bytes, &w.udp_bytes]),
         )?;
         family(
             &mut enc,
