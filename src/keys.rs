@@ -98,7 +98,7 @@ impl PrivateKey {
     ///
     /// Computed through the Edwards form where the peer's point has one: dalek multiplies
     /// Edwards points with its AVX2 backend where the CPU has it, while its Montgomery ladder
-    /// is serial (58 against 73 us here, `perf/README.md`). The result's u-coordinate is the
+    /// is serial (73.5 against 91.2 us here, `perf/README.md`). The result's u-coordinate is the
     /// same for either lift of the point. A u on the twist has no Edwards form and takes the
     /// ladder. Both are constant-time in the scalar; the branch depends on the public point.
     pub fn diffie_hellman(&self, public: &PublicKey) -> Option<[u8; 32]> {
