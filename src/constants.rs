@@ -32,3 +32,6 @@ pub const COOKIE_LEN: usize = 16;
 pub const COOKIE_NONCE_LEN: usize = 24;
 /// Transport plaintext is padded to a multiple of this.
 pub const PADDING_MULTIPLE: usize = 16;
+/// The TUN's MTU until configured: 1500 less the outer IPv6 and UDP headers and WireGuard's
+/// own 32 bytes, as wg-quick and wireguard-go use.
+pub const DEFAULT_MTU: u32 = 1420;

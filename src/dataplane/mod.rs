@@ -3,6 +3,7 @@
 //! atomics and never take a lock. `shared` holds that state, below both `device` and here.
 
 pub mod checksum;
+pub mod gate;
 pub mod indices;
 pub mod ip;
 pub mod offload;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use tracing::error;
 
+use super::gate::Gate;
 use super::indices::IndexTable;
 use super::ip;
 use super::pool::{CryptoPool, Job};
@@ -188,14 +189,16 @@ impl Opener {
 }
 
 impl RxRound<'_> {
-    /// Handles one datagram; returns the length of an inner packet to deliver, found at
-    /// `datagram[16..16 + len]`.
-    pub fn datagram(&self, datagram: &mut [u8], src: SocketAddr) -> Option<usize> {
-        self.datagram_with(datagram, src, Decrypted::Untouched)
-    }
-
-    /// As `datagram`, for one whose decryption `pre` may already have done.
-    pub fn datagram_with(&self, datagram: &mut [u8], src: SocketAddr, pre: Decrypted) -> Option<usize> {
+    /// Handles one datagram, whose decryption `pre` may already have done; returns the length
+    /// of an inner packet to deliver, found at `datagram[16..16 + len]`. Handshake messages
+    /// pass `gate` on their way to the control thread.
+    pub fn datagram_with(
+        &self,
+        datagram: &mut [u8],
+        src: SocketAddr,
+        pre: Decrypted,
+        gate: &mut Gate,
+    ) -> Option<usize> {
         let drops = &self.shared.drops;
         if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
             bump(&drops.malformed);
@@ -208,7 +211,8 @@ impl RxRound<'_> {
                 bump(&drops.malformed);
                 return None;
             }
-            let msg = HandshakePacket { packet: datagram.to_vec(), src };
+            let screening = gate.admit(self.shared, datagram, src, self.now)?;
+            let msg = HandshakePacket { packet: datagram.to_vec(), src, screening };
             if self.shared.handshake_tx.try_send(msg).is_err() {
                 bump(&drops.handshake_queue_full);
             }

@@ -10,12 +10,14 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_channel::Sender;
 use zeroize::Zeroizing;
 
+use super::gate::{Screening, UNDER_LOAD_STICKY};
 use super::indices::IndexTable;
 use super::pool::CryptoPool;
 use crate::config::uapi::Request;
 use crate::constants::MAX_STAGED_PACKETS;
 use crate::io::Socket;
 use crate::keys::PublicKey;
+use crate::noise::CookieChecker;
 use crate::routing::{AllowedIps, IpNet};
 use crate::session::{Keypair, Keypairs};
 
@@ -130,6 +132,8 @@ pub struct IndexEntry {
 pub struct HandshakePacket {
     pub packet: Vec<u8>,
     pub src: SocketAddr,
+    /// How far the worker that received it checked it.
+    pub screening: Screening,
 }
 
 pub enum ControlMsg {
@@ -264,13 +268,64 @@ pub struct Shared {
     pub handshakes: HandshakeCounters,
     /// One per worker, by index.
     pub workers: Vec<WorkerCounters>,
-    /// The control thread answers handshakes with cookies (its queue filled; the kernel's rule).
-    pub under_load: AtomicBool,
+    /// Until when (a stamp) handshake messages without a valid mac2 get cookie replies instead
+    /// of work (`gate`: set when the control thread's queue backs up or a worker sees a flood).
+    pub under_load_until: AtomicU64,
+    /// mac1/mac2 checks and cookie replies for our identity; None without a private key.
+    /// Published by the control thread, used by the workers and by it.
+    pub cookies: ArcSwapOption<CookieChecker>,
     /// Seal jobs any worker may take (ordered parallel AEAD for one flow).
     pub crypto_pool: CryptoPool,
 }
 
 impl Shared {
+    pub fn new(
+        workers: usize,
+        crypto_pool: CryptoPool,
+        handshake_tx: Sender<HandshakePacket>,
+        control_tx: Sender<ControlMsg>,
+        active_tx: Sender<Arc<PeerShared>>,
+    ) -> Shared {
+        Shared {
+            epoch: Instant::now(),
+            routing: ArcSwap::from_pointee(AllowedIps::default()),
+            indices: Arc::new(IndexTable::default()),
+            sockets: ArcSwap::from_pointee(Vec::new()),
+            mtu: AtomicUsize::new(crate::constants::DEFAULT_MTU as usize),
+            handshake_tx,
+            control_tx,
+            active_tx,
+            stop: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            interface_gone: AtomicBool::new(false),
+            drops: DropCounters::default(),
+            handshakes: HandshakeCounters::default(),
+            workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
+            under_load_until: AtomicU64::new(0),
+            cookies: ArcSwapOption::empty(),
+            crypto_pool,
+        }
+    }
+
+    /// One worker's worth, with the receiving ends of its channels.
+    #[cfg(test)]
+    pub fn for_tests() -> (Shared, TestChannels) {
+        let (handshake_tx, handshake) = crossbeam_channel::unbounded();
+        let (control_tx, control) = crossbeam_channel::unbounded();
+        let (active_tx, active) = crossbeam_channel::unbounded();
+        let shared = Shared::new(1, CryptoPool::new(Vec::new(), false), handshake_tx, control_tx, active_tx);
+        (shared, TestChannels { handshake, control, active })
+    }
+
+    /// Handshake messages without a valid mac2 are answered with cookies until `stamp`.
+    pub fn under_load(&self, stamp: Stamp) -> bool {
+        stamp < self.under_load_until.load(Ordering::Relaxed)
+    }
+    /// A sign of load at `stamp`: the device stays under load for `UNDER_LOAD_STICKY` more.
+    pub fn mark_under_load(&self, stamp: Stamp) {
+        let until = stamp.saturating_add(UNDER_LOAD_STICKY.as_nanos() as u64);
+        self.under_load_until.fetch_max(until, Ordering::Relaxed);
+    }
     pub fn stamp(&self, now: Instant) -> Stamp {
         now.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
     }
@@ -290,6 +345,13 @@ impl Shared {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+}
+
+#[cfg(test)]
+pub struct TestChannels {
+    pub handshake: crossbeam_channel::Receiver<HandshakePacket>,
+    pub control: crossbeam_channel::Receiver<ControlMsg>,
+    pub active: crossbeam_channel::Receiver<Arc<PeerShared>>,
 }
 
 #[cfg(test)]

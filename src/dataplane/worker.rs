@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error};
 
+use super::gate::Gate;
 use super::offload::Coalescer;
 use super::rx::{Opener, RxRound};
 use super::seal::Sealer;
@@ -68,6 +69,7 @@ struct State {
     opener: Opener,
     tun_out: TunWriteBatch,
     coalescer: Coalescer,
+    gate: Gate,
     tun_reads: Vec<Buf>,
     udp_reads: Vec<Buf>,
     socket: Option<Arc<Socket>>,
@@ -80,6 +82,7 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
         opener: Opener::new(config.index),
         tun_out: TunWriteBatch::default(),
         coalescer: Coalescer::with_udp(config.uso),
+        gate: Gate::new(config.gso),
         tun_reads: Vec::with_capacity(TUN_READ_BATCH),
         udp_reads: Vec::with_capacity(UDP_RECV_BATCH),
         socket: None,
@@ -117,6 +120,16 @@ fn use_current_socket(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, in
         st.socket = Some(sock.clone());
     }
     true
+}
+
+/// Sends the cookie replies the gate queued (a flood from one source: a few GSO sends).
+fn send_cookie_replies(io: &mut dyn WorkerIo, gate: &mut Gate, index: usize) {
+    if gate.replies.is_empty() {
+        return;
+    }
+    if let Err(e) = io.send_udp(&mut gate.replies) {
+        debug!("worker {index}: sending cookie replies failed: {e}");
+    }
 }
 
 /// One round of reads and writes.
@@ -182,7 +195,11 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
             }
             let stride = b.stride.max(1);
             for (k, datagram) in b.filled_mut().chunks_mut(stride).enumerate() {
-                let Some(len) = rx.datagram_with(datagram, src, st.opener.result(slot, k)) else { continue };
+                if !st.gate.has_room() {
+                    send_cookie_replies(io, &mut st.gate, index);
+                }
+                let pre = st.opener.result(slot, k);
+                let Some(len) = rx.datagram_with(datagram, src, pre, &mut st.gate) else { continue };
                 let plaintext = &datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
                 if !(config.vnet && st.coalescer.push(plaintext, &mut st.tun_out)) {
                     st.tun_out.push_plain(plaintext);
@@ -191,6 +208,7 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
         }
         st.coalescer.drain(&mut st.tun_out);
         io.recycle_udp(&mut st.udp_reads);
+        send_cookie_replies(io, &mut st.gate, index);
     }
 
     if !st.tun_out.is_empty() {

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use crate::config::uapi::{self, Request, ERRNO_IO, ERRNO_PORT_IN_USE, ERRNO_TOO_MANY_PEERS};
 use crate::config::{DeviceChange, DeviceStatus, PeerStatus};
 use crate::constants::REKEY_TIMEOUT;
+use crate::dataplane::gate::{check_mac1, cookie_unless_mac2, queue_reply, Screening};
 use crate::dataplane::indices::IndexAllocator;
 use crate::dataplane::shared::{
     bump, ControlMsg, DeviceReport, HandshakePacket, IndexEntry, PeerReport, PeerShared, Shared,
@@ -38,7 +39,6 @@ const UNDER_LOAD_AFTER: usize = HANDSHAKE_QUEUE / 8;
 /// Handshake messages handled per wake-up, and cookie replies per batched send (64 bytes
 /// each: one 64 KiB chunk).
 const COOKIE_BATCH: usize = 1024;
-const UNDER_LOAD_STICKY: std::time::Duration = std::time::Duration::from_secs(1);
 /// When a peer whose stamps moved is looked at again (one timer tick).
 const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -77,7 +77,6 @@ struct PeerState {
 pub struct Control {
     shared: Arc<Shared>,
     identity: Option<StaticIdentity>,
-    checker: Option<CookieChecker>,
     listen_port: u16,
     fwmark: u32,
     network: Network,
@@ -88,7 +87,6 @@ pub struct Control {
     pending: HashMap<u32, PublicKey>,
     /// The receiver indices: which are taken, in the table the workers read.
     indices: IndexAllocator,
-    under_load_until: Option<Instant>,
     ratelimiter: RateLimiter,
     /// `MAX_PEERS`, lowered by tests.
     pub(super) peer_limit: usize,
@@ -121,7 +119,6 @@ impl Control {
         Control {
             shared,
             identity: None,
-            checker: None,
             listen_port: 0,
             fwmark: 0,
             network,
@@ -130,7 +127,6 @@ impl Control {
             allowed: AllowedIps::default(),
             pending: HashMap::new(),
             indices: IndexAllocator::new(table),
-            under_load_until: None,
             ratelimiter: RateLimiter::default(),
             peer_limit: MAX_PEERS,
             handshake_rx,
@@ -306,13 +302,13 @@ impl Control {
         }
     }
 
-    fn under_load(&mut self, now: Instant) -> bool {
+    /// The kernel's rule: a backed-up queue is load (and so is a flood a worker saw, `gate`).
+    fn under_load(&self, now: Instant) -> bool {
+        let stamp = self.shared.stamp(now);
         if self.handshake_rx.len() >= UNDER_LOAD_AFTER {
-            self.under_load_until = Some(now + UNDER_LOAD_STICKY);
+            self.shared.mark_under_load(stamp);
         }
-        let under_load = self.under_load_until.is_some_and(|t| now < t);
-        self.shared.under_load.store(under_load, Ordering::Relaxed);
-        under_load
+        self.shared.under_load(stamp)
     }
 
     /// Handles `first` and whatever else waits in the handshake queue (up to a batch), then
@@ -345,8 +341,7 @@ impl Control {
 
     fn on_handshake_packet(&mut self, msg: HandshakePacket) {
         let now = Instant::now();
-        let under_load = self.under_load(now);
-        let (Some(identity), Some(checker)) = (self.identity.clone(), self.checker.as_mut()) else { return };
+        let (Some(identity), Some(checker)) = (self.identity.clone(), self.shared.cookies.load_full()) else { return };
         let bytes = &msg.packet;
         let counters = &self.shared.handshakes;
         let packet = match Packet::parse(bytes) {
@@ -357,56 +352,45 @@ impl Control {
                 return;
             }
         };
-        // mac1 first (cheap, proves the sender knows our public key), then the cookie under load.
-        let (mac1_at, mac2_at, sender, mac1) = match &packet {
-            Packet::Initiation(i) => {
-                bump(&counters.initiations_received);
-                (Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, i.sender, i.mac1)
-            }
-            Packet::Response(r) => {
-                bump(&counters.responses_received);
-                (Response::MAC1_OFFSET, Response::MAC2_OFFSET, r.sender, r.mac1)
-            }
-            Packet::CookieReply(c) => {
-                bump(&counters.cookie_replies_received);
-                // It may answer our initiation (a pending index) or our response (the index of
-                // the keypair that response made), as the kernel looks up both.
-                let owner = self.pending.get(&c.receiver).copied().or_else(|| {
-                    let entry = self.indices.table().get(c.receiver)?;
-                    entry.as_ref().map(|e| e.peer.public_key)
-                });
-                if let Some(peer) = owner.and_then(|pk| self.peers.get_mut(&pk)) {
-                    let pk = peer.shared.public_key;
-                    match peer.handshake.cookies.consume_reply(c, now) {
-                        Ok(()) => debug!("peer {pk}: got a cookie reply"),
-                        Err(e) => {
-                            bump(&counters.rejected);
-                            debug!("peer {pk}: {e}")
-                        }
+        if let Packet::CookieReply(c) = &packet {
+            bump(&counters.cookie_replies_received);
+            // It may answer our initiation (a pending index) or our response (the index of
+            // the keypair that response made), as the kernel looks up both.
+            let owner = self.pending.get(&c.receiver).copied().or_else(|| {
+                let entry = self.indices.table().get(c.receiver)?;
+                entry.as_ref().map(|e| e.peer.public_key)
+            });
+            if let Some(peer) = owner.and_then(|pk| self.peers.get_mut(&pk)) {
+                let pk = peer.shared.public_key;
+                match peer.handshake.cookies.consume_reply(c, now) {
+                    Ok(()) => debug!("peer {pk}: got a cookie reply"),
+                    Err(e) => {
+                        bump(&counters.rejected);
+                        debug!("peer {pk}: {e}")
                     }
-                } else {
-                    bump(&counters.rejected);
                 }
-                return;
+            } else {
+                bump(&counters.rejected);
             }
-            Packet::Transport { .. } => return,
-        };
-        if !checker.verify_mac1(bytes, mac1_at) {
-            bump(&counters.invalid_mac1);
+            return;
+        }
+        // mac1 first (cheap, proves the sender knows our public key), then the cookie under
+        // load; the worker that received it did what it could (`gate`).
+        if msg.screening == Screening::Unchecked && !check_mac1(&checker, counters, bytes) {
             debug!("from {}: handshake message with invalid mac1", msg.src);
             return;
         }
-        if under_load && !checker.verify_mac2(bytes, mac2_at, &msg.src, now) {
-            let reply = checker.create_reply(sender, &mac1, &msg.src, now).to_bytes();
-            if !self.cookie_replies.has_room(reply.len()) {
-                self.flush_cookie_replies();
+        let under_load = self.under_load(now);
+        if under_load && msg.screening != Screening::Mac1AndMac2 {
+            if let Some(reply) = cookie_unless_mac2(&checker, bytes, &msg.src, now) {
+                if !self.cookie_replies.has_room(reply.len()) {
+                    self.flush_cookie_replies();
+                }
+                queue_reply(&mut self.cookie_replies, &reply, msg.src);
+                bump(&self.shared.handshakes.cookie_replies_sent);
+                debug!("from {}: under load, sent a cookie reply", msg.src);
+                return;
             }
-            let (_, space) = self.cookie_replies.reserve(reply.len());
-            space[..reply.len()].copy_from_slice(&reply);
-            self.cookie_replies.commit(reply.len(), msg.src);
-            bump(&self.shared.handshakes.cookie_replies_sent);
-            debug!("from {}: under load, sent a cookie reply", msg.src);
-            return;
         }
         // Under load even a source that proved its address gets a bounded share of DH work.
         if under_load && !self.ratelimiter.allow(msg.src.ip(), now) {
@@ -813,7 +797,7 @@ impl Control {
             };
             if !same {
                 self.identity = new_identity;
-                self.checker = self.identity.as_ref().map(|i| CookieChecker::new(&i.public));
+                self.shared.cookies.store(self.identity.as_ref().map(|i| Arc::new(CookieChecker::new(&i.public))));
                 let keys: Vec<PublicKey> = self.peers.keys().copied().collect();
                 for pk in keys {
                     self.clear_keypairs(&pk);
@@ -937,7 +921,11 @@ mod tests {
     fn handshake_from_a(s: &mut Setup) -> Response {
         let mut hs = Handshake::new(&s.a, s.b_public, PresharedKey::default());
         let init = hs.create_initiation(&s.a, 7, Tai64N::now(), Instant::now()).unwrap();
-        s.device.control.on_handshake_packet(HandshakePacket { packet: init.to_vec(), src: s.a_addr });
+        s.device.control.on_handshake_packet(HandshakePacket {
+            packet: init.to_vec(),
+            src: s.a_addr,
+            screening: Screening::Unchecked,
+        });
         let responses = sent(s, 2);
         assert_eq!(responses.len(), 1, "B answered");
         Response::parse(&responses[0]).unwrap()
@@ -956,14 +944,18 @@ mod tests {
         for i in 0..flood {
             let mut init = hs.create_initiation(&s.a, i as u32, Tai64N::now(), now).unwrap().to_vec();
             cookies.stamp(&mut init, Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, now);
-            s.device.shared.handshake_tx.try_send(HandshakePacket { packet: init, src: s.a_addr }).unwrap();
+            s.device
+                .shared
+                .handshake_tx
+                .try_send(HandshakePacket { packet: init, src: s.a_addr, screening: Screening::Unchecked })
+                .unwrap();
         }
         let first = s.device.control.handshake_rx.try_recv().unwrap();
         s.device.control.on_handshake_burst(first);
         let replies = sent(&s, 3);
         assert_eq!(replies.len(), flood.min(COOKIE_BATCH), "one cookie reply per message drained");
         assert_eq!(sent(&s, 2).len(), 0, "no DH work under load");
-        assert!(s.device.shared.under_load.load(Ordering::Relaxed));
+        assert!(s.device.shared.under_load(s.device.shared.stamp(Instant::now())));
         let counted = s.device.shared.handshakes.cookie_replies_sent.load(Ordering::Relaxed);
         assert_eq!(counted as usize, replies.len());
         // The last reply answers the last initiation A stamped: A takes the cookie.
@@ -971,7 +963,11 @@ mod tests {
         cookies.consume_reply(&last, now).unwrap();
         let mut init = hs.create_initiation(&s.a, 9999, Tai64N::now(), now).unwrap().to_vec();
         cookies.stamp(&mut init, Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, now);
-        s.device.control.on_handshake_burst(HandshakePacket { packet: init, src: s.a_addr });
+        s.device.control.on_handshake_burst(HandshakePacket {
+            packet: init,
+            src: s.a_addr,
+            screening: Screening::Unchecked,
+        });
         assert_eq!(sent(&s, 2).len(), 1, "with a valid mac2, B answers even under load");
     }
 
@@ -984,7 +980,11 @@ mod tests {
         let b_addr = TwinNet::address(s.device.control.listen_port);
         let reply =
             CookieChecker::new(&s.a.public).create_reply(response.sender, &response.mac1, &b_addr, Instant::now());
-        s.device.control.on_handshake_packet(HandshakePacket { packet: reply.to_bytes().to_vec(), src: s.a_addr });
+        s.device.control.on_handshake_packet(HandshakePacket {
+            packet: reply.to_bytes().to_vec(),
+            src: s.a_addr,
+            screening: Screening::Unchecked,
+        });
         s.device.control.send_initiation(&s.a.public, false, Instant::now());
         let inits = sent(&s, 1);
         assert_eq!(inits.len(), 1);

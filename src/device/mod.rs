@@ -3,26 +3,23 @@
 pub mod control;
 pub mod uapi_server;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
-use crate::dataplane::indices::IndexTable;
 use crate::dataplane::pool::CryptoPool;
-use crate::dataplane::shared::{ControlMsg, DropCounters, HandshakeCounters, Shared, WorkerCounters};
+use crate::dataplane::shared::{ControlMsg, Shared};
 use crate::dataplane::worker::{self, WorkerConfig};
 use crate::io::tun::{self, Tun};
 use crate::io::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
 use crate::io::{Backend, Doorbell, Network, TunQueue, WorkerIoConfig};
 use crate::metrics::{DeviceInfo, Metrics, CONTENT_TYPE};
-use crate::routing::AllowedIps;
 use control::{Control, HANDSHAKE_QUEUE};
 
-pub const DEFAULT_MTU: u32 = 1420;
+pub use crate::constants::DEFAULT_MTU;
 /// Whether idle workers help seal one flow's batches unless told otherwise (perf/README.md).
 const DEFAULT_PARALLEL_CRYPTO: bool = true;
 const TIMER_TICK: Duration = Duration::from_millis(100);
@@ -165,24 +162,8 @@ impl Device {
         let (handshake_tx, handshake_rx) = crossbeam_channel::bounded(HANDSHAKE_QUEUE);
         let (control_tx, control_rx) = crossbeam_channel::bounded(4096);
         let (active_tx, active_rx) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared {
-            epoch: Instant::now(),
-            routing: ArcSwap::from_pointee(AllowedIps::default()),
-            indices: Arc::new(IndexTable::default()),
-            sockets: ArcSwap::from_pointee(Vec::new()),
-            mtu: AtomicUsize::new(DEFAULT_MTU as usize),
-            handshake_tx,
-            control_tx: control_tx.clone(),
-            active_tx,
-            stop: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-            interface_gone: AtomicBool::new(false),
-            drops: DropCounters::default(),
-            handshakes: HandshakeCounters::default(),
-            workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
-            under_load: AtomicBool::new(false),
-            crypto_pool: CryptoPool::new(bells.clone(), io.parallel_crypto),
-        });
+        let pool = CryptoPool::new(bells.clone(), io.parallel_crypto);
+        let shared = Arc::new(Shared::new(workers, pool, handshake_tx, control_tx.clone(), active_tx));
         let mut control =
             Control::new(shared.clone(), io.network.clone(), workers, handshake_rx, control_rx, active_rx);
         let bind = crate::config::DeviceChange { listen_port: Some(0), ..Default::default() };

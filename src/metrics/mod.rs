@@ -283,7 +283,7 @@ impl Collector for DeviceCollector {
             Gauge,
             [(device, s.handshake_tx.capacity().unwrap_or(0) as u64)],
         )?;
-        let under_load = u64::from(s.under_load.load(Ordering::Relaxed));
+        let under_load = u64::from(s.under_load(s.stamp(std::time::Instant::now())));
         family(
             &mut enc,
             "wgturbo_under_load",

@@ -1,6 +1,7 @@
 //! mac1/mac2 and cookie replies: WireGuard's defence against handshake floods (paper 5.4.7).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{PoisonError, RwLock};
 use std::time::Instant;
 
 use chacha20poly1305::aead::{Aead, Payload};
@@ -41,18 +42,26 @@ fn source_bytes(src: &SocketAddr) -> ([u8; 18], usize) {
     (b, n + 2)
 }
 
+/// The secret cookies are made from, replaced every two minutes.
+struct CookieSecret {
+    bytes: [u8; 32],
+    birth: Option<Instant>,
+}
+
+impl Drop for CookieSecret {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
 /// Responder side: checks mac1 and mac2 of messages sent to us and makes cookie replies.
+/// Shared by every thread that answers handshakes (the workers answer floods, the control
+/// thread the rest), so they all issue and accept the same cookies: the secret sits behind a
+/// lock that is written once per two minutes.
 pub struct CookieChecker {
     mac1_key: [u8; 32],
     cookie_key: [u8; 32],
-    secret: [u8; 32],
-    secret_birth: Option<Instant>,
-}
-
-impl Drop for CookieChecker {
-    fn drop(&mut self) {
-        self.secret.zeroize();
-    }
+    secret: RwLock<CookieSecret>,
 }
 
 impl CookieChecker {
@@ -60,8 +69,7 @@ impl CookieChecker {
         CookieChecker {
             mac1_key: hash(&[LABEL_MAC1, our_public.as_bytes()]),
             cookie_key: hash(&[LABEL_COOKIE, our_public.as_bytes()]),
-            secret: [0; 32],
-            secret_birth: None,
+            secret: RwLock::new(CookieSecret { bytes: [0; 32], birth: None }),
         }
     }
 
@@ -71,32 +79,42 @@ impl CookieChecker {
         constant_time_eq(&expected, &msg[mac1_offset..mac1_offset + MAC_LEN])
     }
 
-    fn cookie_for(&mut self, src: &SocketAddr, now: Instant) -> [u8; COOKIE_LEN] {
-        let stale = self.secret_birth.is_none_or(|b| now.saturating_duration_since(b) >= COOKIE_REFRESH_TIME);
-        if stale {
-            rand::rngs::OsRng.fill_bytes(&mut self.secret);
-            self.secret_birth = Some(now);
-        }
+    fn cookie_for(&self, src: &SocketAddr, now: Instant) -> [u8; COOKIE_LEN] {
+        let stale = |s: &CookieSecret| s.birth.is_none_or(|b| now.saturating_duration_since(b) >= COOKIE_REFRESH_TIME);
         let (bytes, n) = source_bytes(src);
-        mac(&self.secret, &[&bytes[..n]])
+        {
+            // A poisoned lock still holds a whole secret (it is only ever replaced whole).
+            let secret = self.secret.read().unwrap_or_else(PoisonError::into_inner);
+            if !stale(&secret) {
+                return mac(&secret.bytes, &[&bytes[..n]]);
+            }
+        }
+        let mut secret = self.secret.write().unwrap_or_else(PoisonError::into_inner);
+        // Another thread may have replaced it between the two locks.
+        if stale(&secret) {
+            rand::rngs::OsRng.fill_bytes(&mut secret.bytes);
+            secret.birth = Some(now);
+        }
+        mac(&secret.bytes, &[&bytes[..n]])
     }
 
     /// mac2 must be MAC(cookie(src), msg up to mac2) for the current cookie secret. An
     /// all-zero mac2 is "no cookie" (what every sender without one puts there, floods
     /// included): it is refused without computing anything, as a MAC of zero has a 2^-128
     /// chance.
-    pub fn verify_mac2(&mut self, msg: &[u8], mac2_offset: usize, src: &SocketAddr, now: Instant) -> bool {
+    pub fn verify_mac2(&self, msg: &[u8], mac2_offset: usize, src: &SocketAddr, now: Instant) -> bool {
         let given = &msg[mac2_offset..mac2_offset + MAC_LEN];
         if given.iter().all(|&b| b == 0) {
             return false;
         }
-        let cookie = self.cookie_for(src, now);
+        let mut cookie = self.cookie_for(src, now);
         let expected = mac(&cookie, &[&msg[..mac2_offset]]);
+        cookie.zeroize();
         constant_time_eq(&expected, given)
     }
 
     /// A cookie reply to a message whose sender index is `receiver` and whose mac1 is `mac1`.
-    pub fn create_reply(&mut self, receiver: u32, mac1: &[u8; MAC_LEN], src: &SocketAddr, now: Instant) -> CookieReply {
+    pub fn create_reply(&self, receiver: u32, mac1: &[u8; MAC_LEN], src: &SocketAddr, now: Instant) -> CookieReply {
         let mut cookie = self.cookie_for(src, now);
         // A nonce need only never repeat: the thread's CSPRNG (seeded from the OS) instead of
         // a getrandom call per reply, which a flood would multiply.
@@ -170,7 +188,7 @@ mod tests {
     #[test]
     fn cookie_round_trip() {
         let responder = PrivateKey::generate().public_key();
-        let mut checker = CookieChecker::new(&responder);
+        let checker = CookieChecker::new(&responder);
         let mut generator = CookieGenerator::new(&responder);
         let now = Instant::now();
         let src: SocketAddr = "192.0.2.1:51820".parse().unwrap();
