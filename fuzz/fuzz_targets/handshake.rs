@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let src: SocketAddr = "192.0.2.1:51820".parse().unwrap();
     let mut ha = Handshake::new(&a, b.public, PresharedKey::default());
     let mut hb = Handshake::new(&b, a.public, PresharedKey::default());
-    let mut checker = CookieChecker::new(&b.public);
+    let checker = CookieChecker::new(&b.public);
 
     // Initiation A -> B, tampered.
     let Ok(mut init) = ha.create_initiation(&a, 1, Tai64N::now(), now) else { return };
