@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use crate::config::uapi::{self, Request, ERRNO_IO, ERRNO_PORT_IN_USE, ERRNO_TOO_MANY_PEERS};
 use crate::config::{DeviceChange, DeviceStatus, PeerStatus};
 use crate::constants::REKEY_TIMEOUT;
-use crate::dataplane::gate::{check_mac1, cookie_unless_mac2, queue_reply, Screening};
+use crate::dataplane::gate::{check_mac1, cookie_unless_mac2, queue_reply, Screening, UNDER_LOAD_QUEUED};
 use crate::dataplane::indices::IndexAllocator;
 use crate::dataplane::shared::{
     bump, ControlMsg, DeviceReport, HandshakePacket, IndexEntry, PeerReport, PeerShared, Shared,
@@ -31,11 +31,8 @@ use crate::peer::{TimerAction, Timers};
 use crate::routing::{AllowedIps, IpNet};
 use crate::session::{Keypair, Keypairs};
 
-/// Capacity of the handshake queue; "under load" from 1/8 full, as the kernel decides.
-pub const HANDSHAKE_QUEUE: usize = 4096;
 /// Peers one device may have: the kernel's MAX_PEERS_PER_DEVICE.
 pub const MAX_PEERS: usize = 1 << 20;
-const UNDER_LOAD_AFTER: usize = HANDSHAKE_QUEUE / 8;
 /// Handshake messages handled per wake-up, and cookie replies per batched send (64 bytes
 /// each: one 64 KiB chunk).
 const COOKIE_BATCH: usize = 1024;
@@ -305,7 +302,7 @@ impl Control {
     /// The kernel's rule: a backed-up queue is load (and so is a flood a worker saw, `gate`).
     fn under_load(&self, now: Instant) -> bool {
         let stamp = self.shared.stamp(now);
-        if self.handshake_rx.len() >= UNDER_LOAD_AFTER {
+        if self.handshake_rx.len() >= UNDER_LOAD_QUEUED {
             self.shared.mark_under_load(stamp);
         }
         self.shared.under_load(stamp)
@@ -937,7 +934,7 @@ mod tests {
     #[test]
     fn under_load_a_burst_gets_cookie_replies_and_mac2_gets_through() {
         let mut s = setup();
-        let flood = UNDER_LOAD_AFTER + 300;
+        let flood = UNDER_LOAD_QUEUED + 300;
         let mut cookies = crate::noise::CookieGenerator::new(&s.b_public);
         let mut hs = Handshake::new(&s.a, s.b_public, PresharedKey::default());
         let now = Instant::now();

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
+use crate::dataplane::gate::HANDSHAKE_QUEUE;
 use crate::dataplane::pool::CryptoPool;
 use crate::dataplane::shared::{ControlMsg, Shared};
 use crate::dataplane::worker::{self, WorkerConfig};
@@ -17,7 +18,7 @@ use crate::io::tun::{self, Tun};
 use crate::io::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
 use crate::io::{Backend, Doorbell, Network, TunQueue, WorkerIoConfig};
 use crate::metrics::{DeviceInfo, Metrics, CONTENT_TYPE};
-use control::{Control, HANDSHAKE_QUEUE};
+use control::Control;
 
 pub use crate::constants::DEFAULT_MTU;
 /// Whether idle workers help seal one flow's batches unless told otherwise (perf/README.md).
