@@ -3,6 +3,8 @@
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use curve25519_dalek::edwards::EdwardsPoint;
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use rand::rngs::OsRng;
 use rand::RngCore;
 use std::fmt;
@@ -95,19 +97,43 @@ impl PrivateKey {
     }
     /// X25519(self, peer). Returns None for a low-order peer key (all-zero shared secret),
     /// which the protocol must reject.
+    pub fn diffie_hellman(&self, public: &PublicKey) -> Option<[u8; 32]> {
+        self.diffie_hellman_prepared(&PreparedPublic::new(*public))
+    }
+
+    /// As `diffie_hellman`, with the peer's point already lifted (`PreparedPublic`).
     ///
     /// Computed through the Edwards form where the peer's point has one: dalek multiplies
     /// Edwards points with its AVX2 backend where the CPU has it, while its Montgomery ladder
     /// is serial (73.5 against 91.2 us here, `perf/README.md`). The result's u-coordinate is the
     /// same for either lift of the point. A u on the twist has no Edwards form and takes the
     /// ladder. Both are constant-time in the scalar; the branch depends on the public point.
-    pub fn diffie_hellman(&self, public: &PublicKey) -> Option<[u8; 32]> {
-        let point = curve25519_dalek::montgomery::MontgomeryPoint(public.0);
-        let shared = match point.to_edwards(0) {
+    pub fn diffie_hellman_prepared(&self, public: &PreparedPublic) -> Option<[u8; 32]> {
+        let shared = match &public.edwards {
             Some(edwards) => edwards.mul_clamped(self.0).to_montgomery(),
-            None => point.mul_clamped(self.0),
+            None => MontgomeryPoint(public.key.0).mul_clamped(self.0),
         };
         (shared.0 != [0u8; 32]).then_some(shared.0)
+    }
+}
+
+/// A public key with its Edwards form worked out once. The lift costs an inversion and a
+/// square root, about a sixth of a DH here, so a key used in more than one DH is prepared
+/// once: the initiator's ephemeral (two DHs on each side of a handshake) and a peer's static
+/// key (one in every handshake with it).
+#[derive(Clone)]
+pub struct PreparedPublic {
+    key: PublicKey,
+    /// None for a point on the twist (or u = -1): those take the Montgomery ladder.
+    edwards: Option<EdwardsPoint>,
+}
+
+impl PreparedPublic {
+    pub fn new(key: PublicKey) -> Self {
+        PreparedPublic { key, edwards: MontgomeryPoint(key.0).to_edwards(0) }
+    }
+    pub fn key(&self) -> &PublicKey {
+        &self.key
     }
 }
 

@@ -10,7 +10,7 @@ use super::messages::{Initiation, Response, INITIATION_LEN, RESPONSE_LEN};
 use super::primitives::{aead_open, aead_seal, hash, kdf};
 use super::tai64n::Tai64N;
 use crate::constants::{CONSTRUCTION, IDENTIFIER, INITIATIONS_PER_SECOND};
-use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::keys::{PreparedPublic, PresharedKey, PrivateKey, PublicKey};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
 pub enum HandshakeError {
@@ -109,7 +109,8 @@ impl Transcript {
 enum State {
     Zeroed,
     InitiationCreated { local_index: u32, transcript: Transcript, ephemeral: PrivateKey },
-    InitiationConsumed { remote_index: u32, transcript: Transcript, remote_ephemeral: PublicKey },
+    /// The ephemeral boxed: the state lives in every peer, and a lifted point is 160 bytes.
+    InitiationConsumed { remote_index: u32, transcript: Transcript, remote_ephemeral: Box<PreparedPublic> },
 }
 
 /// The first half of consuming an initiation: everything that needs only our own key, so the
@@ -117,7 +118,8 @@ enum State {
 pub struct InitiationForUs {
     pub remote_static: PublicKey,
     sender: u32,
-    remote_ephemeral: PublicKey,
+    /// Lifted once here for both DHs with it (`es` now, `ee` in the response).
+    remote_ephemeral: Box<PreparedPublic>,
     encrypted_timestamp: [u8; 28],
     transcript: Transcript,
 }
@@ -125,10 +127,10 @@ pub struct InitiationForUs {
 /// Decrypts the initiator's static key with our private key (responder, step one).
 pub fn consume_initiation(us: &StaticIdentity, msg: &Initiation) -> Result<InitiationForUs, HandshakeError> {
     let mut t = Transcript::start(&us.public);
-    let remote_ephemeral = PublicKey(msg.ephemeral);
+    let remote_ephemeral = Box::new(PreparedPublic::new(PublicKey(msg.ephemeral)));
     t.mix_key(&msg.ephemeral);
     t.mix_hash(&msg.ephemeral);
-    let es = us.private.diffie_hellman(&remote_ephemeral).ok_or(HandshakeError::LowOrderPoint)?;
+    let es = us.private.diffie_hellman_prepared(&remote_ephemeral).ok_or(HandshakeError::LowOrderPoint)?;
     let mut key = t.mix_key_with_output(&es);
     let mut remote_static = [0u8; 32];
     let opened = t.open(&key, &msg.encrypted_static, &mut remote_static);
@@ -153,8 +155,8 @@ enum StaticStatic {
 }
 
 impl StaticStatic {
-    fn compute(us: &StaticIdentity, remote: &PublicKey) -> StaticStatic {
-        match us.private.diffie_hellman(remote) {
+    fn compute(us: &StaticIdentity, remote: &PreparedPublic) -> StaticStatic {
+        match us.private.diffie_hellman_prepared(remote) {
             Some(ss) => StaticStatic::Ready(ss),
             None => StaticStatic::LowOrder,
         }
@@ -164,6 +166,8 @@ impl StaticStatic {
 /// One peer's handshake state.
 pub struct Handshake {
     remote_static: PublicKey,
+    /// Its Edwards form, worked out at the first DH with it (boxed: an idle peer pays a word).
+    remote_static_prepared: Option<Box<PreparedPublic>>,
     preshared_key: PresharedKey,
     static_static: StaticStatic,
     state: State,
@@ -183,7 +187,7 @@ impl Drop for Handshake {
 impl Handshake {
     pub fn new(us: &StaticIdentity, remote_static: PublicKey, preshared_key: PresharedKey) -> Self {
         let mut h = Handshake::new_lazy(remote_static, preshared_key);
-        h.static_static = StaticStatic::compute(us, &remote_static);
+        h.ensure_static_static(us);
         h
     }
 
@@ -192,6 +196,7 @@ impl Handshake {
     pub fn new_lazy(remote_static: PublicKey, preshared_key: PresharedKey) -> Self {
         Handshake {
             remote_static,
+            remote_static_prepared: None,
             preshared_key,
             static_static: StaticStatic::Unknown,
             state: State::Zeroed,
@@ -204,8 +209,13 @@ impl Handshake {
     /// Computes the static-static DH if it is not known yet (call before `consume_initiation`).
     pub fn ensure_static_static(&mut self, us: &StaticIdentity) {
         if matches!(self.static_static, StaticStatic::Unknown) {
-            self.static_static = StaticStatic::compute(us, &self.remote_static);
+            self.static_static = StaticStatic::compute(us, self.remote_static_prepared());
         }
+    }
+
+    fn remote_static_prepared(&mut self) -> &PreparedPublic {
+        let key = self.remote_static;
+        self.remote_static_prepared.get_or_insert_with(|| Box::new(PreparedPublic::new(key)))
     }
 
     fn static_static(&self) -> Result<[u8; 32], HandshakeError> {
@@ -264,7 +274,8 @@ impl Handshake {
         let ephemeral_public = ephemeral.public_key();
         t.mix_key(ephemeral_public.as_bytes());
         t.mix_hash(ephemeral_public.as_bytes());
-        let mut es = ephemeral.diffie_hellman(&self.remote_static).ok_or(HandshakeError::LowOrderPoint)?;
+        let mut es =
+            ephemeral.diffie_hellman_prepared(self.remote_static_prepared()).ok_or(HandshakeError::LowOrderPoint)?;
         let mut key = t.mix_key_with_output(&es);
         es.zeroize();
         let mut msg = Initiation {
@@ -330,10 +341,11 @@ impl Handshake {
         let ephemeral_public = ephemeral.public_key();
         t.mix_key(ephemeral_public.as_bytes());
         t.mix_hash(ephemeral_public.as_bytes());
-        let mut ee = ephemeral.diffie_hellman(&remote_ephemeral).ok_or(HandshakeError::LowOrderPoint)?;
+        let mut ee = ephemeral.diffie_hellman_prepared(&remote_ephemeral).ok_or(HandshakeError::LowOrderPoint)?;
         t.mix_key(&ee);
         ee.zeroize();
-        let mut se = ephemeral.diffie_hellman(&self.remote_static).ok_or(HandshakeError::LowOrderPoint)?;
+        let mut se =
+            ephemeral.diffie_hellman_prepared(self.remote_static_prepared()).ok_or(HandshakeError::LowOrderPoint)?;
         t.mix_key(&se);
         se.zeroize();
         let [ck, mut tau, mut key] = kdf::<3>(&t.chaining_key, self.preshared_key.as_bytes());
@@ -365,13 +377,13 @@ impl Handshake {
         };
         // Work on a copy: a forged response must not disturb the initiation in flight.
         let mut t = Transcript { hash: transcript.hash, chaining_key: transcript.chaining_key };
-        let remote_ephemeral = PublicKey(msg.ephemeral);
+        let remote_ephemeral = PreparedPublic::new(PublicKey(msg.ephemeral));
         t.mix_key(&msg.ephemeral);
         t.mix_hash(&msg.ephemeral);
-        let mut ee = ephemeral.diffie_hellman(&remote_ephemeral).ok_or(HandshakeError::LowOrderPoint)?;
+        let mut ee = ephemeral.diffie_hellman_prepared(&remote_ephemeral).ok_or(HandshakeError::LowOrderPoint)?;
         t.mix_key(&ee);
         ee.zeroize();
-        let mut se = us.private.diffie_hellman(&remote_ephemeral).ok_or(HandshakeError::LowOrderPoint)?;
+        let mut se = us.private.diffie_hellman_prepared(&remote_ephemeral).ok_or(HandshakeError::LowOrderPoint)?;
         t.mix_key(&se);
         se.zeroize();
         let [ck, mut tau, mut key] = kdf::<3>(&t.chaining_key, self.preshared_key.as_bytes());
