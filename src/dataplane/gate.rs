@@ -116,11 +116,12 @@ impl Gate {
             // Cookie replies (and anything odd) are the control thread's to judge.
             return Some(Screening::Unchecked);
         }
-        let Some(checker) = shared.cookies.load_full() else {
+        let guard = shared.cookies.load();
+        let Some(checker) = guard.as_deref() else {
             // No private key yet: nothing can be checked, and the control thread drops it.
             return Some(Screening::Unchecked);
         };
-        if !check_mac1(&checker, &shared.handshakes, msg) {
+        if !check_mac1(checker, &shared.handshakes, msg) {
             return None;
         }
         let stamp = shared.stamp(now);
@@ -130,7 +131,7 @@ impl Gate {
         if !shared.under_load(stamp) {
             return Some(Screening::Mac1);
         }
-        match cookie_unless_mac2(&checker, msg, &src, now) {
+        match cookie_unless_mac2(checker, msg, &src, now) {
             None => Some(Screening::Mac1AndMac2),
             Some(reply) => {
                 if self.has_room() {
