@@ -91,8 +91,41 @@ pub fn queue_reply(replies: &mut SendBatch, reply: &[u8; COOKIE_REPLY_LEN], dst:
     replies.commit(reply.len(), dst);
 }
 
-/// A worker's side of the door: the cookie replies of the current round.
+/// Handshake messages one worker takes on per second under load, and its burst. A flood beyond
+/// this is dropped (counted as `handshake_queue_full`) before any MAC is computed, as the
+/// kernel drops what its queue cannot hold: answering it would take the cores from the
+/// tunnels (a cookie reply costs about 2 us of MACs and AEAD, and the send). Far above what
+/// legitimate peers send, and above the 20,000/s flood the gateway answers in full.
+const UNDER_LOAD_PER_SECOND: u64 = 50_000;
+const UNDER_LOAD_BURST: u64 = 4_096;
+const UNDER_LOAD_COST_NS: u64 = 1_000_000_000 / UNDER_LOAD_PER_SECOND;
+
+/// A token bucket in nanoseconds of credit.
+struct Budget {
+    credit_ns: u64,
+    last: Option<Instant>,
+}
+
+impl Budget {
+    fn take(&mut self, now: Instant) -> bool {
+        let max = UNDER_LOAD_COST_NS * UNDER_LOAD_BURST;
+        let earned = match self.last {
+            Some(t) => now.saturating_duration_since(t).as_nanos().min(u128::from(max)) as u64,
+            None => max,
+        };
+        self.last = Some(now);
+        self.credit_ns = (self.credit_ns + earned).min(max);
+        if self.credit_ns < UNDER_LOAD_COST_NS {
+            return false;
+        }
+        self.credit_ns -= UNDER_LOAD_COST_NS;
+        true
+    }
+}
+
+/// A worker's side of the door: its budget under load and the cookie replies of the round.
 pub struct Gate {
+    budget: Budget,
     /// Sent by the worker after its receives (and before, when full).
     pub replies: SendBatch,
 }
@@ -100,7 +133,7 @@ pub struct Gate {
 impl Gate {
     pub fn new(gso: bool) -> Gate {
         // One chunk holds a thousand replies; more than a round of receives can ask for.
-        Gate { replies: SendBatch::new(1, 1024, gso) }
+        Gate { budget: Budget { credit_ns: 0, last: None }, replies: SendBatch::new(1, 1024, gso) }
     }
 
     /// Room for another reply? (Else the worker sends what is queued first.)
@@ -121,14 +154,19 @@ impl Gate {
             // No private key yet: nothing can be checked, and the control thread drops it.
             return Some(Screening::Unchecked);
         };
-        if !check_mac1(checker, &shared.handshakes, msg) {
-            return None;
-        }
         let stamp = shared.stamp(now);
         if shared.handshake_tx.len() >= UNDER_LOAD_QUEUED {
             shared.mark_under_load(stamp);
         }
-        if !shared.under_load(stamp) {
+        let under_load = shared.under_load(stamp);
+        if under_load && !self.budget.take(now) {
+            bump(&shared.drops.handshake_queue_full);
+            return None;
+        }
+        if !check_mac1(checker, &shared.handshakes, msg) {
+            return None;
+        }
+        if !under_load {
             return Some(Screening::Mac1);
         }
         match cookie_unless_mac2(checker, msg, &src, now) {
@@ -228,6 +266,40 @@ mod tests {
         let later = now + UNDER_LOAD_STICKY;
         let msg = initiation(&mut generator, 3000, later);
         assert_eq!(gate.admit(&shared, &msg, src, later), Some(Screening::Mac1), "the load lifted");
+    }
+
+    /// Under load a worker takes on a burst of UNDER_LOAD_BURST messages, then the rate; the
+    /// rest is dropped and counted before any MAC is computed (a bad mac1 is not even seen).
+    #[test]
+    fn under_load_the_work_is_budgeted() {
+        let us = PrivateKey::generate().public_key();
+        let (shared, _channels) = Shared::for_tests();
+        shared.cookies.store(Some(std::sync::Arc::new(CookieChecker::new(&us))));
+        let mut gate = Gate::new(true);
+        let mut generator = CookieGenerator::new(&us);
+        let src: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        let now = Instant::now();
+        shared.mark_under_load(shared.stamp(now));
+        let msg = initiation(&mut generator, 1, now);
+        let mut answered = 0u64;
+        for _ in 0..UNDER_LOAD_BURST + 100 {
+            if !gate.has_room() {
+                gate.replies.clear();
+            }
+            assert_eq!(gate.admit(&shared, &msg, src, now), None);
+        }
+        answered += value(&shared.handshakes.cookie_replies_sent);
+        assert_eq!(answered, UNDER_LOAD_BURST);
+        assert_eq!(value(&shared.drops.handshake_queue_full), 100);
+        assert_eq!(value(&shared.handshakes.initiations_received), UNDER_LOAD_BURST, "dropped before mac1");
+        // A millisecond later the rate has earned 50 more.
+        let later = now + Duration::from_millis(1);
+        for _ in 0..100 {
+            assert_eq!(gate.admit(&shared, &msg, src, later), None);
+        }
+        let per_ms = UNDER_LOAD_PER_SECOND / 1000;
+        assert_eq!(value(&shared.handshakes.cookie_replies_sent), UNDER_LOAD_BURST + per_ms);
+        assert_eq!(value(&shared.drops.handshake_queue_full), 100 + 100 - per_ms);
     }
 
     /// Without a private key nothing is checked here; the control thread drops it.
