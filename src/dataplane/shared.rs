@@ -206,7 +206,7 @@ impl DropCounters {
     }
 }
 
-/// What the control thread did with handshake messages (it alone writes these).
+/// What was done with handshake messages (by the workers' gate and the control thread).
 #[derive(Default)]
 pub struct HandshakeCounters {
     pub initiations_received: AtomicU64,
