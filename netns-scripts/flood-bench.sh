@@ -8,7 +8,9 @@
 # FLOODER=python uses flood.py from B's second address instead (a core of its own at 20k/s),
 # which also counts the cookie replies it gets back. Prints throughput without and with each
 # flood (and the ratio), what the flooder sent, the server's CPU seconds and RSS before and
-# after, and for wgturbo its own counters.
+# after, and for wgturbo its own counters. ROUNDS=N (default 1) repeats the three phases N
+# times on the same tunnel and prints medians (each round's figures go to stderr): on a
+# shared 2-core machine one phase's figure moves by 10 % from run to run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
@@ -24,6 +26,8 @@ METRICS=127.0.0.1:9588
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 metric() { metric_sum "$A" "$METRICS" "$1" 2>/dev/null || echo "-"; }
+median() { python3 -c 'import statistics, sys; print("%.3f" % statistics.median(map(float, sys.argv[1:])))' "$@"; }
+ROUNDS=${ROUNDS:-1}
 ratio() { python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.0f%%" % (100 * b / a) if a else "-")' "$1" "$2"; }
 
 printf '%-12s %9s %9s %6s %9s %6s %22s %22s %9s %9s\n' server "alone" "at_rate" "kept" "full" "kept" "flood_at_rate" "flood_full" "cpu_s" "rss_MiB"
@@ -40,7 +44,6 @@ for impl in $IMPLS; do
   link_ns "$A" "$F" 1 192.0.3.1 192.0.3.2 2001:db8:3::1 2001:db8:3::2
   ping_ok "$B" 10.200.0.1 || die "$impl: no tunnel"
   rss0=$(rss_mib "$pid"); c0=$(ticks "$pid")
-  alone=$(iperf "$A" "$B" 10.200.0.1 "$SECS")
   flood() {
     if [ "$FLOODER" = python ]; then
       ip netns exec "$B" timeout $((SECS + 20)) python3 netns-scripts/flood.py 192.0.2.1 51820 "$(cat "$WORK/a.pub")" \
@@ -54,8 +57,14 @@ for impl in $IMPLS; do
     iperf "$A" "$B" 10.200.0.1 "$SECS"
     wait "$f"
   }
-  at_rate=$(flood "$RATE" | tail -1); flood_rate=$(cut -d' ' -f1,2 "$WORK/flood")
-  full=$(flood 0 | tail -1); flood_full=$(cut -d' ' -f1,2 "$WORK/flood")
+  alones=(); rates=(); fulls=()
+  for round in $(seq "$ROUNDS"); do
+    alones+=("$(iperf "$A" "$B" 10.200.0.1 "$SECS")")
+    rates+=("$(flood "$RATE" | tail -1)"); flood_rate=$(cut -d' ' -f1,2 "$WORK/flood")
+    fulls+=("$(flood 0 | tail -1)"); flood_full=$(cut -d' ' -f1,2 "$WORK/flood")
+    echo "$impl round $round: alone ${alones[-1]} at_rate ${rates[-1]} full ${fulls[-1]} ($flood_rate / $flood_full)" >&2
+  done
+  alone=$(median "${alones[@]}"); at_rate=$(median "${rates[@]}"); full=$(median "${fulls[@]}")
   c1=$(ticks "$pid"); rss1=$(rss_mib "$pid")
   cpu=$(python3 -c "print('%.1f' % (($c1 - $c0) / $(getconf CLK_TCK)))")
   printf '%-12s %9s %9s %6s %9s %6s %22s %22s %9s %9s\n' "$impl" "$alone" "$at_rate" "$(ratio "$alone" "$at_rate")" \
@@ -66,4 +75,4 @@ for impl in $IMPLS; do
   cleanup
   PIDS=(); NAMESPACES=(); WORK=$(mktemp -d "/tmp/wgturbo-flood.XXXX")
 done
-echo "Gbit/s of one iperf3 TCP stream B -> A, ${SECS} s each; flooder: $FLOODER; machine: $(nproc) vCPU, $(uname -r); commit $(git rev-parse --short HEAD)"
+echo "Gbit/s of one iperf3 TCP stream B -> A, ${SECS} s each, median of $ROUNDS; flood: the last round's; flooder: $FLOODER; machine: $(nproc) vCPU, $(uname -r); commit $(git rev-parse --short HEAD)"

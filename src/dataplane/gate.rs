@@ -126,6 +126,14 @@ impl Budget {
 /// A worker's side of the door: its budget under load and the cookie replies of the round.
 pub struct Gate {
     budget: Budget,
+    /// The round (its clock) in which the budget ran out: the rest of that round's handshake
+    /// messages are refused at the cost of a comparison, so a worker drains a flood's GRO
+    /// trains fast enough that its socket never fills and starves a tunnel that shares it.
+    refused_round: Option<Instant>,
+    /// Cookie replies sent in the current spell of load since it was last renewed.
+    answered: usize,
+    /// Refused since the last `flush_counts` (one shared counter add per round, not per message).
+    refused: u64,
     /// Sent by the worker after its receives (and before, when full).
     pub replies: SendBatch,
 }
@@ -133,7 +141,21 @@ pub struct Gate {
 impl Gate {
     pub fn new(gso: bool) -> Gate {
         // One chunk holds a thousand replies; more than a round of receives can ask for.
-        Gate { budget: Budget { credit_ns: 0, last: None }, replies: SendBatch::new(1, 1024, gso) }
+        Gate {
+            budget: Budget { credit_ns: 0, last: None },
+            refused_round: None,
+            answered: 0,
+            refused: 0,
+            replies: SendBatch::new(1, 1024, gso),
+        }
+    }
+
+    /// Adds what was refused to the device's counters (once per round).
+    pub fn flush_counts(&mut self, shared: &Shared) {
+        if self.refused > 0 {
+            shared.drops.handshake_queue_full.fetch_add(self.refused, std::sync::atomic::Ordering::Relaxed);
+            self.refused = 0;
+        }
     }
 
     /// Room for another reply? (Else the worker sends what is queued first.)
@@ -149,6 +171,10 @@ impl Gate {
             // Cookie replies (and anything odd) are the control thread's to judge.
             return Some(Screening::Unchecked);
         }
+        if self.refused_round == Some(now) {
+            self.refused += 1;
+            return None;
+        }
         let guard = shared.cookies.load();
         let Some(checker) = guard.as_deref() else {
             // No private key yet: nothing can be checked, and the control thread drops it.
@@ -160,13 +186,15 @@ impl Gate {
         }
         let under_load = shared.under_load(stamp);
         if under_load && !self.budget.take(now) {
-            bump(&shared.drops.handshake_queue_full);
+            self.refused_round = Some(now);
+            self.refused += 1;
             return None;
         }
         if !check_mac1(checker, &shared.handshakes, msg) {
             return None;
         }
         if !under_load {
+            self.answered = 0;
             return Some(Screening::Mac1);
         }
         match cookie_unless_mac2(checker, msg, &src, now) {
@@ -175,6 +203,14 @@ impl Gate {
                 if self.has_room() {
                     queue_reply(&mut self.replies, &reply, src);
                     bump(&shared.handshakes.cookie_replies_sent);
+                    // A flood the workers answer keeps the device under load, as a flood that
+                    // keeps the kernel's queue 1/8 full does: without this the load would lift
+                    // every second and the control thread do DH work until its queue refilled.
+                    self.answered += 1;
+                    if self.answered >= UNDER_LOAD_QUEUED {
+                        shared.mark_under_load(stamp);
+                        self.answered = 0;
+                    }
                 } else {
                     bump(&shared.drops.handshake_queue_full);
                 }
@@ -263,8 +299,20 @@ mod tests {
         assert_eq!(gate.admit(&shared, &cookie, src, now), Some(Screening::Unchecked));
 
         while channels.handshake.try_recv().is_ok() {}
-        let later = now + UNDER_LOAD_STICKY;
-        let msg = initiation(&mut generator, 3000, later);
+        // A flood that goes on (UNDER_LOAD_QUEUED replies within the spell) renews the load.
+        let mid = now + UNDER_LOAD_STICKY / 2;
+        let mut stranger = CookieGenerator::new(&us);
+        for i in 0..UNDER_LOAD_QUEUED as u32 {
+            if !gate.has_room() {
+                gate.replies.clear();
+            }
+            let msg = initiation(&mut stranger, 5000 + i, mid);
+            assert_eq!(gate.admit(&shared, &msg, src, mid), None);
+        }
+        let renewed = mid + UNDER_LOAD_STICKY / 2;
+        assert!(shared.under_load(shared.stamp(renewed)), "renewed by the flood it answered");
+        let later = mid + UNDER_LOAD_STICKY;
+        let msg = initiation(&mut stranger, 3000, later);
         assert_eq!(gate.admit(&shared, &msg, src, later), Some(Screening::Mac1), "the load lifted");
     }
 
@@ -288,6 +336,7 @@ mod tests {
             }
             assert_eq!(gate.admit(&shared, &msg, src, now), None);
         }
+        gate.flush_counts(&shared);
         answered += value(&shared.handshakes.cookie_replies_sent);
         assert_eq!(answered, UNDER_LOAD_BURST);
         assert_eq!(value(&shared.drops.handshake_queue_full), 100);
@@ -297,6 +346,7 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(gate.admit(&shared, &msg, src, later), None);
         }
+        gate.flush_counts(&shared);
         let per_ms = UNDER_LOAD_PER_SECOND / 1000;
         assert_eq!(value(&shared.handshakes.cookie_replies_sent), UNDER_LOAD_BURST + per_ms);
         assert_eq!(value(&shared.drops.handshake_queue_full), 100 + 100 - per_ms);

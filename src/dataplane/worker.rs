@@ -123,7 +123,8 @@ fn use_current_socket(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, in
 }
 
 /// Sends the cookie replies the gate queued (a flood from one source: a few GSO sends).
-fn send_cookie_replies(io: &mut dyn WorkerIo, gate: &mut Gate, index: usize) {
+fn send_cookie_replies(shared: &Shared, io: &mut dyn WorkerIo, gate: &mut Gate, index: usize) {
+    gate.flush_counts(shared);
     if gate.replies.is_empty() {
         return;
     }
@@ -196,7 +197,7 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
             let stride = b.stride.max(1);
             for (k, datagram) in b.filled_mut().chunks_mut(stride).enumerate() {
                 if !st.gate.has_room() {
-                    send_cookie_replies(io, &mut st.gate, index);
+                    send_cookie_replies(shared, io, &mut st.gate, index);
                 }
                 let pre = st.opener.result(slot, k);
                 let Some(len) = rx.datagram_with(datagram, src, pre, &mut st.gate) else { continue };
@@ -208,7 +209,7 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
         }
         st.coalescer.drain(&mut st.tun_out);
         io.recycle_udp(&mut st.udp_reads);
-        send_cookie_replies(io, &mut st.gate, index);
+        send_cookie_replies(shared, io, &mut st.gate, index);
     }
 
     if !st.tun_out.is_empty() {

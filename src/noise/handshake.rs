@@ -108,9 +108,17 @@ impl Transcript {
 
 enum State {
     Zeroed,
-    InitiationCreated { local_index: u32, transcript: Transcript, ephemeral: PrivateKey },
+    InitiationCreated {
+        local_index: u32,
+        transcript: Transcript,
+        ephemeral: PrivateKey,
+    },
     /// The ephemeral boxed: the state lives in every peer, and a lifted point is 160 bytes.
-    InitiationConsumed { remote_index: u32, transcript: Transcript, remote_ephemeral: Box<PreparedPublic> },
+    InitiationConsumed {
+        remote_index: u32,
+        transcript: Transcript,
+        remote_ephemeral: Box<PreparedPublic>,
+    },
 }
 
 /// The first half of consuming an initiation: everything that needs only our own key, so the
