@@ -14,17 +14,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use tracing::error;
 
-use super::gate::Gate;
+use super::gate::{take_handshake, Gate};
 use super::indices::IndexTable;
 use super::ip;
 use super::pool::{CryptoPool, Job};
-use super::shared::{bump, ControlMsg, HandshakePacket, PeerShared, Shared};
+use super::shared::{bump, ControlMsg, PeerShared, Shared};
 use crate::constants::{KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT};
 use crate::io::{Buf, UDP_BUF};
-use crate::noise::messages::{
-    TransportHeader, COOKIE_REPLY_LEN, INITIATION_LEN, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
-    MESSAGE_TRANSPORT, RESPONSE_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN,
-};
+use crate::noise::messages::{TransportHeader, MESSAGE_TRANSPORT, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
 use crate::routing::AllowedIps;
 use crate::session::SessionError;
 
@@ -34,16 +31,6 @@ pub struct RxRound<'a> {
     pub routing: &'a AllowedIps<Arc<PeerShared>>,
     pub now: Instant,
     pub stamp: u64,
-}
-
-/// The exact size of a handshake message of type `t`, None for other types.
-fn handshake_len(t: u32) -> Option<usize> {
-    match t {
-        MESSAGE_INITIATION => Some(INITIATION_LEN),
-        MESSAGE_RESPONSE => Some(RESPONSE_LEN),
-        MESSAGE_COOKIE_REPLY => Some(COOKIE_REPLY_LEN),
-        _ => None,
-    }
 }
 
 /// What was done to a datagram before the owner took it in order.
@@ -206,16 +193,7 @@ impl RxRound<'_> {
         }
         let kind = u32::from(datagram[0]);
         if kind != MESSAGE_TRANSPORT {
-            // Sized before anything is copied or queued: a wrong size is never a handshake.
-            if handshake_len(kind) != Some(datagram.len()) {
-                bump(&drops.malformed);
-                return None;
-            }
-            let screening = gate.admit(self.shared, datagram, src, self.now)?;
-            let msg = HandshakePacket { packet: datagram.to_vec(), src, screening };
-            if self.shared.handshake_tx.try_send(msg).is_err() {
-                bump(&drops.handshake_queue_full);
-            }
+            take_handshake(self.shared, gate, datagram, src, self.now);
             return None;
         }
         let Ok(header) = TransportHeader::parse(datagram) else {

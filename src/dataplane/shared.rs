@@ -253,6 +253,9 @@ pub struct Shared {
     pub routing: ArcSwap<AllowedIps<Arc<PeerShared>>>,
     pub indices: Arc<IndexTable>,
     pub sockets: ArcSwap<Vec<Arc<Socket>>>,
+    /// The socket the kernel steers every non-transport datagram to (handshake messages,
+    /// garbage), read by its own thread; None where steering is not available.
+    pub side_socket: ArcSwapOption<Socket>,
     pub mtu: AtomicUsize,
     pub handshake_tx: Sender<HandshakePacket>,
     pub control_tx: Sender<ControlMsg>,
@@ -291,6 +294,7 @@ impl Shared {
             routing: ArcSwap::from_pointee(AllowedIps::default()),
             indices: Arc::new(IndexTable::default()),
             sockets: ArcSwap::from_pointee(Vec::new()),
+            side_socket: ArcSwapOption::empty(),
             mtu: AtomicUsize::new(crate::constants::DEFAULT_MTU as usize),
             handshake_tx,
             control_tx,

@@ -24,7 +24,7 @@ use crate::dataplane::shared::{
 use crate::io::syscalls::BatchSender;
 use crate::io::{Network, SendBatch, Socket};
 use crate::keys::{PresharedKey, PublicKey};
-use crate::noise::messages::{Initiation, Response, TRANSPORT_HEADER_LEN};
+use crate::noise::messages::{Initiation, Response, MESSAGE_TRANSPORT, TRANSPORT_HEADER_LEN};
 use crate::noise::ratelimiter::RateLimiter;
 use crate::noise::{consume_initiation, CookieChecker, Handshake, Packet, StaticIdentity, Tai64N};
 use crate::peer::{TimerAction, Timers};
@@ -705,7 +705,10 @@ impl Control {
     }
 
     fn rebind(&mut self, port: u16) -> Result<(), i32> {
-        let sockets = self.network.bind(port, self.fwmark, self.workers).map_err(|e| {
+        // Transport messages (type 4) spread over the workers by receiver index; handshake
+        // messages and anything else to a socket of their own (`dataplane::gate::serve_side`),
+        // so a flood cannot fill the socket a tunnel is received on.
+        let bound = self.network.bind(port, self.fwmark, self.workers, Some(MESSAGE_TRANSPORT as u8)).map_err(|e| {
             warn!("cannot listen on UDP port {port}: {e}");
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 ERRNO_PORT_IN_USE
@@ -713,10 +716,13 @@ impl Control {
                 ERRNO_IO
             }
         })?;
-        self.listen_port = sockets.first().and_then(|s| s.local_port().ok()).ok_or(ERRNO_IO)?;
-        let old = self.shared.sockets.swap(Arc::new(sockets));
+        self.listen_port = bound.sockets.first().and_then(|s| s.local_port().ok()).ok_or(ERRNO_IO)?;
+        let old = self.shared.sockets.swap(Arc::new(bound.sockets));
         for s in old.iter() {
             s.shutdown();
+        }
+        if let Some(old) = self.shared.side_socket.swap(bound.side) {
+            old.shutdown();
         }
         info!("listening on UDP port {}", self.listen_port);
         Ok(())

@@ -197,6 +197,11 @@ impl Device {
                 })
                 .map_err(DeviceError::Thread)?;
         }
+        let side = shared.clone();
+        std::thread::Builder::new()
+            .name("wg-handshake".into())
+            .spawn(move || crate::dataplane::gate::serve_side(&side))
+            .map_err(DeviceError::Thread)?;
         let mut names: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
         names.dedup();
         let udp = match (&io.network, gso) {

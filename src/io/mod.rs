@@ -161,8 +161,12 @@ pub enum Network {
 
 impl Network {
     /// `count` sockets on one port (SO_REUSEPORT), one per worker; fewer if the kernel
-    /// refuses siblings. Port 0 picks a free one.
-    pub fn bind(&self, port: u16, fwmark: u32, count: usize) -> io::Result<Vec<Arc<Socket>>> {
+    /// refuses siblings. Port 0 picks a free one. With `steer = Some(byte)` (kernel sockets
+    /// only), one more socket is bound last and the group steered
+    /// (`OsSocket::steer_by_first_byte`): datagrams starting with `byte` are spread over the
+    /// workers' sockets by the word at bytes 4..8, all others go to the side socket. Where the
+    /// kernel refuses, there is no side socket and the kernel's hash spreads everything.
+    pub fn bind(&self, port: u16, fwmark: u32, count: usize, steer: Option<u8>) -> io::Result<Bound> {
         match self {
             Network::Os { gro } => {
                 let first = OsSocket::bind(port, fwmark, *gro)?;
@@ -177,13 +181,34 @@ impl Network {
                         }
                     }
                 }
-                Ok(sockets)
+                let side = steer.and_then(|byte| {
+                    let steered = OsSocket::bind(port, fwmark, *gro)
+                        .and_then(|side| side.steer_by_first_byte(byte, sockets.len() as u32).map(|()| side));
+                    match steered {
+                        Ok(side) => Some(Arc::new(Socket::Os(side))),
+                        Err(e) => {
+                            // Dropping the unsteered extra socket takes it out of the group.
+                            tracing::warn!(
+                                "no socket of its own for non-bulk datagrams ({e}); the kernel's hash spreads all"
+                            );
+                            None
+                        }
+                    }
+                });
+                Ok(Bound { sockets, side })
             }
             Network::Twin(net) => {
-                Ok(net.bind_group(port, count)?.into_iter().map(|s| Arc::new(Socket::Twin(s))).collect())
+                let sockets = net.bind_group(port, count)?.into_iter().map(|s| Arc::new(Socket::Twin(s))).collect();
+                Ok(Bound { sockets, side: None })
             }
         }
     }
+}
+
+/// The sockets of one port: one per worker, and (when steered) the side socket.
+pub struct Bound {
+    pub sockets: Vec<Arc<Socket>>,
+    pub side: Option<Arc<Socket>>,
 }
 
 /// A TUN queue: the kernel's, or the twin's.
@@ -230,6 +255,60 @@ pub fn worker_io(
                 };
             }
             Ok((Box::new(syscalls::SyscallIo::new(t, socket, bell)?), None))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    /// The kernel steers a bound group on loopback: datagrams whose first byte is the bulk
+    /// byte go to worker socket (word at 4..8) mod 2, every other to the side socket.
+    #[test]
+    fn a_steered_group_sends_other_datagrams_to_the_side_socket() {
+        let bound = Network::Os { gro: false }.bind(0, 0, 2, Some(4)).expect("bind a group");
+        let Some(side) = bound.side.clone() else {
+            // A kernel without SO_ATTACH_REUSEPORT_CBPF (before 4.5): nothing to check.
+            eprintln!("steering refused by this kernel; skipped");
+            return;
+        };
+        assert_eq!(bound.sockets.len(), 2);
+        let port = side.local_port().unwrap();
+        let to = SocketAddr::from(([127, 0, 0, 1], port));
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut handshake = [0u8; 148];
+        handshake[0] = 1;
+        sender.send_to(&handshake, to).unwrap();
+        sender.send_to(&[9, 0, 0, 0, 1, 2, 3], to).unwrap();
+        for word in 0u32..6 {
+            let mut transport = [0u8; 32];
+            transport[0] = 4;
+            transport[4..8].copy_from_slice(&word.to_be_bytes());
+            sender.send_to(&transport, to).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut receiver = syscalls::BatchReceiver::default();
+        let mut received = |socket: &Socket| -> Vec<Vec<u8>> {
+            let Socket::Os(os) = socket else { unreachable!() };
+            let mut bufs = Vec::new();
+            receiver.recv(os, &mut bufs, false).unwrap();
+            let got = bufs.iter_mut().map(|b| b.filled_mut().to_vec()).collect();
+            receiver.recycle(&mut bufs);
+            got
+        };
+        let side_got = received(&side);
+        assert_eq!(side_got.len(), 2, "the handshake and the unknown type");
+        assert_eq!(side_got[0][0], 1);
+        assert_eq!(side_got[1][0], 9);
+        for (i, socket) in bound.sockets.iter().enumerate() {
+            let got = received(socket);
+            assert_eq!(got.len(), 3, "worker socket {i}");
+            for d in got {
+                assert_eq!(d[0], 4);
+                assert_eq!(u32::from_be_bytes([d[4], d[5], d[6], d[7]]) as usize % 2, i);
+            }
         }
     }
 }

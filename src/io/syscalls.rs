@@ -22,8 +22,7 @@ pub struct SyscallIo {
     socket: Arc<Socket>,
     bell: Arc<Doorbell>,
     free_tun: Vec<Buf>,
-    free_udp: Vec<Buf>,
-    recv: MmsgArrays,
+    receiver: BatchReceiver,
     sender: BatchSender,
 }
 
@@ -42,6 +41,72 @@ unsafe impl Send for BatchSender {}
 impl Default for BatchSender {
     fn default() -> Self {
         BatchSender { send: MmsgArrays::new(SEND_CHUNK), send_addrs: Vec::with_capacity(SEND_CHUNK) }
+    }
+}
+
+/// Receives up to `UDP_RECV_BATCH` buffers with one recvmmsg: each a datagram or a GRO train
+/// (with its stride), with its source. The workers' backend and the side socket's reader both
+/// receive through one.
+pub struct BatchReceiver {
+    recv: MmsgArrays,
+    free: Vec<Buf>,
+}
+
+// SAFETY: the raw pointers inside the mmsghdr/iovec arrays only ever point into buffers this
+// struct owns or borrows for one call, and are rebuilt before every call.
+unsafe impl Send for BatchReceiver {}
+
+impl Default for BatchReceiver {
+    fn default() -> Self {
+        BatchReceiver { recv: MmsgArrays::new(UDP_RECV_BATCH), free: Vec::new() }
+    }
+}
+
+impl BatchReceiver {
+    /// Appends what the socket has to `out`. With `wait`, blocks until one datagram arrives
+    /// or the socket's receive timeout passes (then `out` stays empty); without, never blocks.
+    pub fn recv(&mut self, sock: &OsSocket, out: &mut Vec<Buf>, wait: bool) -> io::Result<()> {
+        let n = UDP_RECV_BATCH;
+        let mut bufs: Vec<Buf> = (0..n).map(|_| self.free.pop().unwrap_or_else(|| Buf::new(UDP_BUF))).collect();
+        let r = &mut self.recv;
+        for (i, b) in bufs.iter_mut().enumerate() {
+            r.iovecs[i] = libc::iovec { iov_base: b.data.as_mut_ptr().cast(), iov_len: b.data.len() };
+            let h = &mut r.headers[i].msg_hdr;
+            h.msg_name = (&mut r.storage[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_iov = &mut r.iovecs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = r.control[i].as_mut_ptr().cast();
+            h.msg_controllen = CMSG_ROOM;
+            h.msg_flags = 0;
+            r.headers[i].msg_len = 0;
+        }
+        let flags = if wait { libc::MSG_WAITFORONE } else { libc::MSG_DONTWAIT };
+        // SAFETY: every header points at a live buffer, address and control area sized as
+        // declared; `bufs` outlives the call.
+        let got = unsafe { libc::recvmmsg(sock.fd(), r.headers.as_mut_ptr(), n as u32, flags, std::ptr::null_mut()) };
+        let result = if got < 0 { Err(io::Error::last_os_error()) } else { Ok(got as usize) };
+        let got = *result.as_ref().unwrap_or(&0);
+        for (i, mut b) in bufs.into_iter().enumerate() {
+            if i < got {
+                b.len = r.headers[i].msg_len as usize;
+                b.src = from_storage(&r.storage[i]);
+                b.stride = gro_segment_size(&r.headers[i].msg_hdr).unwrap_or(b.len);
+                out.push(b);
+            } else {
+                self.free.push(b);
+            }
+        }
+        match result {
+            Err(e) if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes buffers back for the next receive.
+    pub fn recycle(&mut self, bufs: &mut Vec<Buf>) {
+        self.free.append(bufs);
+        self.free.truncate(UDP_RECV_BATCH);
     }
 }
 
@@ -90,8 +155,7 @@ impl SyscallIo {
             socket,
             bell,
             free_tun: Vec::new(),
-            free_udp: Vec::new(),
-            recv: MmsgArrays::new(UDP_RECV_BATCH),
+            receiver: BatchReceiver::default(),
             sender: BatchSender::default(),
         })
     }
@@ -227,42 +291,8 @@ impl WorkerIo for SyscallIo {
     }
 
     fn recv_udp(&mut self, out: &mut Vec<Buf>) -> io::Result<()> {
-        let sock = os(&self.socket)?.fd();
-        let n = UDP_RECV_BATCH;
-        let mut bufs: Vec<Buf> = (0..n).map(|_| self.free_udp.pop().unwrap_or_else(|| Buf::new(UDP_BUF))).collect();
-        let r = &mut self.recv;
-        for (i, b) in bufs.iter_mut().enumerate() {
-            r.iovecs[i] = libc::iovec { iov_base: b.data.as_mut_ptr().cast(), iov_len: b.data.len() };
-            let h = &mut r.headers[i].msg_hdr;
-            h.msg_name = (&mut r.storage[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
-            h.msg_iov = &mut r.iovecs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = r.control[i].as_mut_ptr().cast();
-            h.msg_controllen = CMSG_ROOM;
-            h.msg_flags = 0;
-            r.headers[i].msg_len = 0;
-        }
-        // SAFETY: every header points at a live buffer, address and control area sized as
-        // declared; `bufs` outlives the call.
-        let got =
-            unsafe { libc::recvmmsg(sock, r.headers.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
-        let result = if got < 0 { Err(io::Error::last_os_error()) } else { Ok(got as usize) };
-        let got = *result.as_ref().unwrap_or(&0);
-        for (i, mut b) in bufs.into_iter().enumerate() {
-            if i < got {
-                b.len = r.headers[i].msg_len as usize;
-                b.src = from_storage(&r.storage[i]);
-                b.stride = gro_segment_size(&r.headers[i].msg_hdr).unwrap_or(b.len);
-                out.push(b);
-            } else {
-                self.free_udp.push(b);
-            }
-        }
-        match result {
-            Err(e) if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Err(e),
-            _ => Ok(()),
-        }
+        let socket = self.socket.clone();
+        self.receiver.recv(os(&socket)?, out, false)
     }
 
     fn recycle_tun(&mut self, bufs: &mut Vec<Buf>) {
@@ -271,8 +301,7 @@ impl WorkerIo for SyscallIo {
     }
 
     fn recycle_udp(&mut self, bufs: &mut Vec<Buf>) {
-        self.free_udp.append(bufs);
-        self.free_udp.truncate(UDP_RECV_BATCH);
+        self.receiver.recycle(bufs);
     }
 
     fn send_udp(&mut self, batch: &mut SendBatch) -> io::Result<()> {

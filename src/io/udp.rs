@@ -116,6 +116,46 @@ impl OsSocket {
     }
 }
 
+impl OsSocket {
+    /// Steers the SO_REUSEPORT group this socket is in by a datagram's first byte: one whose
+    /// first byte is `bulk` goes to socket (word at bytes 4..8, big-endian) mod `spread`, the
+    /// first `spread` sockets bound; every other to socket `spread`, meant to be this one,
+    /// bound last. A classic BPF program the kernel runs on the UDP payload before it picks a
+    /// socket (SO_ATTACH_REUSEPORT_CBPF, Linux 4.5); a datagram too short for the word goes to
+    /// socket 0. The caller keeps the group's binding order (indices are binding order).
+    pub fn steer_by_first_byte(&self, bulk: u8, spread: u32) -> io::Result<()> {
+        if spread == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no sockets to spread over"));
+        }
+        let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter { code: code as u16, jt, jf, k };
+        let program = [
+            op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 0),
+            op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 3, u32::from(bulk)),
+            op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 4),
+            op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, 0, 0, spread),
+            op(libc::BPF_RET | libc::BPF_A, 0, 0, 0),
+            op(libc::BPF_RET | libc::BPF_K, 0, 0, spread),
+        ];
+        let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr().cast_mut() };
+        // SAFETY: setsockopt reads a sock_fprog whose filter points at `program`, which lives
+        // until the call returns (the kernel copies the program).
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_REUSEPORT_CBPF,
+                (&fprog as *const libc::sock_fprog).cast(),
+                size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
 fn set_int_opt(s: &Socket, level: libc::c_int, name: libc::c_int, value: i32) -> io::Result<()> {
     // SAFETY: setsockopt reads size_of::<i32>() bytes from a live i32.
     let rc = unsafe {
