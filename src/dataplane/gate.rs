@@ -19,7 +19,7 @@ use tracing::debug;
 use super::shared::{bump, HandshakeCounters, HandshakePacket, Shared};
 use crate::constants::MAC_LEN;
 use crate::io::syscalls::{BatchReceiver, BatchSender};
-use crate::io::{Buf, SendBatch, Socket};
+use crate::io::{Buf, SendBatch, Socket, UDP_RECV_BATCH};
 use crate::noise::messages::{
     Initiation, Response, COOKIE_REPLY_LEN, INITIATION_LEN, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT, RESPONSE_LEN,
@@ -61,6 +61,9 @@ pub fn take_handshake(shared: &Shared, gate: &mut Gate, datagram: &[u8], src: So
 
 /// How long the side socket's reader waits after a failed receive.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// How long it waits after a round that did not fill its batch (a handshake waits that much
+/// more, at most).
+const GATHER_PAUSE: Duration = Duration::from_millis(1);
 const NO_SIDE_SOCKET_WAIT: Duration = Duration::from_millis(200);
 
 /// The reader of the side socket (`Shared::side_socket`), where the kernel steers every
@@ -86,6 +89,10 @@ pub fn serve_side(shared: &Shared) {
             std::thread::sleep(ERROR_PAUSE);
         }
         let now = Instant::now();
+        let received = bufs.len();
+        if received == 0 {
+            continue;
+        }
         for b in bufs.iter_mut() {
             let Some(src) = b.src else { continue };
             if b.len == 0 {
@@ -110,6 +117,12 @@ pub fn serve_side(shared: &Shared) {
         // No pause after a refused round: a real peer's message waits in the same queue as
         // the flood, and a queue left full would drop it; refusing costs a comparison.
         send_replies(&socket, &mut sender, &mut gate);
+        // A round that did not fill the batch waits a moment before the next, so a trickle
+        // (a paced flood, or many peers' handshakes) wakes this thread at most ~1,000 times a
+        // second instead of once per datagram; a full round goes on at once.
+        if received < UDP_RECV_BATCH {
+            std::thread::sleep(GATHER_PAUSE);
+        }
     }
 }
 
