@@ -1,8 +1,9 @@
-//! The door for handshake messages. A worker checks each initiation's and response's mac1 on
-//! the core it arrived on and, while the device is under load, answers one without a valid
-//! mac2 with a cookie reply itself. A flood then costs a MAC and a small AEAD where it lands
-//! and never reaches the control thread's queue, its wake-ups or its cache; what passes goes
-//! to the control thread marked with how far it was checked.
+//! The door for handshake messages. The thread that receives one (the side socket's reader,
+//! `serve_side`, where the kernel steers them; a worker where it cannot) checks an
+//! initiation's or response's mac1 and, while the device is under load, answers one without a
+//! valid mac2 with a cookie reply itself. A flood then costs a MAC and a small AEAD there and
+//! never reaches the control thread's queue, its wake-ups or its cache; what passes goes to
+//! the control thread marked with how far it was checked.
 //!
 //! "Under load" is the kernel's rule: the control thread's queue holds `UNDER_LOAD_QUEUED`
 //! messages or more (so arrivals outrun the DH work it can do), seen by it or by a worker
@@ -16,14 +17,15 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use super::shared::{bump, HandshakeCounters, HandshakePacket, Shared};
+use super::shared::{bump, HandshakeCounters, HandshakePacket, Shared, WorkerCounters};
 use crate::constants::MAC_LEN;
 use crate::io::syscalls::{BatchReceiver, BatchSender};
 use crate::io::{Buf, SendBatch, Socket, UDP_RECV_BATCH};
 use crate::noise::messages::{
     Initiation, Response, COOKIE_REPLY_LEN, INITIATION_LEN, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
-    MESSAGE_TRANSPORT, RESPONSE_LEN,
+    RESPONSE_LEN,
 };
+use crate::noise::ratelimiter::TokenBucket;
 use crate::noise::CookieChecker;
 
 /// Capacity of the control thread's handshake queue (the kernel's MAX_QUEUED_INCOMING_HANDSHAKES).
@@ -104,8 +106,8 @@ pub fn serve_side(shared: &Shared) {
                     send_replies(&socket, &mut sender, &mut gate);
                 }
                 // A transport message lands here only if it was too short for the kernel's
-                // steering to read its index: garbage either way.
-                if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] || u32::from(datagram[0]) == MESSAGE_TRANSPORT {
+                // steering to read its index; `take_handshake` counts it malformed.
+                if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
                     bump(&shared.drops.malformed);
                     continue;
                 }
@@ -161,6 +163,17 @@ fn layout(kind: u8, msg: &[u8]) -> Option<(usize, usize, u32)> {
 pub fn check_mac1(checker: &CookieChecker, counters: &HandshakeCounters, msg: &[u8]) -> bool {
     let Some(kind) = msg.first().copied() else { return false };
     let Some((mac1_at, _, _)) = layout(kind, msg) else { return false };
+    count_and_verify_mac1(checker, counters, kind, mac1_at, msg)
+}
+
+/// `check_mac1` for a message whose layout is known.
+fn count_and_verify_mac1(
+    checker: &CookieChecker,
+    counters: &HandshakeCounters,
+    kind: u8,
+    mac1_at: usize,
+    msg: &[u8],
+) -> bool {
     bump(if u32::from(kind) == MESSAGE_INITIATION {
         &counters.initiations_received
     } else {
@@ -219,33 +232,11 @@ pub fn queue_reply(replies: &mut SendBatch, reply: &[u8; COOKIE_REPLY_LEN], dst:
 const UNDER_LOAD_PER_SECOND: u64 = 200_000;
 const UNDER_LOAD_BURST: u64 = 4_096;
 const UNDER_LOAD_COST_NS: u64 = 1_000_000_000 / UNDER_LOAD_PER_SECOND;
-
-/// A token bucket in nanoseconds of credit.
-struct Budget {
-    credit_ns: u64,
-    last: Option<Instant>,
-}
-
-impl Budget {
-    fn take(&mut self, now: Instant) -> bool {
-        let max = UNDER_LOAD_COST_NS * UNDER_LOAD_BURST;
-        let earned = match self.last {
-            Some(t) => now.saturating_duration_since(t).as_nanos().min(u128::from(max)) as u64,
-            None => max,
-        };
-        self.last = Some(now);
-        self.credit_ns = (self.credit_ns + earned).min(max);
-        if self.credit_ns < UNDER_LOAD_COST_NS {
-            return false;
-        }
-        self.credit_ns -= UNDER_LOAD_COST_NS;
-        true
-    }
-}
+const UNDER_LOAD_MAX_NS: u64 = UNDER_LOAD_COST_NS * UNDER_LOAD_BURST;
 
 /// A worker's side of the door: its budget under load and the cookie replies of the round.
 pub struct Gate {
-    budget: Budget,
+    budget: TokenBucket,
     /// The round (its clock) in which the budget ran out: the rest of that round's handshake
     /// messages are refused at the cost of a comparison, so a worker drains a flood's GRO
     /// trains fast enough that its socket never fills and starves a tunnel that shares it.
@@ -262,7 +253,7 @@ impl Gate {
     pub fn new(gso: bool) -> Gate {
         // One chunk holds a thousand replies; more than a round of receives can ask for.
         Gate {
-            budget: Budget { credit_ns: 0, last: None },
+            budget: TokenBucket::default(),
             refused_round: None,
             answered: 0,
             refused: 0,
@@ -273,7 +264,7 @@ impl Gate {
     /// Adds what was refused to the device's counters (once per round).
     pub fn flush_counts(&mut self, shared: &Shared) {
         if self.refused > 0 {
-            shared.drops.handshake_queue_full.fetch_add(self.refused, std::sync::atomic::Ordering::Relaxed);
+            WorkerCounters::add(&shared.drops.handshake_queue_full, self.refused);
             self.refused = 0;
         }
     }
@@ -309,17 +300,17 @@ impl Gate {
         }
         if !shared.under_load(stamp) {
             self.answered = 0;
-            return check_mac1(checker, counters, msg).then_some(Screening::Mac1);
+            return count_and_verify_mac1(checker, counters, kind, mac1_at, msg).then_some(Screening::Mac1);
         }
         // Under load a valid mac2 proves the source (the control thread's per-source limiter
         // then applies); everything else costs a cookie reply, which the budget bounds.
         let proven = !no_mac2 && checker.verify_mac2(msg, mac2_at, &src, now);
-        if !proven && !self.budget.take(now) {
+        if !proven && !self.budget.take(now, UNDER_LOAD_COST_NS, UNDER_LOAD_MAX_NS) {
             self.refused_round = Some(now);
             self.refused += 1;
             return None;
         }
-        if !check_mac1(checker, counters, msg) {
+        if !count_and_verify_mac1(checker, counters, kind, mac1_at, msg) {
             return None;
         }
         if proven {

@@ -34,10 +34,6 @@ pub struct BatchSender {
     send_addrs: Vec<SockAddr>,
 }
 
-// SAFETY: the raw pointers inside the mmsghdr/iovec arrays only ever point into buffers this
-// struct owns or borrows for one call, and are rebuilt before every call.
-unsafe impl Send for BatchSender {}
-
 impl Default for BatchSender {
     fn default() -> Self {
         BatchSender { send: MmsgArrays::new(SEND_CHUNK), send_addrs: Vec::with_capacity(SEND_CHUNK) }
@@ -51,10 +47,6 @@ pub struct BatchReceiver {
     recv: MmsgArrays,
     free: Vec<Buf>,
 }
-
-// SAFETY: the raw pointers inside the mmsghdr/iovec arrays only ever point into buffers this
-// struct owns or borrows for one call, and are rebuilt before every call.
-unsafe impl Send for BatchReceiver {}
 
 impl Default for BatchReceiver {
     fn default() -> Self {
@@ -118,6 +110,11 @@ struct MmsgArrays {
     control: Vec<[u64; CMSG_ROOM / 8]>,
 }
 
+// SAFETY: the raw pointers inside the mmsghdr/iovec arrays only ever point into buffers the
+// caller owns or borrows for one call, and are rebuilt before every call; so the senders,
+// receivers and backends holding these arrays may move between threads.
+unsafe impl Send for MmsgArrays {}
+
 impl MmsgArrays {
     fn new(n: usize) -> Self {
         MmsgArrays {
@@ -131,10 +128,6 @@ impl MmsgArrays {
         }
     }
 }
-
-// SAFETY: the raw pointers inside the mmsghdr/iovec arrays only ever point into buffers this
-// struct owns or borrows for one call, and are rebuilt before every call.
-unsafe impl Send for SyscallIo {}
 
 fn os(socket: &Socket) -> io::Result<&OsSocket> {
     match socket {

@@ -30,39 +30,57 @@ fn key(ip: IpAddr) -> SourceKey {
     }
 }
 
-struct Bucket {
-    tokens_ns: u64,
-    last: Instant,
+/// A token bucket counted in nanoseconds of credit: `cost_ns` per take, earned at one
+/// nanosecond a nanosecond up to `max_ns` (the burst). Full when new.
+#[derive(Clone, Copy, Default)]
+pub struct TokenBucket {
+    credit_ns: u64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    pub fn take(&mut self, now: Instant, cost_ns: u64, max_ns: u64) -> bool {
+        let earned = match self.last {
+            Some(t) => now.saturating_duration_since(t).as_nanos().min(u128::from(max_ns)) as u64,
+            None => max_ns,
+        };
+        self.last = Some(now);
+        self.credit_ns = (self.credit_ns + earned).min(max_ns);
+        if self.credit_ns < cost_ns {
+            return false;
+        }
+        self.credit_ns -= cost_ns;
+        true
+    }
+
+    fn last(&self) -> Option<Instant> {
+        self.last
+    }
 }
 
 #[derive(Default)]
 pub struct RateLimiter {
-    buckets: HashMap<SourceKey, Bucket>,
+    buckets: HashMap<SourceKey, TokenBucket>,
     last_gc: Option<Instant>,
 }
 
 impl RateLimiter {
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         if self.last_gc.is_none_or(|t| now.saturating_duration_since(t) >= GC_INTERVAL) {
-            self.buckets.retain(|_, b| now.saturating_duration_since(b.last) < GC_INTERVAL);
+            self.buckets.retain(|_, b| b.last().is_some_and(|t| now.saturating_duration_since(t) < GC_INTERVAL));
             self.last_gc = Some(now);
         }
         let k = key(ip);
         if let Some(b) = self.buckets.get_mut(&k) {
-            let elapsed = now.saturating_duration_since(b.last).as_nanos().min(TOKEN_MAX_NS as u128) as u64;
-            b.tokens_ns = (b.tokens_ns + elapsed).min(TOKEN_MAX_NS);
-            b.last = now;
-            if b.tokens_ns >= PACKET_COST_NS {
-                b.tokens_ns -= PACKET_COST_NS;
-                return true;
-            }
-            return false;
+            return b.take(now, PACKET_COST_NS, TOKEN_MAX_NS);
         }
         if self.buckets.len() >= MAX_ENTRIES {
             return false;
         }
-        self.buckets.insert(k, Bucket { tokens_ns: TOKEN_MAX_NS - PACKET_COST_NS, last: now });
-        true
+        let mut b = TokenBucket::default();
+        let allowed = b.take(now, PACKET_COST_NS, TOKEN_MAX_NS);
+        self.buckets.insert(k, b);
+        allowed
     }
 }
 
