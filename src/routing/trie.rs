@@ -18,35 +18,50 @@ use std::sync::Arc;
 
 use super::mask;
 
-/// A fixed-size bitmap with rank (set bits below a position), for the compressed arrays.
+/// A fixed-size bitmap with rank (set bits below a position), for the compressed arrays. It
+/// keeps, for each word, how many bits are set in the words before it, so a rank is one
+/// popcount: the default x86-64 target has no popcount instruction, and four or eight software
+/// popcounts per level were most of a lookup's arithmetic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Bits<const W: usize>([u64; W]);
+struct Bits<const W: usize> {
+    words: [u64; W],
+    before: [u16; W],
+}
 
 impl<const W: usize> Default for Bits<W> {
     fn default() -> Self {
-        Bits([0; W])
+        Bits { words: [0; W], before: [0; W] }
     }
 }
 
 impl<const W: usize> Bits<W> {
     fn test(&self, i: usize) -> bool {
-        self.0[i / 64] & (1 << (i % 64)) != 0
+        self.words[i / 64] & (1 << (i % 64)) != 0
     }
     fn set(&mut self, i: usize) {
-        self.0[i / 64] |= 1 << (i % 64);
+        self.words[i / 64] |= 1 << (i % 64);
+        self.recount();
     }
     fn clear(&mut self, i: usize) {
-        self.0[i / 64] &= !(1 << (i % 64));
+        self.words[i / 64] &= !(1 << (i % 64));
+        self.recount();
+    }
+    fn recount(&mut self) {
+        let mut total = 0;
+        for (before, word) in self.before.iter_mut().zip(self.words) {
+            *before = total;
+            total += word.count_ones() as u16;
+        }
     }
     /// How many set bits come before `i`: the position of `i`'s entry in its array.
     fn rank(&self, i: usize) -> usize {
-        let below: u32 = self.0[..i / 64].iter().map(|w| w.count_ones()).sum();
-        (below + (self.0[i / 64] & ((1u64 << (i % 64)) - 1)).count_ones()) as usize
+        let (word, below) = (i / 64, (1u64 << (i % 64)) - 1);
+        self.before[word] as usize + (self.words[word] & below).count_ones() as usize
     }
     /// The highest position set in both.
     fn highest_common(&self, other: &[u64; W]) -> Option<usize> {
         (0..W).rev().find_map(|w| {
-            let both = self.0[w] & other[w];
+            let both = self.words[w] & other[w];
             (both != 0).then(|| w * 64 + 63 - both.leading_zeros() as usize)
         })
     }
@@ -89,12 +104,25 @@ fn home_depth(len: u8) -> usize {
     (len as usize).saturating_sub(1) / 8
 }
 
-/// A prefix stored in its parent's child array: it alone lives in that subtree.
+/// A prefix stored in its parent's child array: it alone lives in that subtree. The key is two
+/// words, not a `u128`, so that a slot is 8-byte aligned and 40 bytes rather than 48.
 #[derive(Clone, Debug)]
 struct Leaf<V> {
-    key: u128,
-    len: u8,
+    key: [u64; 2],
     value: V,
+    len: u8,
+}
+
+impl<V> Leaf<V> {
+    fn new(key: u128, len: u8, value: V) -> Self {
+        Leaf { key: [(key >> 64) as u64, key as u64], value, len }
+    }
+    fn key(&self) -> u128 {
+        (self.key[0] as u128) << 64 | self.key[1] as u128
+    }
+    fn is(&self, key: u128, len: u8) -> bool {
+        self.key() == key && self.len == len
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -103,16 +131,26 @@ enum Child<V> {
     Leaf(Leaf<V>),
 }
 
-/// What a lookup reads on its way down (the child bitmap, the child array, whether there are
-/// prefixes) is the first cache line; the prefix bitmap is read only when the walk ends
-/// without a matching leaf. Boxed slices, not `Vec`s: no spare capacity, and 16 bytes each.
+/// An entry of a node's child array: the subtree, and the longest prefix of this node that
+/// covers all of it. A lookup keeps the last fallback it passed, so a walk that ends below
+/// (a leaf that does not match, or a node with nothing for the address) has its answer without
+/// going back up to read the prefix tables of the nodes it passed.
+#[derive(Clone, Debug)]
+struct Slot<V> {
+    child: Child<V>,
+    fallback: Option<V>,
+}
+
+/// What a lookup reads on its way down (the child bitmap and the child array) is the first
+/// cache line; the prefixes are read only when the walk ends in a node with no child for the
+/// address. Boxed slices, not `Vec`s: no spare capacity, and 16 bytes each.
 #[derive(Clone, Debug)]
 #[repr(C, align(64))]
 struct Node<V> {
     child_bits: Bits<4>,
-    children: Box<[Child<V>]>,
-    prefixes: Box<[V]>,
+    children: Box<[Slot<V>]>,
     prefix_bits: Bits<8>,
+    prefixes: Box<[V]>,
 }
 
 /// `slice` with `item` inserted at `at` (a change reallocates: arrays here hold at most 256
@@ -142,8 +180,26 @@ impl<V> Default for Node<V> {
     }
 }
 
+/// The longest of a node's prefixes that covers `octet` (a free function so that it can be
+/// read while the node's child array is borrowed for writing).
+fn best_of<'a, V>(prefix_bits: &Bits<8>, prefixes: &'a [V], octet: usize) -> Option<&'a V> {
+    let index = prefix_bits.highest_common(&COVERING[octet])?;
+    prefixes.get(prefix_bits.rank(index))
+}
+
+/// The octets a prefix at `index` of a node covers.
+fn octets_under(index: usize) -> std::ops::Range<usize> {
+    let rel = usize::BITS - 1 - index.leading_zeros();
+    let first = (index - (1 << rel)) << (8 - rel);
+    first..first + (1 << (8 - rel))
+}
+
 impl<V: Clone> Node<V> {
     fn child(&self, octet: usize) -> Option<&Child<V>> {
+        self.slot(octet).map(|slot| &slot.child)
+    }
+
+    fn slot(&self, octet: usize) -> Option<&Slot<V>> {
         if self.child_bits.test(octet) {
             self.children.get(self.child_bits.rank(octet))
         } else {
@@ -158,23 +214,27 @@ impl<V: Clone> Node<V> {
     fn insert_child(&mut self, octet: usize, child: Child<V>) {
         let at = self.child_bits.rank(octet);
         self.child_bits.set(octet);
-        insert_into(&mut self.children, at, child);
+        let fallback = self.best(octet).cloned();
+        insert_into(&mut self.children, at, Slot { child, fallback });
     }
 
     fn remove_child(&mut self, octet: usize) -> Option<Child<V>> {
         let at = self.child_pos(octet)?;
         self.child_bits.clear(octet);
-        Some(remove_from(&mut self.children, at))
+        Some(remove_from(&mut self.children, at).child)
     }
 
     fn set_prefix(&mut self, index: usize, value: V) -> Option<V> {
         let at = self.prefix_bits.rank(index);
-        if self.prefix_bits.test(index) {
-            return self.prefixes.get_mut(at).map(|slot| std::mem::replace(slot, value));
-        }
-        self.prefix_bits.set(index);
-        insert_into(&mut self.prefixes, at, value);
-        None
+        let old = if self.prefix_bits.test(index) {
+            self.prefixes.get_mut(at).map(|slot| std::mem::replace(slot, value))
+        } else {
+            self.prefix_bits.set(index);
+            insert_into(&mut self.prefixes, at, value);
+            None
+        };
+        self.refresh_fallbacks(octets_under(index));
+        old
     }
 
     fn remove_prefix(&mut self, index: usize) -> Option<V> {
@@ -183,13 +243,24 @@ impl<V: Clone> Node<V> {
         }
         let at = self.prefix_bits.rank(index);
         self.prefix_bits.clear(index);
-        Some(remove_from(&mut self.prefixes, at))
+        let removed = remove_from(&mut self.prefixes, at);
+        self.refresh_fallbacks(octets_under(index));
+        Some(removed)
+    }
+
+    /// Works the fallbacks of the children at `octets` out again after a prefix changed.
+    fn refresh_fallbacks(&mut self, octets: std::ops::Range<usize>) {
+        let Node { child_bits, children, prefixes, prefix_bits } = self;
+        let first = child_bits.rank(octets.start);
+        let with_child = octets.filter(|&o| child_bits.test(o));
+        for (slot, o) in children[first..].iter_mut().zip(with_child) {
+            slot.fallback = best_of(prefix_bits, prefixes, o).cloned();
+        }
     }
 
     /// The longest prefix here that covers `octet`.
     fn best(&self, octet: usize) -> Option<&V> {
-        let index = self.prefix_bits.highest_common(&COVERING[octet])?;
-        self.prefixes.get(self.prefix_bits.rank(index))
+        best_of(&self.prefix_bits, &self.prefixes, octet)
     }
 
     fn is_empty(&self) -> bool {
@@ -203,9 +274,9 @@ impl<V: Clone> Node<V> {
             ([value], []) => {
                 let index = self.prefix_bits.ones().next()?;
                 let (key, len) = prefix_key(path, depth, index);
-                Some(Leaf { key, len, value: value.clone() })
+                Some(Leaf::new(key, len, value.clone()))
             }
-            ([], [Child::Leaf(leaf)]) => Some(leaf.clone()),
+            ([], [Slot { child: Child::Leaf(leaf), .. }]) => Some(leaf.clone()),
             _ => None,
         }
     }
@@ -262,18 +333,19 @@ impl<V: Clone> Trie<V> {
         }
         let o = octet(key, depth);
         let Some(at) = node.child_pos(o) else {
-            node.insert_child(o, Child::Leaf(Leaf { key, len, value }));
+            node.insert_child(o, Child::Leaf(Leaf::new(key, len, value)));
             return None;
         };
-        match &mut node.children[at] {
+        let slot = &mut node.children[at];
+        match &mut slot.child {
             Child::Node(next) => Self::insert_at(Arc::make_mut(next), depth + 1, key, len, value),
-            Child::Leaf(leaf) if leaf.key == key && leaf.len == len => Some(std::mem::replace(&mut leaf.value, value)),
+            Child::Leaf(leaf) if leaf.is(key, len) => Some(std::mem::replace(&mut leaf.value, value)),
             // Two prefixes now share this subtree: it becomes a node holding both.
             Child::Leaf(leaf) => {
                 let mut below = Node::default();
-                Self::insert_at(&mut below, depth + 1, leaf.key, leaf.len, leaf.value.clone());
+                Self::insert_at(&mut below, depth + 1, leaf.key(), leaf.len, leaf.value.clone());
                 Self::insert_at(&mut below, depth + 1, key, len, value);
-                node.children[at] = Child::Node(Arc::new(below));
+                slot.child = Child::Node(Arc::new(below));
                 None
             }
         }
@@ -281,31 +353,25 @@ impl<V: Clone> Trie<V> {
 
     /// The value of the longest prefix containing `key`.
     pub fn lookup(&self, key: u128) -> Option<&V> {
-        // The nodes passed that hold prefixes, with the octet taken there: searched deepest
-        // first only if the walk ends without a matching leaf (a leaf is longer than every
-        // prefix above it), so a lookup that ends in a leaf never reads a prefix bitmap.
-        let mut passed: [Option<(&Node<V>, usize)>; 16] = [None; 16];
-        let mut count = 0;
+        // The fallback of the last slot passed: the longest prefix above that covers the key
+        // (a deeper node's prefixes are longer than every prefix above it).
+        let mut above: Option<&V> = None;
         let mut node: &Node<V> = &self.root;
         let mut depth = 0;
         loop {
             let o = octet(key, depth);
-            if !node.prefixes.is_empty() {
-                if let Some(slot) = passed.get_mut(count) {
-                    *slot = Some((node, o));
-                    count += 1;
-                }
-            }
-            match node.child(o) {
-                Some(Child::Node(next)) => {
+            let Some(slot) = node.slot(o) else {
+                return node.best(o).or(above);
+            };
+            above = slot.fallback.as_ref().or(above);
+            match &slot.child {
+                Child::Node(next) => {
                     node = next;
                     depth += 1;
                 }
-                Some(Child::Leaf(leaf)) if covers(key, leaf.key, leaf.len) => return Some(&leaf.value),
-                _ => break,
+                Child::Leaf(leaf) => return if covers(key, leaf.key(), leaf.len) { Some(&leaf.value) } else { above },
             }
         }
-        passed[..count].iter().rev().flatten().find_map(|&(node, o)| node.best(o))
     }
 
     /// The value stored for exactly `key/len`.
@@ -322,7 +388,7 @@ impl<V: Clone> Trie<V> {
                     node = next;
                     depth += 1;
                 }
-                Child::Leaf(leaf) => return (leaf.key == key && leaf.len == len).then_some(&leaf.value),
+                Child::Leaf(leaf) => return leaf.is(key, len).then_some(&leaf.value),
             }
         }
     }
@@ -346,8 +412,8 @@ impl<V: Clone> Trie<V> {
         }
         let o = octet(key, depth);
         let at = node.child_pos(o)?;
-        let removed = match &mut node.children[at] {
-            Child::Leaf(leaf) if leaf.key == key && leaf.len == len => None,
+        let removed = match &mut node.children[at].child {
+            Child::Leaf(leaf) if leaf.is(key, len) => None,
             Child::Leaf(_) => return None,
             Child::Node(next) => Some(Self::remove_at(Arc::make_mut(next), depth + 1, key, len)),
         };
@@ -368,11 +434,11 @@ impl<V: Clone> Trie<V> {
     /// and a node with one entry a leaf can hold becomes that leaf.
     fn compact_child(node: &mut Node<V>, o: usize, path: u128, depth: usize) {
         let Some(at) = node.child_pos(o) else { return };
-        let Child::Node(child) = &node.children[at] else { return };
+        let Child::Node(child) = &node.children[at].child else { return };
         if child.is_empty() {
             node.remove_child(o);
         } else if let Some(leaf) = child.as_leaf(path, depth) {
-            node.children[at] = Child::Leaf(leaf);
+            node.children[at].child = Child::Leaf(leaf);
         }
     }
 
@@ -396,10 +462,13 @@ impl<V: Clone> Trie<V> {
             }
         }
         node.prefixes = kept.into_boxed_slice();
+        if removed > 0 {
+            node.refresh_fallbacks(0..256);
+        }
         let octets: Vec<usize> = node.child_bits.ones().collect();
         for o in octets {
             let Some(at) = node.child_pos(o) else { continue };
-            match &mut node.children[at] {
+            match &mut node.children[at].child {
                 Child::Leaf(leaf) => {
                     if !keep(&leaf.value) {
                         node.remove_child(o);
@@ -428,9 +497,9 @@ impl<V: Clone> Trie<V> {
             let (key, len) = prefix_key(path, depth, index);
             out.push((key, len, value.clone()));
         }
-        for (o, child) in node.child_bits.ones().zip(&node.children) {
-            match child {
-                Child::Leaf(leaf) => out.push((leaf.key, leaf.len, leaf.value.clone())),
+        for (o, slot) in node.child_bits.ones().zip(&node.children) {
+            match &slot.child {
+                Child::Leaf(leaf) => out.push((leaf.key(), leaf.len, leaf.value.clone())),
                 Child::Node(next) => Self::entries_at(next, depth + 1, path | ((o as u128) << (120 - 8 * depth)), out),
             }
         }
@@ -513,7 +582,7 @@ mod tests {
         assert!(matches!(trie.root.child(10), Some(Child::Node(_))));
         trie.remove(v4(10, 1, 2, 3), 32);
         match trie.root.child(10) {
-            Some(Child::Leaf(leaf)) => assert_eq!((leaf.key, leaf.len, leaf.value), (v4(10, 1, 2, 4), 32, 2)),
+            Some(Child::Leaf(leaf)) => assert_eq!((leaf.key(), leaf.len, leaf.value), (v4(10, 1, 2, 4), 32, 2)),
             _ => panic!("the subtree did not collapse to a leaf"),
         }
         assert_eq!(trie.lookup(v4(10, 1, 2, 4)), Some(&2));
@@ -521,7 +590,7 @@ mod tests {
         trie.insert(v4(10, 1, 0, 0), 16, 3);
         trie.remove(v4(10, 1, 2, 4), 32);
         match trie.root.child(10) {
-            Some(Child::Leaf(leaf)) => assert_eq!((leaf.key, leaf.len, leaf.value), (v4(10, 1, 0, 0), 16, 3)),
+            Some(Child::Leaf(leaf)) => assert_eq!((leaf.key(), leaf.len, leaf.value), (v4(10, 1, 0, 0), 16, 3)),
             _ => panic!("a node with one prefix did not collapse to a leaf"),
         }
         assert_eq!(trie.lookup(v4(10, 1, 9, 9)), Some(&3));
