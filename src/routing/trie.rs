@@ -295,15 +295,39 @@ fn covers(key: u128, prefix: u128, len: u8) -> bool {
     (key ^ prefix) & mask(len) == 0
 }
 
+/// The root need not be the node of the empty prefix: it is the deepest node that still holds
+/// every entry (`top`, its depth and path), so a table of addresses under one /48 starts its
+/// walks six levels down instead of passing six nodes of one child each.
 #[derive(Clone, Debug)]
 pub struct Trie<V> {
     root: Arc<Node<V>>,
+    top: Top,
     len: usize,
+}
+
+/// Where the root sits: its depth (octets above it) and the key bits of its path, with the
+/// mask of those bits kept rather than worked out on every lookup.
+#[derive(Clone, Copy, Debug, Default)]
+struct Top {
+    depth: usize,
+    path: u128,
+    mask: u128,
+}
+
+impl Top {
+    fn new(depth: usize, key: u128) -> Self {
+        let mask = mask(8 * depth as u8);
+        Top { depth, path: key & mask, mask }
+    }
+    /// Whether `key/len` lives at or below the root.
+    fn holds(&self, key: u128, len: u8) -> bool {
+        home_depth(len) >= self.depth && (key ^ self.path) & self.mask == 0
+    }
 }
 
 impl<V> Default for Trie<V> {
     fn default() -> Self {
-        Trie { root: Arc::new(Node::default()), len: 0 }
+        Trie { root: Arc::new(Node::default()), top: Top::default(), len: 0 }
     }
 }
 
@@ -320,11 +344,49 @@ impl<V: Clone> Trie<V> {
     pub fn insert(&mut self, key: u128, len: u8, value: V) -> Option<V> {
         let len = len.min(128);
         let key = key & mask(len);
-        let old = Self::insert_at(Arc::make_mut(&mut self.root), 0, key, len, value);
+        if self.len == 0 {
+            let depth = home_depth(len);
+            self.root = Arc::new(Node::default());
+            self.top = Top::new(depth, key);
+        } else if !self.top.holds(key, len) {
+            self.lift_root(key, len);
+        }
+        let old = Self::insert_at(Arc::make_mut(&mut self.root), self.top.depth, key, len, value);
         if old.is_none() {
             self.len += 1;
         }
         old
+    }
+
+    /// Puts the root high enough to hold `key/len` too: a chain of one-child nodes from the
+    /// new root's depth down to the old root.
+    fn lift_root(&mut self, key: u128, len: u8) {
+        let shared_octets = ((key ^ self.top.path).leading_zeros() / 8) as usize;
+        let depth = self.top.depth.min(home_depth(len)).min(shared_octets);
+        let mut below = std::mem::take(&mut self.root);
+        for d in (depth..self.top.depth).rev() {
+            let mut node = Node::default();
+            node.insert_child(octet(self.top.path, d), Child::Node(below));
+            below = Arc::new(node);
+        }
+        self.root = below;
+        self.top = Top::new(depth, self.top.path);
+    }
+
+    /// After a removal: the root goes down while it is a node with no prefixes and one child
+    /// that is a node, and an empty trie starts again from the top.
+    fn lower_root(&mut self) {
+        if self.len == 0 {
+            *self = Trie::default();
+            return;
+        }
+        while self.root.prefixes.is_empty() && self.root.children.len() == 1 {
+            let Some(o) = self.root.child_bits.ones().next() else { return };
+            let Some(Child::Node(next)) = self.root.child(o).cloned() else { return };
+            let depth = self.top.depth;
+            self.top = Top::new(depth + 1, self.top.path | ((o as u128) << (120 - 8 * depth)));
+            self.root = next;
+        }
     }
 
     fn insert_at(node: &mut Node<V>, depth: usize, key: u128, len: u8, value: V) -> Option<V> {
@@ -356,19 +418,22 @@ impl<V: Clone> Trie<V> {
         // The fallback of the last slot passed: the longest prefix above that covers the key
         // (a deeper node's prefixes are longer than every prefix above it).
         let mut above: Option<&V> = None;
+        if (key ^ self.top.path) & self.top.mask != 0 {
+            return None;
+        }
         let mut node: &Node<V> = &self.root;
-        let mut depth = 0;
+        // The key's octets from the root's down, each in turn in the top byte: constant shifts,
+        // where `octet(key, depth)` would shift a u128 by a variable amount at every level.
+        let mut rest = key << (8 * self.top.depth);
         loop {
-            let o = octet(key, depth);
+            let o = (rest >> 120) as usize;
+            rest <<= 8;
             let Some(slot) = node.slot(o) else {
                 return node.best(o).or(above);
             };
             above = slot.fallback.as_ref().or(above);
             match &slot.child {
-                Child::Node(next) => {
-                    node = next;
-                    depth += 1;
-                }
+                Child::Node(next) => node = next,
                 Child::Leaf(leaf) => return if covers(key, leaf.key(), leaf.len) { Some(&leaf.value) } else { above },
             }
         }
@@ -376,8 +441,11 @@ impl<V: Clone> Trie<V> {
 
     /// The value stored for exactly `key/len`.
     fn get_exact(&self, key: u128, len: u8) -> Option<&V> {
+        if !self.top.holds(key, len) {
+            return None;
+        }
         let mut node: &Node<V> = &self.root;
-        let mut depth = 0;
+        let mut depth = self.top.depth;
         loop {
             if home_depth(len) == depth {
                 let index = prefix_index(octet(key, depth), len as u32 - 8 * depth as u32);
@@ -399,9 +467,10 @@ impl<V: Clone> Trie<V> {
         let key = key & mask(len);
         // Absent: no path is copied for nothing.
         self.get_exact(key, len)?;
-        let removed = Self::remove_at(Arc::make_mut(&mut self.root), 0, key, len);
+        let removed = Self::remove_at(Arc::make_mut(&mut self.root), self.top.depth, key, len);
         if removed.is_some() {
             self.len -= 1;
+            self.lower_root();
         }
         removed
     }
@@ -444,8 +513,11 @@ impl<V: Clone> Trie<V> {
 
     /// Removes every entry whose value matches; returns how many went.
     pub fn retain(&mut self, keep: &mut impl FnMut(&V) -> bool) -> usize {
-        let removed = Self::retain_at(Arc::make_mut(&mut self.root), 0, 0, keep);
+        let removed = Self::retain_at(Arc::make_mut(&mut self.root), self.top.depth, self.top.path, keep);
         self.len -= removed;
+        if removed > 0 {
+            self.lower_root();
+        }
         removed
     }
 
@@ -488,7 +560,7 @@ impl<V: Clone> Trie<V> {
     /// Every (key, len, value).
     pub fn entries(&self) -> Vec<(u128, u8, V)> {
         let mut out = Vec::with_capacity(self.len);
-        Self::entries_at(&self.root, 0, 0, &mut out);
+        Self::entries_at(&self.root, self.top.depth, self.top.path, &mut out);
         out
     }
 
@@ -575,7 +647,9 @@ mod tests {
         assert_eq!(removed, n);
         assert!(trie.is_empty() && trie.root.is_empty(), "an empty trie has an empty root");
         // Two /32s under one /24: a node; remove one and the other is a leaf of the root's child.
+        // (A prefix under another first octet keeps the root at the top for these checks.)
         let v4 = |a: u8, b: u8, c: u8, d: u8| (u32::from_be_bytes([a, b, c, d]) as u128) << 96;
+        trie.insert(v4(200, 0, 0, 1), 32, 0);
         trie.insert(v4(10, 1, 2, 3), 32, 1);
         assert!(matches!(trie.root.child(10), Some(Child::Leaf(_))), "one prefix in a subtree is a leaf");
         trie.insert(v4(10, 1, 2, 4), 32, 2);
@@ -594,6 +668,35 @@ mod tests {
             _ => panic!("a node with one prefix did not collapse to a leaf"),
         }
         assert_eq!(trie.lookup(v4(10, 1, 9, 9)), Some(&3));
+    }
+
+    /// The root sits at the deepest node that holds every entry, moves up for a prefix outside
+    /// it and back down when that prefix goes, and answers like the top for what lies outside.
+    #[test]
+    fn the_root_follows_the_entries() {
+        let v6 = |s: &str| u128::from(s.parse::<std::net::Ipv6Addr>().unwrap());
+        let mut t = Trie::default();
+        t.insert(v6("fd00:1:2::1"), 128, 1);
+        assert_eq!((t.top.depth, t.top.path), (15, v6("fd00:1:2::")));
+        t.insert(v6("fd00:1:2::2"), 128, 2);
+        t.insert(v6("fd00:1:2:3::"), 64, 3);
+        assert_eq!((t.top.depth, t.top.path), (7, v6("fd00:1:2::")), "the /56 all three share");
+        assert_eq!(t.lookup(v6("fd00:1:2::2")), Some(&2));
+        assert_eq!(t.lookup(v6("fd00:1:2:3::9")), Some(&3));
+        assert_eq!(t.lookup(v6("fd00:1:3::1")), None, "outside the root's path");
+        t.insert(0, 0, 9);
+        assert_eq!(t.top.depth, 0, "a /0 needs the top");
+        assert_eq!(t.lookup(v6("fd00:1:3::1")), Some(&9));
+        assert_eq!(t.lookup(v6("fd00:1:2::1")), Some(&1));
+        assert_eq!(t.remove(0, 0), Some(9));
+        assert_eq!((t.top.depth, t.top.path), (7, v6("fd00:1:2::")), "and goes back down without it");
+        assert_eq!(t.lookup(v6("fd00:1:3::1")), None);
+        assert_eq!(t.retain(&mut |v| *v == 1), 2);
+        assert_eq!((t.top.depth, t.top.path), (7, v6("fd00:1:2::")), "a leaf child does not move the root");
+        assert_eq!(t.entries(), vec![(v6("fd00:1:2::1"), 128, 1)]);
+        assert_eq!(t.remove(v6("fd00:1:2::1"), 128), Some(1));
+        assert_eq!((t.top.depth, t.len()), (0, 0));
+        assert_eq!(t.lookup(v6("fd00:1:2::1")), None);
     }
 
     #[test]
