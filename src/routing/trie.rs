@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 use super::mask;
 
+mod wide;
+use wide::{Wide, WIDE_AT};
+
 /// A fixed-size bitmap with rank (set bits below a position), for the compressed arrays. It
 /// keeps, for each word, how many bits are set in the words before it, so a rank is one
 /// popcount: the default x86-64 target has no popcount instruction, and four or eight software
@@ -258,6 +261,41 @@ impl<V: Clone> Node<V> {
         }
     }
 
+    /// The value of the prefix at `index`, if there is one.
+    fn prefix(&self, index: usize) -> Option<&V> {
+        self.prefix_bits.test(index).then(|| self.prefixes.get(self.prefix_bits.rank(index))).flatten()
+    }
+
+    /// Drops the prefixes whose value is not kept; returns how many went.
+    fn retain_prefixes(&mut self, keep: &mut impl FnMut(&V) -> bool) -> usize {
+        let indices: Vec<usize> = self.prefix_bits.ones().collect();
+        let mut kept = Vec::with_capacity(self.prefixes.len());
+        let mut removed = 0;
+        for (index, value) in indices.into_iter().zip(std::mem::take(&mut self.prefixes).into_vec()) {
+            if keep(&value) {
+                kept.push(value);
+            } else {
+                self.prefix_bits.clear(index);
+                removed += 1;
+            }
+        }
+        self.prefixes = kept.into_boxed_slice();
+        if removed > 0 {
+            self.refresh_fallbacks(0..256);
+        }
+        removed
+    }
+
+    /// Replaces the children with `children` (by ascending octet), their fallbacks worked out.
+    fn set_children(&mut self, children: Vec<(usize, Child<V>)>) {
+        self.child_bits = Bits::default();
+        for (o, _) in &children {
+            self.child_bits.set(*o);
+        }
+        let slots = children.into_iter().map(|(o, child)| Slot { fallback: self.best(o).cloned(), child });
+        self.children = slots.collect();
+    }
+
     /// The longest prefix here that covers `octet`.
     fn best(&self, octet: usize) -> Option<&V> {
         best_of(&self.prefix_bits, &self.prefixes, octet)
@@ -297,12 +335,27 @@ fn covers(key: u128, prefix: u128, len: u8) -> bool {
 
 /// The root need not be the node of the empty prefix: it is the deepest node that still holds
 /// every entry (`top`, its depth and path), so a table of addresses under one /48 starts its
-/// walks six levels down instead of passing six nodes of one child each.
+/// walks six levels down instead of passing six nodes of one child each. A big table's root
+/// is wide (see `wide`).
 #[derive(Clone, Debug)]
 pub struct Trie<V> {
-    root: Arc<Node<V>>,
+    root: Root<V>,
     top: Top,
     len: usize,
+    /// `WIDE_AT`, but smaller in tests so that small tables go wide and back.
+    wide_at: usize,
+}
+
+#[derive(Clone, Debug)]
+enum Root<V> {
+    Narrow(Arc<Node<V>>),
+    Wide(Wide<V>),
+}
+
+impl<V> Default for Root<V> {
+    fn default() -> Self {
+        Root::Narrow(Arc::default())
+    }
 }
 
 /// Where the root sits: its depth (octets above it) and the key bits of its path, with the
@@ -327,7 +380,7 @@ impl Top {
 
 impl<V> Default for Trie<V> {
     fn default() -> Self {
-        Trie { root: Arc::new(Node::default()), top: Top::default(), len: 0 }
+        Trie { root: Root::default(), top: Top::default(), len: 0, wide_at: WIDE_AT }
     }
 }
 
@@ -345,17 +398,43 @@ impl<V: Clone> Trie<V> {
         let len = len.min(128);
         let key = key & mask(len);
         if self.len == 0 {
-            let depth = home_depth(len);
-            self.root = Arc::new(Node::default());
-            self.top = Top::new(depth, key);
+            self.root = Root::default();
+            self.top = Top::new(home_depth(len), key);
         } else if !self.top.holds(key, len) {
             self.lift_root(key, len);
         }
-        let old = Self::insert_at(Arc::make_mut(&mut self.root), self.top.depth, key, len, value);
+        let old = match &mut self.root {
+            Root::Narrow(node) => Self::insert_at(Arc::make_mut(node), self.top.depth, key, len, value),
+            Root::Wide(wide) => wide.insert(self.top.depth, key, len, value),
+        };
         if old.is_none() {
             self.len += 1;
+            self.settle();
         }
         old
+    }
+
+    /// The root as a narrow node (a wide one is converted).
+    fn take_narrow_root(&mut self) -> Arc<Node<V>> {
+        match std::mem::take(&mut self.root) {
+            Root::Narrow(node) => node,
+            Root::Wide(wide) => Arc::new(wide.into_narrow(self.top)),
+        }
+    }
+
+    /// A table that grew to `wide_at` entries gets a wide root; one that shrank under half of
+    /// that (the gap keeps a table at the edge from converting on every change) a narrow one.
+    fn settle(&mut self) {
+        let convert = match &self.root {
+            Root::Narrow(_) => self.len >= self.wide_at && self.top.depth <= 14,
+            Root::Wide(_) => self.len < self.wide_at / 2,
+        };
+        if convert {
+            self.root = match std::mem::take(&mut self.root) {
+                Root::Narrow(node) => Root::Wide(Wide::from_narrow(&node, self.top)),
+                Root::Wide(wide) => Root::Narrow(Arc::new(wide.into_narrow(self.top))),
+            };
+        }
     }
 
     /// Puts the root high enough to hold `key/len` too: a chain of one-child nodes from the
@@ -363,29 +442,32 @@ impl<V: Clone> Trie<V> {
     fn lift_root(&mut self, key: u128, len: u8) {
         let shared_octets = ((key ^ self.top.path).leading_zeros() / 8) as usize;
         let depth = self.top.depth.min(home_depth(len)).min(shared_octets);
-        let mut below = std::mem::take(&mut self.root);
+        let mut below = self.take_narrow_root();
         for d in (depth..self.top.depth).rev() {
             let mut node = Node::default();
             node.insert_child(octet(self.top.path, d), Child::Node(below));
             below = Arc::new(node);
         }
-        self.root = below;
+        self.root = Root::Narrow(below);
         self.top = Top::new(depth, self.top.path);
     }
 
-    /// After a removal: the root goes down while it is a node with no prefixes and one child
-    /// that is a node, and an empty trie starts again from the top.
+    /// After a removal: a narrow root goes down while it is a node with no prefixes and one
+    /// child that is a node, and an empty trie starts again from the top.
     fn lower_root(&mut self) {
         if self.len == 0 {
-            *self = Trie::default();
+            *self = Trie { wide_at: self.wide_at, ..Trie::default() };
             return;
         }
-        while self.root.prefixes.is_empty() && self.root.children.len() == 1 {
-            let Some(o) = self.root.child_bits.ones().next() else { return };
-            let Some(Child::Node(next)) = self.root.child(o).cloned() else { return };
+        while let Root::Narrow(root) = &self.root {
+            if !root.prefixes.is_empty() || root.children.len() != 1 {
+                return;
+            }
+            let Some(o) = root.child_bits.ones().next() else { return };
+            let Some(Child::Node(next)) = root.child(o).cloned() else { return };
             let depth = self.top.depth;
             self.top = Top::new(depth + 1, self.top.path | ((o as u128) << (120 - 8 * depth)));
-            self.root = next;
+            self.root = Root::Narrow(next);
         }
     }
 
@@ -398,16 +480,20 @@ impl<V: Clone> Trie<V> {
             node.insert_child(o, Child::Leaf(Leaf::new(key, len, value)));
             return None;
         };
-        let slot = &mut node.children[at];
-        match &mut slot.child {
-            Child::Node(next) => Self::insert_at(Arc::make_mut(next), depth + 1, key, len, value),
+        Self::insert_below(&mut node.children[at].child, depth + 1, key, len, value)
+    }
+
+    /// Inserts into the subtree `child` whose node is (or would be) at `depth`.
+    fn insert_below(child: &mut Child<V>, depth: usize, key: u128, len: u8, value: V) -> Option<V> {
+        match child {
+            Child::Node(next) => Self::insert_at(Arc::make_mut(next), depth, key, len, value),
             Child::Leaf(leaf) if leaf.is(key, len) => Some(std::mem::replace(&mut leaf.value, value)),
             // Two prefixes now share this subtree: it becomes a node holding both.
             Child::Leaf(leaf) => {
                 let mut below = Node::default();
-                Self::insert_at(&mut below, depth + 1, leaf.key(), leaf.len, leaf.value.clone());
-                Self::insert_at(&mut below, depth + 1, key, len, value);
-                slot.child = Child::Node(Arc::new(below));
+                Self::insert_at(&mut below, depth, leaf.key(), leaf.len, leaf.value.clone());
+                Self::insert_at(&mut below, depth, key, len, value);
+                *child = Child::Node(Arc::new(below));
                 None
             }
         }
@@ -415,16 +501,22 @@ impl<V: Clone> Trie<V> {
 
     /// The value of the longest prefix containing `key`.
     pub fn lookup(&self, key: u128) -> Option<&V> {
-        // The fallback of the last slot passed: the longest prefix above that covers the key
-        // (a deeper node's prefixes are longer than every prefix above it).
-        let mut above: Option<&V> = None;
         if (key ^ self.top.path) & self.top.mask != 0 {
             return None;
         }
-        let mut node: &Node<V> = &self.root;
         // The key's octets from the root's down, each in turn in the top byte: constant shifts,
         // where `octet(key, depth)` would shift a u128 by a variable amount at every level.
-        let mut rest = key << (8 * self.top.depth);
+        let rest = key << (8 * self.top.depth);
+        match &self.root {
+            Root::Narrow(node) => Self::walk(node, rest, key, None),
+            Root::Wide(wide) => wide.lookup(key, rest),
+        }
+    }
+
+    /// The walk down from `node`, whose octet of the key is the top byte of `rest`. `above` is
+    /// the fallback of the last slot passed: the longest prefix above that covers the key (a
+    /// deeper node's prefixes are longer than every prefix above it).
+    fn walk<'a>(mut node: &'a Node<V>, mut rest: u128, key: u128, mut above: Option<&'a V>) -> Option<&'a V> {
         loop {
             let o = (rest >> 120) as usize;
             rest <<= 8;
@@ -444,12 +536,16 @@ impl<V: Clone> Trie<V> {
         if !self.top.holds(key, len) {
             return None;
         }
-        let mut node: &Node<V> = &self.root;
-        let mut depth = self.top.depth;
+        match &self.root {
+            Root::Narrow(node) => Self::exact_in(node, self.top.depth, key, len),
+            Root::Wide(wide) => wide.exact(self.top.depth, key, len),
+        }
+    }
+
+    fn exact_in(mut node: &Node<V>, mut depth: usize, key: u128, len: u8) -> Option<&V> {
         loop {
             if home_depth(len) == depth {
-                let index = prefix_index(octet(key, depth), len as u32 - 8 * depth as u32);
-                return node.prefix_bits.test(index).then(|| node.prefixes.get(node.prefix_bits.rank(index))).flatten();
+                return node.prefix(prefix_index(octet(key, depth), len as u32 - 8 * depth as u32));
             }
             match node.child(octet(key, depth))? {
                 Child::Node(next) => {
@@ -467,9 +563,13 @@ impl<V: Clone> Trie<V> {
         let key = key & mask(len);
         // Absent: no path is copied for nothing.
         self.get_exact(key, len)?;
-        let removed = Self::remove_at(Arc::make_mut(&mut self.root), self.top.depth, key, len);
+        let removed = match &mut self.root {
+            Root::Narrow(node) => Self::remove_at(Arc::make_mut(node), self.top.depth, key, len),
+            Root::Wide(wide) => wide.remove(self.top.depth, key, len),
+        };
         if removed.is_some() {
             self.len -= 1;
+            self.settle();
             self.lower_root();
         }
         removed
@@ -499,44 +599,47 @@ impl<V: Clone> Trie<V> {
         }
     }
 
+    /// What a subtree that lost entries becomes: nothing if its node is empty, a leaf if its
+    /// node holds one entry a leaf can stand for (`path` and `depth` are the node's), and
+    /// `None` if it stays as it is.
+    fn shrunk(child: &Child<V>, path: u128, depth: usize) -> Option<Option<Child<V>>> {
+        let Child::Node(node) = child else { return None };
+        if node.is_empty() {
+            Some(None)
+        } else {
+            node.as_leaf(path, depth).map(|leaf| Some(Child::Leaf(leaf)))
+        }
+    }
+
     /// The child node at `octet` (path `path`, at `depth`) lost an entry: an empty node goes,
     /// and a node with one entry a leaf can hold becomes that leaf.
     fn compact_child(node: &mut Node<V>, o: usize, path: u128, depth: usize) {
         let Some(at) = node.child_pos(o) else { return };
-        let Child::Node(child) = &node.children[at].child else { return };
-        if child.is_empty() {
-            node.remove_child(o);
-        } else if let Some(leaf) = child.as_leaf(path, depth) {
-            node.children[at].child = Child::Leaf(leaf);
+        match Self::shrunk(&node.children[at].child, path, depth) {
+            None => {}
+            Some(None) => {
+                node.remove_child(o);
+            }
+            Some(Some(leaf)) => node.children[at].child = leaf,
         }
     }
 
     /// Removes every entry whose value matches; returns how many went.
     pub fn retain(&mut self, keep: &mut impl FnMut(&V) -> bool) -> usize {
-        let removed = Self::retain_at(Arc::make_mut(&mut self.root), self.top.depth, self.top.path, keep);
+        let removed = match &mut self.root {
+            Root::Narrow(node) => Self::retain_at(Arc::make_mut(node), self.top.depth, self.top.path, keep),
+            Root::Wide(wide) => wide.retain(self.top, keep),
+        };
         self.len -= removed;
         if removed > 0 {
+            self.settle();
             self.lower_root();
         }
         removed
     }
 
     fn retain_at(node: &mut Node<V>, depth: usize, path: u128, keep: &mut impl FnMut(&V) -> bool) -> usize {
-        let mut removed = 0;
-        let indices: Vec<usize> = node.prefix_bits.ones().collect();
-        let mut kept = Vec::with_capacity(node.prefixes.len());
-        for (index, value) in indices.into_iter().zip(std::mem::take(&mut node.prefixes).into_vec()) {
-            if keep(&value) {
-                kept.push(value);
-            } else {
-                node.prefix_bits.clear(index);
-                removed += 1;
-            }
-        }
-        node.prefixes = kept.into_boxed_slice();
-        if removed > 0 {
-            node.refresh_fallbacks(0..256);
-        }
+        let mut removed = node.retain_prefixes(keep);
         let octets: Vec<usize> = node.child_bits.ones().collect();
         for o in octets {
             let Some(at) = node.child_pos(o) else { continue };
@@ -560,20 +663,52 @@ impl<V: Clone> Trie<V> {
     /// Every (key, len, value).
     pub fn entries(&self) -> Vec<(u128, u8, V)> {
         let mut out = Vec::with_capacity(self.len);
-        Self::entries_at(&self.root, self.top.depth, self.top.path, &mut out);
+        match &self.root {
+            Root::Narrow(node) => Self::entries_at(node, self.top.depth, self.top.path, &mut out),
+            Root::Wide(wide) => wide.entries(self.top, &mut out),
+        }
         out
     }
 
-    fn entries_at(node: &Node<V>, depth: usize, path: u128, out: &mut Vec<(u128, u8, V)>) {
+    fn prefixes_at(node: &Node<V>, depth: usize, path: u128, out: &mut Vec<(u128, u8, V)>) {
         for (index, value) in node.prefix_bits.ones().zip(&node.prefixes) {
             let (key, len) = prefix_key(path, depth, index);
             out.push((key, len, value.clone()));
         }
+    }
+
+    fn entries_at(node: &Node<V>, depth: usize, path: u128, out: &mut Vec<(u128, u8, V)>) {
+        Self::prefixes_at(node, depth, path, out);
         for (o, slot) in node.child_bits.ones().zip(&node.children) {
             match &slot.child {
                 Child::Leaf(leaf) => out.push((leaf.key(), leaf.len, leaf.value.clone())),
                 Child::Node(next) => Self::entries_at(next, depth + 1, path | ((o as u128) << (120 - 8 * depth)), out),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+impl<V: Clone + PartialEq + std::fmt::Debug> Trie<V> {
+    fn with_wide_at(wide_at: usize) -> Self {
+        Trie { wide_at, ..Trie::default() }
+    }
+
+    fn narrow(&self) -> &Node<V> {
+        match &self.root {
+            Root::Narrow(node) => node,
+            Root::Wide(_) => panic!("the root is wide"),
+        }
+    }
+
+    fn is_wide(&self) -> bool {
+        matches!(self.root, Root::Wide(_))
+    }
+
+    /// The wide root's cells agree with its prefixes.
+    fn check(&self) {
+        if let Root::Wide(wide) = &self.root {
+            wide.check();
         }
     }
 }
@@ -598,14 +733,22 @@ mod tests {
     /// was, and every snapshot still answers like a linear scan of its own entries.
     #[test]
     fn clones_are_independent_snapshots() {
+        // Narrow throughout, then a table that goes wide at 400 entries and narrow again.
+        for wide_at in [WIDE_AT, 400] {
+            snapshots_hold(wide_at);
+        }
+    }
+
+    fn snapshots_hold(wide_at: usize) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut trie = Trie::default();
+        let mut trie = Trie::with_wide_at(wide_at);
         let mut list = Vec::new();
         let mut snapshots = Vec::new();
-        for round in 0..40u32 {
+        for round in 0..60u32 {
+            let removing = if round < 40 { 0.3 } else { 0.9 };
             for _ in 0..50 {
                 let (key, len) = (rng.gen::<u128>(), rng.gen_range(0..=32u8) * 4);
-                if rng.gen_bool(0.3) && !list.is_empty() {
+                if rng.gen_bool(removing) && !list.is_empty() {
                     let (k, l, _) = list.swap_remove(rng.gen_range(0..list.len()));
                     assert!(trie.remove(k, l).is_some());
                 } else {
@@ -615,7 +758,10 @@ mod tests {
             }
             snapshots.push((trie.clone(), list.clone()));
         }
+        let wide = snapshots.iter().filter(|(snap, _)| snap.is_wide()).count();
+        assert_eq!(wide > 0 && wide < snapshots.len(), wide_at < 1000, "went wide and back ({wide})");
         for (snap, list) in &snapshots {
+            snap.check();
             assert_eq!(snap.len(), list.len());
             for _ in 0..200 {
                 let probe = rng.gen::<u128>();
@@ -645,17 +791,17 @@ mod tests {
             removed += usize::from(trie.remove(k, l).is_some());
         }
         assert_eq!(removed, n);
-        assert!(trie.is_empty() && trie.root.is_empty(), "an empty trie has an empty root");
+        assert!(trie.is_empty() && trie.narrow().is_empty(), "an empty trie has an empty root");
         // Two /32s under one /24: a node; remove one and the other is a leaf of the root's child.
         // (A prefix under another first octet keeps the root at the top for these checks.)
         let v4 = |a: u8, b: u8, c: u8, d: u8| (u32::from_be_bytes([a, b, c, d]) as u128) << 96;
         trie.insert(v4(200, 0, 0, 1), 32, 0);
         trie.insert(v4(10, 1, 2, 3), 32, 1);
-        assert!(matches!(trie.root.child(10), Some(Child::Leaf(_))), "one prefix in a subtree is a leaf");
+        assert!(matches!(trie.narrow().child(10), Some(Child::Leaf(_))), "one prefix in a subtree is a leaf");
         trie.insert(v4(10, 1, 2, 4), 32, 2);
-        assert!(matches!(trie.root.child(10), Some(Child::Node(_))));
+        assert!(matches!(trie.narrow().child(10), Some(Child::Node(_))));
         trie.remove(v4(10, 1, 2, 3), 32);
-        match trie.root.child(10) {
+        match trie.narrow().child(10) {
             Some(Child::Leaf(leaf)) => assert_eq!((leaf.key(), leaf.len, leaf.value), (v4(10, 1, 2, 4), 32, 2)),
             _ => panic!("the subtree did not collapse to a leaf"),
         }
@@ -663,7 +809,7 @@ mod tests {
         // A node left with one prefix of its own collapses too, rebuilt from its path.
         trie.insert(v4(10, 1, 0, 0), 16, 3);
         trie.remove(v4(10, 1, 2, 4), 32);
-        match trie.root.child(10) {
+        match trie.narrow().child(10) {
             Some(Child::Leaf(leaf)) => assert_eq!((leaf.key(), leaf.len, leaf.value), (v4(10, 1, 0, 0), 16, 3)),
             _ => panic!("a node with one prefix did not collapse to a leaf"),
         }
@@ -725,8 +871,10 @@ mod tests {
     #[test]
     fn random_against_linear_scan() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-        for round in 0..4 {
-            let mut trie = Trie::default();
+        // Rounds 4-7 repeat 0-3 with a root that goes wide at 700 entries.
+        for round in 0..8 {
+            let wide_at = if round < 4 { WIDE_AT } else { 700 };
+            let mut trie = Trie::with_wide_at(wide_at);
             let mut list = Vec::new();
             // Clustered keys so prefixes nest and share paths.
             let base: u128 = rng.gen();
@@ -743,7 +891,9 @@ mod tests {
                 }
             }
             assert_eq!(trie.len(), list.len());
-            if round == 3 {
+            assert_eq!(trie.is_wide(), round >= 4);
+            trie.check();
+            if round % 4 == 3 {
                 trie.retain(&mut |v| v % 3 != 0);
                 list.retain(|e| e.2 % 3 != 0);
                 assert_eq!(trie.len(), list.len());
@@ -762,6 +912,23 @@ mod tests {
             e.sort();
             l.sort();
             assert_eq!(e, l);
+            // Shrink to under half the threshold: a wide root turns narrow on the way.
+            while list.len() > 300 {
+                let (k, l, _) = list.swap_remove(rng.gen_range(0..list.len()));
+                assert!(trie.remove(k, l).is_some());
+                if list.len() % 250 == 0 {
+                    trie.check();
+                    for _ in 0..500 {
+                        let probe = base ^ (rng.gen::<u128>() >> rng.gen_range(0..128));
+                        assert_eq!(trie.lookup(probe).copied(), naive_lookup(&list, probe));
+                    }
+                }
+            }
+            assert!(!trie.is_wide());
+            let mut e: Vec<_> = trie.entries();
+            e.sort();
+            list.sort();
+            assert_eq!(e, list);
         }
     }
 }

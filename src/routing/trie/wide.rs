@@ -1,0 +1,290 @@
+//! A big table's root: the root node and the level under it as one array indexed by two
+//! octets (a 16-bit stride), in 256 rows of 256 cells.
+//!
+//! With a million scattered prefixes the root and its 256 children are always walked, and each
+//! is a bitmap, a rank and a load that depends on the one before; the array replaces the four
+//! loads with two (the row, then the cell) and carries in each cell the longest prefix of those
+//! two levels that covers it, so nothing there is searched. It costs 2.6 MB, which a table of
+//! a handful of prefixes should not pay: a trie turns wide at `WIDE_AT` entries and back to
+//! narrow under half of that. Rows are shared between snapshots like nodes, so a change copies
+//! the one row it touches (10 KB), not the array.
+
+use std::sync::Arc;
+
+use super::{covers, home_depth, octet, octets_under, prefix_index, Child, Leaf, Node, Top, Trie};
+
+/// How many entries make a trie wide.
+pub(super) const WIDE_AT: usize = 65_536;
+
+#[derive(Clone, Debug)]
+pub(super) struct Wide<V> {
+    rows: Box<[Arc<Row<V>>; 256]>,
+    /// The prefixes of the root's own node (at the trie's top depth); it has no children here.
+    /// Boxed: only changes read it, and a trie stays small.
+    top: Box<Node<V>>,
+}
+
+#[derive(Clone, Debug)]
+struct Row<V> {
+    cells: [Cell<V>; 256],
+    /// The prefixes of the node one level down; its children are the cells.
+    mid: Node<V>,
+}
+
+/// The subtree two levels down, if any, and the longest prefix of the two levels above that
+/// covers it (which is the answer when the subtree has none).
+#[derive(Clone, Debug)]
+struct Cell<V> {
+    child: Option<Child<V>>,
+    fallback: Option<V>,
+}
+
+impl<V: Clone> Row<V> {
+    fn empty() -> Self {
+        Row { cells: std::array::from_fn(|_| Cell { child: None, fallback: None }), mid: Node::default() }
+    }
+
+    /// Works out the fallbacks of the cells at `o2s` again (row `o1`, under `top`).
+    fn refresh(&mut self, top: &Node<V>, o1: usize, o2s: std::ops::Range<usize>) {
+        let Row { cells, mid } = self;
+        for o2 in o2s {
+            if let Some(cell) = cells.get_mut(o2) {
+                cell.fallback = mid.best(o2).or_else(|| top.best(o1)).cloned();
+            }
+        }
+    }
+}
+
+/// A node that holds only the prefixes of `node`.
+fn prefixes_of<V: Clone>(node: &Node<V>) -> Node<V> {
+    Node { prefix_bits: node.prefix_bits, prefixes: node.prefixes.clone(), ..Node::default() }
+}
+
+impl<V: Clone> Wide<V> {
+    /// The two levels of the narrow `root` at `top`.
+    pub(super) fn from_narrow(root: &Node<V>, top: Top) -> Self {
+        let d = top.depth;
+        let top_node = Box::new(prefixes_of(root));
+        let rows = Box::new(std::array::from_fn(|o1| {
+            let mut row = Row::empty();
+            match root.child(o1) {
+                None => {}
+                Some(Child::Node(node)) => {
+                    row.mid = prefixes_of(node);
+                    for (o2, slot) in node.child_bits.ones().zip(node.children.iter()) {
+                        if let Some(cell) = row.cells.get_mut(o2) {
+                            cell.child = Some(slot.child.clone());
+                        }
+                    }
+                }
+                Some(Child::Leaf(leaf)) => {
+                    let (key, len) = (leaf.key(), leaf.len);
+                    if home_depth(len) == d + 1 {
+                        row.mid.set_prefix(
+                            prefix_index(octet(key, d + 1), len as u32 - 8 * (d as u32 + 1)),
+                            leaf.value.clone(),
+                        );
+                    } else if let Some(cell) = row.cells.get_mut(octet(key, d + 1)) {
+                        cell.child = Some(Child::Leaf(leaf.clone()));
+                    }
+                }
+            }
+            row.refresh(&top_node, o1, 0..256);
+            Arc::new(row)
+        }));
+        Wide { rows, top: top_node }
+    }
+
+    /// The same entries as a narrow root node at `top`.
+    pub(super) fn into_narrow(self, top: Top) -> Node<V> {
+        let d = top.depth;
+        let mut children = Vec::new();
+        for (o1, row) in self.rows.iter().enumerate() {
+            let mut mid = prefixes_of(&row.mid);
+            let cells = row.cells.iter().enumerate();
+            mid.set_children(cells.filter_map(|(o2, cell)| Some((o2, cell.child.clone()?))).collect());
+            if mid.is_empty() {
+                continue;
+            }
+            let path = top.path | ((o1 as u128) << (120 - 8 * d));
+            children.push((o1, mid.as_leaf(path, d + 1).map_or_else(|| Child::Node(Arc::new(mid)), Child::Leaf)));
+        }
+        let mut root = *self.top;
+        root.set_children(children);
+        root
+    }
+
+    /// `key`'s longest match; `rest` is the key shifted so the root's octet is on top.
+    pub(super) fn lookup(&self, key: u128, rest: u128) -> Option<&V> {
+        let row = &self.rows[(rest >> 120) as u8 as usize];
+        let cell = &row.cells[(rest >> 112) as u8 as usize];
+        let above = cell.fallback.as_ref();
+        match &cell.child {
+            None => above,
+            Some(Child::Leaf(leaf)) => {
+                if covers(key, leaf.key(), leaf.len) {
+                    Some(&leaf.value)
+                } else {
+                    above
+                }
+            }
+            Some(Child::Node(next)) => Trie::walk(next, rest << 16, key, above),
+        }
+    }
+
+    /// The value stored for exactly `key/len`, with the root at depth `d`.
+    pub(super) fn exact(&self, d: usize, key: u128, len: u8) -> Option<&V> {
+        let (o1, o2) = (octet(key, d), octet(key, d + 1));
+        let home = home_depth(len);
+        if home == d {
+            return self.top.prefix(prefix_index(o1, len as u32 - 8 * d as u32));
+        }
+        let row = &self.rows[o1 as u8 as usize];
+        if home == d + 1 {
+            return row.mid.prefix(prefix_index(o2, len as u32 - 8 * (d as u32 + 1)));
+        }
+        match &row.cells[o2 as u8 as usize].child {
+            None => None,
+            Some(Child::Leaf(leaf)) => leaf.is(key, len).then_some(&leaf.value),
+            Some(Child::Node(next)) => Trie::exact_in(next, d + 2, key, len),
+        }
+    }
+
+    /// Refreshes every cell of the rows at `o1s` after a prefix of the top node changed.
+    fn refresh_rows(&mut self, o1s: std::ops::Range<usize>) {
+        let Wide { rows, top } = self;
+        for o1 in o1s {
+            if let Some(row) = rows.get_mut(o1) {
+                Arc::make_mut(row).refresh(top, o1, 0..256);
+            }
+        }
+    }
+
+    pub(super) fn insert(&mut self, d: usize, key: u128, len: u8, value: V) -> Option<V> {
+        let (o1, o2) = (octet(key, d), octet(key, d + 1));
+        let home = home_depth(len);
+        if home == d {
+            let index = prefix_index(o1, len as u32 - 8 * d as u32);
+            let old = self.top.set_prefix(index, value);
+            self.refresh_rows(octets_under(index));
+            return old;
+        }
+        let Wide { rows, top } = self;
+        let row = Arc::make_mut(&mut rows[o1 as u8 as usize]);
+        if home == d + 1 {
+            let index = prefix_index(o2, len as u32 - 8 * (d as u32 + 1));
+            let old = row.mid.set_prefix(index, value);
+            row.refresh(top, o1, octets_under(index));
+            return old;
+        }
+        let cell = &mut row.cells[o2 as u8 as usize];
+        match &mut cell.child {
+            None => {
+                cell.child = Some(Child::Leaf(Leaf::new(key, len, value)));
+                None
+            }
+            Some(child) => Trie::insert_below(child, d + 2, key, len, value),
+        }
+    }
+
+    pub(super) fn remove(&mut self, d: usize, key: u128, len: u8) -> Option<V> {
+        let (o1, o2) = (octet(key, d), octet(key, d + 1));
+        let home = home_depth(len);
+        if home == d {
+            let index = prefix_index(o1, len as u32 - 8 * d as u32);
+            let removed = self.top.remove_prefix(index);
+            self.refresh_rows(octets_under(index));
+            return removed;
+        }
+        let Wide { rows, top } = self;
+        let row = Arc::make_mut(&mut rows[o1 as u8 as usize]);
+        if home == d + 1 {
+            let index = prefix_index(o2, len as u32 - 8 * (d as u32 + 1));
+            let removed = row.mid.remove_prefix(index);
+            row.refresh(top, o1, octets_under(index));
+            return removed;
+        }
+        let cell = &mut row.cells[o2 as u8 as usize];
+        let removed = match &mut cell.child {
+            Some(Child::Leaf(leaf)) if leaf.is(key, len) => {
+                return match cell.child.take() {
+                    Some(Child::Leaf(leaf)) => Some(leaf.value),
+                    _ => None,
+                };
+            }
+            Some(Child::Node(next)) => Trie::remove_at(Arc::make_mut(next), d + 2, key, len),
+            _ => None,
+        };
+        if removed.is_some() {
+            if let Some(child) = &cell.child {
+                if let Some(shrunk) = Trie::shrunk(child, key & super::mask(8 * (d as u8 + 2)), d + 2) {
+                    cell.child = shrunk;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes every entry whose value is not kept; returns how many went.
+    pub(super) fn retain(&mut self, top: Top, keep: &mut impl FnMut(&V) -> bool) -> usize {
+        let d = top.depth;
+        let Wide { rows, top: top_node } = self;
+        let mut removed = top_node.retain_prefixes(keep);
+        for (o1, row) in rows.iter_mut().enumerate() {
+            let row = Arc::make_mut(row);
+            removed += row.mid.retain_prefixes(keep);
+            for (o2, cell) in row.cells.iter_mut().enumerate() {
+                let path = top.path | ((o1 as u128) << (120 - 8 * d)) | ((o2 as u128) << (112 - 8 * d));
+                match &mut cell.child {
+                    Some(Child::Leaf(leaf)) if !keep(&leaf.value) => {
+                        cell.child = None;
+                        removed += 1;
+                    }
+                    None | Some(Child::Leaf(_)) => {}
+                    Some(Child::Node(next)) => {
+                        removed += Trie::retain_at(Arc::make_mut(next), d + 2, path, keep);
+                        if let Some(shrunk) = cell.child.as_ref().and_then(|c| Trie::shrunk(c, path, d + 2)) {
+                            cell.child = shrunk;
+                        }
+                    }
+                }
+            }
+            row.refresh(top_node, o1, 0..256);
+        }
+        removed
+    }
+
+    /// Every (key, len, value), with the root at `top`.
+    pub(super) fn entries(&self, top: Top, out: &mut Vec<(u128, u8, V)>) {
+        let d = top.depth;
+        Trie::prefixes_at(&self.top, d, top.path, out);
+        for (o1, row) in self.rows.iter().enumerate() {
+            let row_path = top.path | ((o1 as u128) << (120 - 8 * d));
+            Trie::prefixes_at(&row.mid, d + 1, row_path, out);
+            for (o2, cell) in row.cells.iter().enumerate() {
+                match &cell.child {
+                    None => {}
+                    Some(Child::Leaf(leaf)) => out.push((leaf.key(), leaf.len, leaf.value.clone())),
+                    Some(Child::Node(next)) => {
+                        Trie::entries_at(next, d + 2, row_path | ((o2 as u128) << (112 - 8 * d)), out)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// For a test: the prefix-only nodes hold no children, and every cell's fallback is what the
+/// two levels' prefixes say.
+#[cfg(test)]
+impl<V: Clone + PartialEq + std::fmt::Debug> Wide<V> {
+    pub(super) fn check(&self) {
+        assert!(self.top.children.is_empty());
+        for (o1, row) in self.rows.iter().enumerate() {
+            assert!(row.mid.children.is_empty());
+            for (o2, cell) in row.cells.iter().enumerate() {
+                assert_eq!(cell.fallback.as_ref(), row.mid.best(o2).or_else(|| self.top.best(o1)), "cell {o1}.{o2}");
+            }
+        }
+    }
+}
