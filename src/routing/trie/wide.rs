@@ -4,17 +4,19 @@
 //! With a million scattered prefixes the root and its 256 children are always walked, and each
 //! is a bitmap, a rank and a load that depends on the one before; the array replaces the four
 //! loads with two (the row, then the cell) and carries in each cell the longest prefix of those
-//! two levels that covers it, so nothing there is searched. It costs 2.6 MB, which a table of
-//! a handful of prefixes should not pay: a trie turns wide at `WIDE_AT` entries and back to
-//! narrow under half of that. Rows are shared between snapshots like nodes, so a change copies
-//! the one row it touches (10 KB), not the array.
+//! two levels that covers it, so nothing there is searched. A cell holds the node below it by
+//! value, so the walk's next bitmap is in the cell too. The array costs 16 MB (256 B a cell),
+//! which a small table should not pay: a trie turns wide at `WIDE_AT` entries, when most cells
+//! hold a node that would otherwise be an allocation of its own, and back to narrow under half
+//! of that. Rows are shared between snapshots like nodes, so a change copies the one row it
+//! touches, not the array.
 
 use std::sync::Arc;
 
 use super::{covers, home_depth, octet, octets_under, prefix_index, Child, Leaf, Node, Top, Trie};
 
 /// How many entries make a trie wide.
-pub(super) const WIDE_AT: usize = 65_536;
+pub(super) const WIDE_AT: usize = 262_144;
 
 #[derive(Clone, Debug)]
 pub(super) struct Wide<V> {
@@ -35,13 +37,52 @@ struct Row<V> {
 /// covers it (which is the answer when the subtree has none).
 #[derive(Clone, Debug)]
 struct Cell<V> {
-    child: Option<Child<V>>,
+    child: Below<V>,
     fallback: Option<V>,
+}
+
+/// A cell's subtree. A node is held in the cell itself, not behind an `Arc`: the walk then
+/// reads its bitmap from the cell's own cache lines, one dependent load fewer per lookup (a
+/// row shared with a snapshot is copied whole on a change, nodes included: 100-200 KB).
+#[derive(Clone, Debug)]
+enum Below<V> {
+    Empty,
+    Leaf(Leaf<V>),
+    Node(Node<V>),
+}
+
+impl<V: Clone> Below<V> {
+    /// The same subtree as a narrow node's child.
+    fn to_child(&self) -> Option<Child<V>> {
+        match self {
+            Below::Empty => None,
+            Below::Leaf(leaf) => Some(Child::Leaf(leaf.clone())),
+            Below::Node(node) => Some(Child::Node(Arc::new(node.clone()))),
+        }
+    }
+
+    fn from_child(child: &Child<V>) -> Self {
+        match child {
+            Child::Leaf(leaf) => Below::Leaf(leaf.clone()),
+            Child::Node(node) => Below::Node(Node::clone(node)),
+        }
+    }
+
+    /// After a removal under it: an empty node goes, a node with one entry a leaf can stand for
+    /// becomes that leaf (`path` and `depth` are the node's).
+    fn compact(&mut self, path: u128, depth: usize) {
+        let Below::Node(node) = self else { return };
+        if node.is_empty() {
+            *self = Below::Empty;
+        } else if let Some(leaf) = node.as_leaf(path, depth) {
+            *self = Below::Leaf(leaf);
+        }
+    }
 }
 
 impl<V: Clone> Row<V> {
     fn empty() -> Self {
-        Row { cells: std::array::from_fn(|_| Cell { child: None, fallback: None }), mid: Node::default() }
+        Row { cells: std::array::from_fn(|_| Cell { child: Below::Empty, fallback: None }), mid: Node::default() }
     }
 
     /// Works out the fallbacks of the cells at `o2s` again (row `o1`, under `top`).
@@ -73,7 +114,7 @@ impl<V: Clone> Wide<V> {
                     row.mid = prefixes_of(node);
                     for (o2, slot) in node.child_bits.ones().zip(node.children.iter()) {
                         if let Some(cell) = row.cells.get_mut(o2) {
-                            cell.child = Some(slot.child.clone());
+                            cell.child = Below::from_child(&slot.child);
                         }
                     }
                 }
@@ -85,7 +126,7 @@ impl<V: Clone> Wide<V> {
                             leaf.value.clone(),
                         );
                     } else if let Some(cell) = row.cells.get_mut(octet(key, d + 1)) {
-                        cell.child = Some(Child::Leaf(leaf.clone()));
+                        cell.child = Below::Leaf(leaf.clone());
                     }
                 }
             }
@@ -102,7 +143,7 @@ impl<V: Clone> Wide<V> {
         for (o1, row) in self.rows.iter().enumerate() {
             let mut mid = prefixes_of(&row.mid);
             let cells = row.cells.iter().enumerate();
-            mid.set_children(cells.filter_map(|(o2, cell)| Some((o2, cell.child.clone()?))).collect());
+            mid.set_children(cells.filter_map(|(o2, cell)| Some((o2, cell.child.to_child()?))).collect());
             if mid.is_empty() {
                 continue;
             }
@@ -120,15 +161,15 @@ impl<V: Clone> Wide<V> {
         let cell = &row.cells[(rest >> 112) as u8 as usize];
         let above = cell.fallback.as_ref();
         match &cell.child {
-            None => above,
-            Some(Child::Leaf(leaf)) => {
+            Below::Empty => above,
+            Below::Leaf(leaf) => {
                 if covers(key, leaf.key(), leaf.len) {
                     Some(&leaf.value)
                 } else {
                     above
                 }
             }
-            Some(Child::Node(next)) => Trie::walk(next, rest << 16, key, above),
+            Below::Node(next) => Trie::walk(next, rest << 16, key, above),
         }
     }
 
@@ -144,9 +185,9 @@ impl<V: Clone> Wide<V> {
             return row.mid.prefix(prefix_index(o2, len as u32 - 8 * (d as u32 + 1)));
         }
         match &row.cells[o2 as u8 as usize].child {
-            None => None,
-            Some(Child::Leaf(leaf)) => leaf.is(key, len).then_some(&leaf.value),
-            Some(Child::Node(next)) => Trie::exact_in(next, d + 2, key, len),
+            Below::Empty => None,
+            Below::Leaf(leaf) => leaf.is(key, len).then_some(&leaf.value),
+            Below::Node(next) => Trie::exact_in(next, d + 2, key, len),
         }
     }
 
@@ -179,11 +220,19 @@ impl<V: Clone> Wide<V> {
         }
         let cell = &mut row.cells[o2 as u8 as usize];
         match &mut cell.child {
-            None => {
-                cell.child = Some(Child::Leaf(Leaf::new(key, len, value)));
+            Below::Empty => {
+                cell.child = Below::Leaf(Leaf::new(key, len, value));
                 None
             }
-            Some(child) => Trie::insert_below(child, d + 2, key, len, value),
+            Below::Node(node) => Trie::insert_at(node, d + 2, key, len, value),
+            Below::Leaf(leaf) if leaf.is(key, len) => Some(std::mem::replace(&mut leaf.value, value)),
+            Below::Leaf(leaf) => {
+                let mut node = Node::default();
+                Trie::insert_at(&mut node, d + 2, leaf.key(), leaf.len, leaf.value.clone());
+                Trie::insert_at(&mut node, d + 2, key, len, value);
+                cell.child = Below::Node(node);
+                None
+            }
         }
     }
 
@@ -206,21 +255,17 @@ impl<V: Clone> Wide<V> {
         }
         let cell = &mut row.cells[o2 as u8 as usize];
         let removed = match &mut cell.child {
-            Some(Child::Leaf(leaf)) if leaf.is(key, len) => {
-                return match cell.child.take() {
-                    Some(Child::Leaf(leaf)) => Some(leaf.value),
+            Below::Leaf(leaf) if leaf.is(key, len) => {
+                return match std::mem::replace(&mut cell.child, Below::Empty) {
+                    Below::Leaf(leaf) => Some(leaf.value),
                     _ => None,
                 };
             }
-            Some(Child::Node(next)) => Trie::remove_at(Arc::make_mut(next), d + 2, key, len),
+            Below::Node(node) => Trie::remove_at(node, d + 2, key, len),
             _ => None,
         };
         if removed.is_some() {
-            if let Some(child) = &cell.child {
-                if let Some(shrunk) = Trie::shrunk(child, key & super::mask(8 * (d as u8 + 2)), d + 2) {
-                    cell.child = shrunk;
-                }
-            }
+            cell.child.compact(key & super::mask(8 * (d as u8 + 2)), d + 2);
         }
         removed
     }
@@ -236,16 +281,14 @@ impl<V: Clone> Wide<V> {
             for (o2, cell) in row.cells.iter_mut().enumerate() {
                 let path = top.path | ((o1 as u128) << (120 - 8 * d)) | ((o2 as u128) << (112 - 8 * d));
                 match &mut cell.child {
-                    Some(Child::Leaf(leaf)) if !keep(&leaf.value) => {
-                        cell.child = None;
+                    Below::Leaf(leaf) if !keep(&leaf.value) => {
+                        cell.child = Below::Empty;
                         removed += 1;
                     }
-                    None | Some(Child::Leaf(_)) => {}
-                    Some(Child::Node(next)) => {
-                        removed += Trie::retain_at(Arc::make_mut(next), d + 2, path, keep);
-                        if let Some(shrunk) = cell.child.as_ref().and_then(|c| Trie::shrunk(c, path, d + 2)) {
-                            cell.child = shrunk;
-                        }
+                    Below::Empty | Below::Leaf(_) => {}
+                    Below::Node(node) => {
+                        removed += Trie::retain_at(node, d + 2, path, keep);
+                        cell.child.compact(path, d + 2);
                     }
                 }
             }
@@ -263,11 +306,9 @@ impl<V: Clone> Wide<V> {
             Trie::prefixes_at(&row.mid, d + 1, row_path, out);
             for (o2, cell) in row.cells.iter().enumerate() {
                 match &cell.child {
-                    None => {}
-                    Some(Child::Leaf(leaf)) => out.push((leaf.key(), leaf.len, leaf.value.clone())),
-                    Some(Child::Node(next)) => {
-                        Trie::entries_at(next, d + 2, row_path | ((o2 as u128) << (112 - 8 * d)), out)
-                    }
+                    Below::Empty => {}
+                    Below::Leaf(leaf) => out.push((leaf.key(), leaf.len, leaf.value.clone())),
+                    Below::Node(node) => Trie::entries_at(node, d + 2, row_path | ((o2 as u128) << (112 - 8 * d)), out),
                 }
             }
         }
