@@ -452,11 +452,22 @@ impl<V: Clone> Trie<V> {
         self.top = Top::new(depth, self.top.path);
     }
 
-    /// After a removal: a narrow root goes down while it is a node with no prefixes and one
-    /// child that is a node, and an empty trie starts again from the top.
+    /// After a removal: the root goes down while it is a node with no prefixes and one child
+    /// that is a node, and an empty trie starts again from the top. A wide root that may go
+    /// down (everything under one cell, which is rare: the prefix that lifted it went) is made
+    /// narrow for that, and wide again below.
     fn lower_root(&mut self) {
         if self.len == 0 {
             *self = Trie { wide_at: self.wide_at, ..Trie::default() };
+            return;
+        }
+        if let Root::Wide(wide) = &self.root {
+            if !wide.may_go_down() {
+                return;
+            }
+            self.root = Root::Narrow(self.take_narrow_root());
+            self.lower_root();
+            self.settle();
             return;
         }
         while let Root::Narrow(root) = &self.root {
@@ -843,6 +854,56 @@ mod tests {
         assert_eq!(t.remove(v6("fd00:1:2::1"), 128), Some(1));
         assert_eq!((t.top.depth, t.len()), (0, 0));
         assert_eq!(t.lookup(v6("fd00:1:2::1")), None);
+    }
+
+    /// A wide root under a long path (a v6 table under one /32) that a prefix outside it
+    /// lifts, and that prefix removed again: every answer matches a linear scan throughout.
+    #[test]
+    fn a_wide_root_is_lifted_and_answers_like_a_scan() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let base = 0x2001_0db8u128 << 96;
+        let mut trie = Trie::with_wide_at(64);
+        let mut list = Vec::new();
+        for i in 0..400u32 {
+            let key = base | (rng.gen::<u128>() >> 40);
+            let len = rng.gen_range(40..=128);
+            trie.insert(key, len, i);
+            naive_insert(&mut list, key, len, i);
+        }
+        assert!(trie.is_wide() && trie.top.depth == 4, "wide under the /32 ({})", trie.top.depth);
+        let probes: Vec<u128> = (0..3000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    base | (rng.gen::<u128>() >> 40)
+                } else {
+                    list[i % list.len()].0 | (i as u128 & 0xff)
+                }
+            })
+            .collect();
+        let agree = |trie: &Trie<u32>, list: &[(u128, u8, u32)]| {
+            trie.check();
+            for &p in &probes {
+                assert_eq!(trie.lookup(p).copied(), naive_lookup(list, p), "{p:x}");
+            }
+            assert_eq!(trie.lookup(0x2002u128 << 112).copied(), naive_lookup(list, 0x2002u128 << 112));
+        };
+        agree(&trie, &list);
+        for (key, len) in [(base, 16u8), (0, 0), (0x2002u128 << 112, 16)] {
+            trie.insert(key, len, 9000 + len as u32);
+            naive_insert(&mut list, key, len, 9000 + len as u32);
+            assert!(trie.is_wide() && trie.top.depth < 4, "lifted and wide again");
+            agree(&trie, &list);
+        }
+        for (key, len) in [(base, 16u8), (0, 0), (0x2002u128 << 112, 16)] {
+            assert_eq!(trie.remove(key, len), Some(9000 + len as u32));
+            list.retain(|e| !(e.0 == key & mask(len) && e.1 == len));
+            agree(&trie, &list);
+        }
+        assert!(trie.is_wide() && trie.top.depth == 4, "back down under the /32 ({})", trie.top.depth);
+        let mut e = trie.entries();
+        e.sort();
+        list.sort();
+        assert_eq!(e, list);
     }
 
     #[test]

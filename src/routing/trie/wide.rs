@@ -24,6 +24,9 @@ pub(super) struct Wide<V> {
     /// The prefixes of the root's own node (at the trie's top depth); it has no children here.
     /// Boxed: only changes read it, and a trie stays small.
     top: Box<Node<V>>,
+    /// Prefixes of `top` and the rows' `mid`s plus cells that are not empty: at one, all the
+    /// entries may lie under one cell, and the root can go down.
+    filled: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -133,7 +136,21 @@ impl<V: Clone> Wide<V> {
             row.refresh(&top_node, o1, 0..256);
             Arc::new(row)
         }));
-        Wide { rows, top: top_node }
+        let mut wide = Wide { rows, top: top_node, filled: 0 };
+        wide.recount();
+        wide
+    }
+
+    fn recount(&mut self) {
+        let cells = self.rows.iter().flat_map(|row| row.cells.iter());
+        let filled_cells = cells.filter(|cell| !matches!(cell.child, Below::Empty)).count();
+        let mids: usize = self.rows.iter().map(|row| row.mid.prefixes.len()).sum();
+        self.filled = self.top.prefixes.len() + mids + filled_cells;
+    }
+
+    /// Whether every entry may lie under one cell (see `filled`).
+    pub(super) fn may_go_down(&self) -> bool {
+        self.filled <= 1
     }
 
     /// The same entries as a narrow root node at `top`.
@@ -193,7 +210,7 @@ impl<V: Clone> Wide<V> {
 
     /// Refreshes every cell of the rows at `o1s` after a prefix of the top node changed.
     fn refresh_rows(&mut self, o1s: std::ops::Range<usize>) {
-        let Wide { rows, top } = self;
+        let Wide { rows, top, .. } = self;
         for o1 in o1s {
             if let Some(row) = rows.get_mut(o1) {
                 Arc::make_mut(row).refresh(top, o1, 0..256);
@@ -208,20 +225,23 @@ impl<V: Clone> Wide<V> {
             let index = prefix_index(o1, len as u32 - 8 * d as u32);
             let old = self.top.set_prefix(index, value);
             self.refresh_rows(octets_under(index));
+            self.filled += usize::from(old.is_none());
             return old;
         }
-        let Wide { rows, top } = self;
+        let Wide { rows, top, filled } = self;
         let row = Arc::make_mut(&mut rows[o1 as u8 as usize]);
         if home == d + 1 {
             let index = prefix_index(o2, len as u32 - 8 * (d as u32 + 1));
             let old = row.mid.set_prefix(index, value);
             row.refresh(top, o1, octets_under(index));
+            *filled += usize::from(old.is_none());
             return old;
         }
         let cell = &mut row.cells[o2 as u8 as usize];
         match &mut cell.child {
             Below::Empty => {
                 cell.child = Below::Leaf(Leaf::new(key, len, value));
+                *filled += 1;
                 None
             }
             Below::Node(node) => Trie::insert_at(node, d + 2, key, len, value),
@@ -243,19 +263,22 @@ impl<V: Clone> Wide<V> {
             let index = prefix_index(o1, len as u32 - 8 * d as u32);
             let removed = self.top.remove_prefix(index);
             self.refresh_rows(octets_under(index));
+            self.filled = self.filled.saturating_sub(usize::from(removed.is_some()));
             return removed;
         }
-        let Wide { rows, top } = self;
+        let Wide { rows, top, filled } = self;
         let row = Arc::make_mut(&mut rows[o1 as u8 as usize]);
         if home == d + 1 {
             let index = prefix_index(o2, len as u32 - 8 * (d as u32 + 1));
             let removed = row.mid.remove_prefix(index);
             row.refresh(top, o1, octets_under(index));
+            *filled = filled.saturating_sub(usize::from(removed.is_some()));
             return removed;
         }
         let cell = &mut row.cells[o2 as u8 as usize];
         let removed = match &mut cell.child {
             Below::Leaf(leaf) if leaf.is(key, len) => {
+                *filled = filled.saturating_sub(1);
                 return match std::mem::replace(&mut cell.child, Below::Empty) {
                     Below::Leaf(leaf) => Some(leaf.value),
                     _ => None,
@@ -266,6 +289,7 @@ impl<V: Clone> Wide<V> {
         };
         if removed.is_some() {
             cell.child.compact(key & super::mask(8 * (d as u8 + 2)), d + 2);
+            *filled = filled.saturating_sub(usize::from(matches!(cell.child, Below::Empty)));
         }
         removed
     }
@@ -273,7 +297,7 @@ impl<V: Clone> Wide<V> {
     /// Removes every entry whose value is not kept; returns how many went.
     pub(super) fn retain(&mut self, top: Top, keep: &mut impl FnMut(&V) -> bool) -> usize {
         let d = top.depth;
-        let Wide { rows, top: top_node } = self;
+        let Wide { rows, top: top_node, .. } = self;
         let mut removed = top_node.retain_prefixes(keep);
         for (o1, row) in rows.iter_mut().enumerate() {
             let row = Arc::make_mut(row);
@@ -294,6 +318,7 @@ impl<V: Clone> Wide<V> {
             }
             row.refresh(top_node, o1, 0..256);
         }
+        self.recount();
         removed
     }
 
@@ -320,6 +345,10 @@ impl<V: Clone> Wide<V> {
 #[cfg(test)]
 impl<V: Clone + PartialEq + std::fmt::Debug> Wide<V> {
     pub(super) fn check(&self) {
+        let filled = self.filled;
+        let mut counted = Wide { rows: self.rows.clone(), top: self.top.clone(), filled: 0 };
+        counted.recount();
+        assert_eq!(filled, counted.filled, "the count of filled places");
         assert!(self.top.children.is_empty());
         for (o1, row) in self.rows.iter().enumerate() {
             assert!(row.mid.children.is_empty());
