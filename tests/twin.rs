@@ -105,6 +105,12 @@ fn collect_tcp_payload(host: &TwinHost, want: usize) -> Vec<u8> {
         let Ok(p) = host.recv.recv_timeout(Duration::from_millis(500)) else { continue };
         assert_eq!(p[9], 6, "a TCP segment");
         assert_eq!(checksum(&p[..20]), 0, "IPv4 header checksum holds");
+        // The TCP checksum, over the pseudo-header (addresses, protocol, length) and segment.
+        let mut pseudo = p[12..20].to_vec();
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&((p.len() - 20) as u16).to_be_bytes());
+        pseudo.extend_from_slice(&p[20..]);
+        assert_eq!(checksum(&pseudo), 0, "TCP checksum holds");
         let seq = u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
         got += p.len() - 40;
         segments.push((seq, p[40..].to_vec()));
@@ -133,6 +139,25 @@ fn tso_reads_at_mss_48_without_gso_arrive_whole() {
     assert_eq!(got.len(), payload.len(), "every segment arrived");
     assert!(got == payload, "in order and intact");
     assert_eq!(a.dev.shared.drops.worker_restarts.load(Ordering::Relaxed), 0, "no worker panicked");
+}
+
+/// Cut segments get their TCP checksum from whichever worker seals their chunk, right before
+/// the seal: with two sending workers and UDP GSO, every segment still arrives with a valid
+/// checksum, in order.
+#[test]
+fn tso_reads_through_two_sending_workers_carry_valid_checksums() {
+    let net = TwinNet::new();
+    let (a, b) = pair_with_workers(&net, true, false, 2);
+    let mut hello = vec![0u8; VNET_HDR_LEN];
+    hello.extend_from_slice(&udp_packet(1, 2, b"hello"));
+    a.host.send.send(hello).unwrap();
+    recv(&b.host);
+    let payload: Vec<u8> = (0..8 * 64_000u32).map(|i| (i % 253) as u8).collect();
+    for (k, part) in payload.chunks(64_000).enumerate() {
+        a.host.send.send(tso_read(1, 2, 1 + (k * 64_000) as u32, part, 1380)).unwrap();
+    }
+    let got = collect_tcp_payload(&b.host, payload.len());
+    assert!(got == payload, "every segment arrived, in order and intact ({} of {})", got.len(), payload.len());
 }
 
 /// With GSO refused by the "kernel" the sender falls back to one datagram per message, and

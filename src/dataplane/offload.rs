@@ -129,6 +129,15 @@ impl<'a> GsoSplit<'a> {
 
     /// Writes segment `i` with its headers fixed up into `dst`; returns its length.
     pub fn write_segment(&self, i: usize, dst: &mut [u8]) -> usize {
+        let (len, pending) = self.write_segment_unsummed(i, dst);
+        pending.fill(&mut dst[..len]);
+        len
+    }
+
+    /// As `write_segment`, but the L4 checksum is left for later: the caller runs
+    /// `PendingChecksum::fill` on the segment when it is about to seal it, so that the sum is
+    /// taken over bytes already in cache, by whichever worker seals the chunk.
+    pub fn write_segment_unsummed(&self, i: usize, dst: &mut [u8]) -> (usize, PendingChecksum) {
         let (ip_hl, hdr_len) = (self.ip_hl, self.hdr_len);
         let len = self.segment_len(i);
         let start = hdr_len + i * self.gso_size;
@@ -141,9 +150,8 @@ impl<'a> GsoSplit<'a> {
         }
         set_ip_len(seg, ip_hl, len);
         let l4 = ip_hl;
-        let csum_at = if self.udp {
+        if self.udp {
             seg[l4 + 4..l4 + 6].copy_from_slice(&((len - ip_hl) as u16).to_be_bytes());
-            l4 + 6
         } else {
             let seq = u32::from_be_bytes([seg[l4 + 4], seg[l4 + 5], seg[l4 + 6], seg[l4 + 7]])
                 .wrapping_add((i * self.gso_size) as u32);
@@ -154,16 +162,35 @@ impl<'a> GsoSplit<'a> {
             if i != 0 {
                 seg[l4 + 13] &= !TCP_CWR;
             }
-            l4 + 16
-        };
-        seg[csum_at] = 0;
-        seg[csum_at + 1] = 0;
-        let mut c = !fold(sum(&seg[l4..], pseudo_header_sum(seg, len - ip_hl)));
+        }
+        (len, PendingChecksum { l4: l4 as u16, udp: self.udp })
+    }
+}
+
+/// The L4 checksum a cut segment still needs: where its TCP or UDP header starts. Everything
+/// else it covers (addresses, protocol, length, payload) is in the segment itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingChecksum {
+    l4: u16,
+    udp: bool,
+}
+
+impl PendingChecksum {
+    /// Computes and writes the checksum of `seg` (exactly the segment, `write_segment`'s
+    /// length). A segment too short for its headers is left as it is.
+    pub fn fill(&self, seg: &mut [u8]) {
+        let l4 = self.l4 as usize;
+        let at = l4 + if self.udp { 6 } else { 16 };
+        if at + 2 > seg.len() {
+            return;
+        }
+        seg[at] = 0;
+        seg[at + 1] = 0;
+        let mut c = !fold(sum(&seg[l4..], pseudo_header_sum(seg, seg.len() - l4)));
         if self.udp && c == 0 {
             c = 0xffff; // RFC 768: a computed zero is sent as all ones
         }
-        seg[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
-        len
+        seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }
 }
 

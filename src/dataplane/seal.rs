@@ -18,8 +18,10 @@ use std::time::Duration;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use tracing::error;
 
+use super::offload::PendingChecksum;
 use super::pool::{CryptoPool, Job};
 use crate::io::SendBatch;
+use crate::noise::messages::TRANSPORT_HEADER_LEN;
 use crate::session::Keypair;
 
 /// How long an owner waits for a job a helper took before it gives the chunk up: only a
@@ -31,6 +33,8 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(1);
 struct Framed {
     offset: u32,
     len: u32,
+    /// A cut segment's L4 checksum, taken just before the seal, and the segment's length.
+    checksum: Option<(PendingChecksum, u32)>,
 }
 
 /// The datagrams framed into one chunk, in runs of one keypair (so no reference count is
@@ -42,11 +46,11 @@ pub struct ChunkWork {
 }
 
 impl ChunkWork {
-    fn add(&mut self, keypair: &Arc<Keypair>, offset: usize, len: usize) {
+    fn add(&mut self, keypair: &Arc<Keypair>, offset: usize, len: usize, checksum: Option<(PendingChecksum, u32)>) {
         if !self.runs.last().is_some_and(|(_, k)| Arc::ptr_eq(k, keypair)) {
             self.runs.push((self.items.len(), keypair.clone()));
         }
-        self.items.push(Framed { offset: offset as u32, len: len as u32 });
+        self.items.push(Framed { offset: offset as u32, len: len as u32, checksum });
     }
 
     fn is_empty(&self) -> bool {
@@ -61,7 +65,15 @@ impl ChunkWork {
             let end = self.runs.get(r + 1).map_or(self.items.len(), |(next, _)| *next);
             for f in &self.items[*first..end] {
                 let range = f.offset as usize..(f.offset + f.len) as usize;
-                let sealed = chunk.get_mut(range).map(|msg| keypair.seal_framed(msg).is_ok());
+                let sealed = chunk.get_mut(range).map(|msg| {
+                    if let Some((pending, seg_len)) = f.checksum {
+                        let plain = TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + seg_len as usize;
+                        if let Some(seg) = msg.get_mut(plain) {
+                            pending.fill(seg);
+                        }
+                    }
+                    keypair.seal_framed(msg).is_ok()
+                });
                 failed += u64::from(sealed != Some(true));
             }
         }
@@ -127,21 +139,23 @@ impl Sealer {
 
     /// Records a datagram `Keypair::frame` wrote at (`chunk`, `offset`). When the batch has
     /// moved on to a new chunk, the previous one is complete and goes to the pool.
+    /// `checksum`: a cut segment's L4 checksum still to take, and the segment's length; it is
+    /// taken right before the seal, by whichever worker seals the chunk.
     pub fn add(
         &mut self,
         pool: &CryptoPool,
         batch: &mut SendBatch,
-        chunk: usize,
-        offset: usize,
+        (chunk, offset): (usize, usize),
         len: usize,
         keypair: &Arc<Keypair>,
+        checksum: Option<(PendingChecksum, u32)>,
     ) {
         if chunk != self.open {
             self.hand_off(pool, batch, self.open);
             self.open = chunk;
         }
         if let Some(work) = self.chunks.get_mut(chunk) {
-            work.add(keypair, offset, len);
+            work.add(keypair, offset, len, checksum);
         }
     }
 
@@ -225,7 +239,7 @@ mod tests {
             let total = k.frame(first + i as u64, space, 1400, 1420).unwrap();
             let (chunk2, offset) = batch.commit(total, to);
             assert_eq!(chunk, chunk2);
-            sealer.add(pool, batch, chunk, offset, total, k);
+            sealer.add(pool, batch, (chunk, offset), total, k, None);
         }
     }
 

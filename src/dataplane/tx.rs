@@ -133,17 +133,18 @@ impl TxRound<'_> {
             }
             let (chunk, space) = out.batch.reserve(total);
             let body = &mut space[TRANSPORT_HEADER_LEN..];
-            match &split {
-                Some(s) => s.write_segment(i, body),
+            let checksum = match &split {
+                Some(s) => Some((s.write_segment_unsummed(i, body).1, len as u32)),
                 None => {
                     body[..len].copy_from_slice(pkt);
-                    len
+                    None
                 }
             };
-            // The nonce is stamped here, in order; the seal itself may run on another worker.
+            // The nonce is stamped here, in order; the checksum and the seal may run on another
+            // worker.
             let Ok(total) = keypair.frame(first_counter + i as u64, space, len, self.mtu) else { return };
             let (_, offset) = out.batch.commit(total, *endpoint);
-            out.sealer.add(&self.shared.crypto_pool, out.batch, chunk, offset, total, keypair);
+            out.sealer.add(&self.shared.crypto_pool, out.batch, (chunk, offset), total, keypair, checksum);
             sent_bytes += total as u64;
         }
         peer.tx_bytes.fetch_add(sent_bytes, Ordering::Relaxed);
