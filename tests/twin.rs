@@ -119,6 +119,21 @@ fn collect_tcp_payload(host: &TwinHost, want: usize) -> Vec<u8> {
     segments.into_iter().flat_map(|(_, d)| d).collect()
 }
 
+/// Wakes the tunnel with one datagram (A's queue has a vnet_hdr), then writes `reads` TSO
+/// reads of 64,000 bytes cut at `mss` into A; returns what was sent and what B's host got.
+fn tso_through(a: &Node, b: &Node, reads: usize, mss: u16) -> (Vec<u8>, Vec<u8>) {
+    let mut hello = vec![0u8; VNET_HDR_LEN];
+    hello.extend_from_slice(&udp_packet(1, 2, b"hello"));
+    a.host.send.send(hello).unwrap();
+    recv(&b.host);
+    let payload: Vec<u8> = (0..(reads * 64_000) as u32).map(|i| (i % 251) as u8).collect();
+    for (k, part) in payload.chunks(64_000).enumerate() {
+        a.host.send.send(tso_read(1, 2, 1 + (k * 64_000) as u32, part, mss)).unwrap();
+    }
+    let got = collect_tcp_payload(&b.host, payload.len());
+    (payload, got)
+}
+
 /// A TCP peer may ask for an MSS of 48: one 64 KiB TSO read then makes about 1,350 sends,
 /// and without UDP GSO each is a message of its own. Two such reads exceed the send batch;
 /// the worker must flush and go on, never overflow (it used to panic and strand the queue).
@@ -127,15 +142,7 @@ fn tso_reads_at_mss_48_without_gso_arrive_whole() {
     let net = TwinNet::new();
     net.refuse_gso.store(true, Ordering::Relaxed);
     let (a, b) = pair(&net, true, false);
-    let mut hello = vec![0u8; VNET_HDR_LEN];
-    hello.extend_from_slice(&udp_packet(1, 2, b"hello"));
-    a.host.send.send(hello).unwrap();
-    recv(&b.host);
-    let payload: Vec<u8> = (0..2 * 64_000u32).map(|i| (i % 251) as u8).collect();
-    for (k, half) in payload.chunks(64_000).enumerate() {
-        a.host.send.send(tso_read(1, 2, 1 + (k * 64_000) as u32, half, 48)).unwrap();
-    }
-    let got = collect_tcp_payload(&b.host, payload.len());
+    let (payload, got) = tso_through(&a, &b, 2, 48);
     assert_eq!(got.len(), payload.len(), "every segment arrived");
     assert!(got == payload, "in order and intact");
     assert_eq!(a.dev.shared.drops.worker_restarts.load(Ordering::Relaxed), 0, "no worker panicked");
@@ -148,15 +155,7 @@ fn tso_reads_at_mss_48_without_gso_arrive_whole() {
 fn tso_reads_through_two_sending_workers_carry_valid_checksums() {
     let net = TwinNet::new();
     let (a, b) = pair_with_workers(&net, true, false, 2);
-    let mut hello = vec![0u8; VNET_HDR_LEN];
-    hello.extend_from_slice(&udp_packet(1, 2, b"hello"));
-    a.host.send.send(hello).unwrap();
-    recv(&b.host);
-    let payload: Vec<u8> = (0..8 * 64_000u32).map(|i| (i % 253) as u8).collect();
-    for (k, part) in payload.chunks(64_000).enumerate() {
-        a.host.send.send(tso_read(1, 2, 1 + (k * 64_000) as u32, part, 1380)).unwrap();
-    }
-    let got = collect_tcp_payload(&b.host, payload.len());
+    let (payload, got) = tso_through(&a, &b, 8, 1380);
     assert!(got == payload, "every segment arrived, in order and intact ({} of {})", got.len(), payload.len());
 }
 
