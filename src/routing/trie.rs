@@ -699,12 +699,16 @@ impl<V: Clone> Trie<V> {
     }
 }
 
+impl<V> Trie<V> {
+    /// A trie whose root turns wide at `wide_at` entries instead of `WIDE_AT` (262,144): for
+    /// tests and the fuzzer, which reach the wide root's paths with small tables.
+    pub fn with_wide_at(wide_at: usize) -> Self {
+        Trie { wide_at: wide_at.max(1), ..Trie::default() }
+    }
+}
+
 #[cfg(test)]
 impl<V: Clone + PartialEq + std::fmt::Debug> Trie<V> {
-    fn with_wide_at(wide_at: usize) -> Self {
-        Trie { wide_at, ..Trie::default() }
-    }
-
     fn narrow(&self) -> &Node<V> {
         match &self.root {
             Root::Narrow(node) => node,

@@ -5,8 +5,8 @@
 //! is a bitmap, a rank and a load that depends on the one before; the array replaces the four
 //! loads with two (the row, then the cell) and carries in each cell the longest prefix of those
 //! two levels that covers it, so nothing there is searched. A cell holds the node below it by
-//! value, so the walk's next bitmap is in the cell too. The array costs 16 MB (256 B a cell),
-//! which a small table should not pay: a trie turns wide at `WIDE_AT` entries, when most cells
+//! value, so the walk's next bitmap is in the cell too. The array costs up to 16 MB (256 B a
+//! cell; rows with nothing in them share one allocation), which a small table should not pay: a trie turns wide at `WIDE_AT` entries, when most cells
 //! hold a node that would otherwise be an allocation of its own, and back to narrow under half
 //! of that. Rows are shared between snapshots like nodes, so a change copies the one row it
 //! touches, not the array.
@@ -109,7 +109,12 @@ impl<V: Clone> Wide<V> {
     pub(super) fn from_narrow(root: &Node<V>, top: Top) -> Self {
         let d = top.depth;
         let top_node = Box::new(prefixes_of(root));
+        // Rows with nothing in them share one allocation until a change copies it.
+        let empty = Arc::new(Row::empty());
         let rows = Box::new(std::array::from_fn(|o1| {
+            if root.child(o1).is_none() && top_node.best(o1).is_none() {
+                return empty.clone();
+            }
             let mut row = Row::empty();
             match root.child(o1) {
                 None => {}
