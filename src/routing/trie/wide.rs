@@ -6,10 +6,10 @@
 //! loads with two (the row, then the cell) and carries in each cell the longest prefix of those
 //! two levels that covers it, so nothing there is searched. A cell holds the node below it by
 //! value, so the walk's next bitmap is in the cell too. The array costs up to 16 MB (256 B a
-//! cell; rows with nothing in them share one allocation), which a small table should not pay: a trie turns wide at `WIDE_AT` entries, when most cells
-//! hold a node that would otherwise be an allocation of its own, and back to narrow under half
-//! of that. Rows are shared between snapshots like nodes, so a change copies the one row it
-//! touches, not the array.
+//! cell; rows with nothing in them share one allocation), which a small table should not pay:
+//! a trie turns wide at `WIDE_AT` entries, when most cells hold a node that would otherwise be
+//! an allocation of its own, and back to narrow under half of that. Rows are shared between
+//! snapshots like nodes, so a change copies the one row it touches, not the array.
 
 use std::sync::Arc;
 
