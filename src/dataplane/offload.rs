@@ -517,6 +517,28 @@ mod tests {
         assert!(valid(&tcp4(1, TCP_ACK, b"hello")));
     }
 
+    /// The deferred sum is the same as the immediate one, and a slice too short for the
+    /// checksum field is left alone rather than indexed past its end.
+    #[test]
+    fn a_deferred_checksum_matches_and_tolerates_short_slices() {
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+        let big = tcp4(77, TCP_ACK, &payload);
+        let hdr = VnetHdr { gso_type: GSO_TCPV4, gso_size: 1000, ..Default::default() };
+        let split = GsoSplit::new(&big, &hdr).unwrap();
+        for i in 0..split.count() {
+            let (mut now, mut later) = (vec![0u8; 1100], vec![0u8; 1100]);
+            let n = split.write_segment(i, &mut now);
+            let (m, pending) = split.write_segment_unsummed(i, &mut later);
+            assert_eq!(n, m);
+            pending.fill(&mut later[..m]);
+            assert_eq!(now[..n], later[..m], "segment {i}");
+        }
+        let (_, pending) = split.write_segment_unsummed(0, &mut vec![0u8; 1100]);
+        let mut short = vec![0x45u8; 30];
+        pending.fill(&mut short);
+        assert_eq!(short, vec![0x45u8; 30]);
+    }
+
     #[test]
     fn tso_split_then_coalesce_is_identity() {
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
