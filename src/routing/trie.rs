@@ -305,6 +305,25 @@ impl<V: Clone> Node<V> {
         self.prefixes.is_empty() && self.children.is_empty()
     }
 
+    /// What this node, which lost entries, becomes in its parent: nothing if it is empty
+    /// (`Some(None)`), a leaf if it holds one entry a leaf can stand for (`path` and `depth`
+    /// are its own), and `None` if it stays.
+    fn shrunk(&self, path: u128, depth: usize) -> Option<Option<Leaf<V>>> {
+        if self.is_empty() {
+            Some(None)
+        } else {
+            self.as_leaf(path, depth).map(Some)
+        }
+    }
+
+    /// Two prefixes now share the subtree of `leaf`: the node at `depth` that holds both.
+    fn of_two(leaf: &Leaf<V>, depth: usize, key: u128, len: u8, value: V) -> Node<V> {
+        let mut node = Node::default();
+        Trie::insert_at(&mut node, depth, leaf.key(), leaf.len, leaf.value.clone());
+        Trie::insert_at(&mut node, depth, key, len, value);
+        node
+    }
+
     /// A node with a single entry that a leaf can stand for: its one prefix (rebuilt from the
     /// node's path), or its one child if that is a leaf.
     fn as_leaf(&self, path: u128, depth: usize) -> Option<Leaf<V>> {
@@ -430,9 +449,9 @@ impl<V: Clone> Trie<V> {
             Root::Wide(_) => self.len < self.wide_at / 2,
         };
         if convert {
-            self.root = match std::mem::take(&mut self.root) {
-                Root::Narrow(node) => Root::Wide(Wide::from_narrow(&node, self.top)),
-                Root::Wide(wide) => Root::Narrow(Arc::new(wide.into_narrow(self.top))),
+            self.root = match &self.root {
+                Root::Narrow(node) => Root::Wide(Wide::from_narrow(node, self.top)),
+                Root::Wide(_) => Root::Narrow(self.take_narrow_root()),
             };
         }
     }
@@ -499,12 +518,8 @@ impl<V: Clone> Trie<V> {
         match child {
             Child::Node(next) => Self::insert_at(Arc::make_mut(next), depth, key, len, value),
             Child::Leaf(leaf) if leaf.is(key, len) => Some(std::mem::replace(&mut leaf.value, value)),
-            // Two prefixes now share this subtree: it becomes a node holding both.
             Child::Leaf(leaf) => {
-                let mut below = Node::default();
-                Self::insert_at(&mut below, depth, leaf.key(), leaf.len, leaf.value.clone());
-                Self::insert_at(&mut below, depth, key, len, value);
-                *child = Child::Node(Arc::new(below));
+                *child = Child::Node(Arc::new(Node::of_two(leaf, depth, key, len, value)));
                 None
             }
         }
@@ -610,28 +625,17 @@ impl<V: Clone> Trie<V> {
         }
     }
 
-    /// What a subtree that lost entries becomes: nothing if its node is empty, a leaf if its
-    /// node holds one entry a leaf can stand for (`path` and `depth` are the node's), and
-    /// `None` if it stays as it is.
-    fn shrunk(child: &Child<V>, path: u128, depth: usize) -> Option<Option<Child<V>>> {
-        let Child::Node(node) = child else { return None };
-        if node.is_empty() {
-            Some(None)
-        } else {
-            node.as_leaf(path, depth).map(|leaf| Some(Child::Leaf(leaf)))
-        }
-    }
-
     /// The child node at `octet` (path `path`, at `depth`) lost an entry: an empty node goes,
     /// and a node with one entry a leaf can hold becomes that leaf.
     fn compact_child(node: &mut Node<V>, o: usize, path: u128, depth: usize) {
         let Some(at) = node.child_pos(o) else { return };
-        match Self::shrunk(&node.children[at].child, path, depth) {
+        let Child::Node(child) = &node.children[at].child else { return };
+        match child.shrunk(path, depth) {
             None => {}
             Some(None) => {
                 node.remove_child(o);
             }
-            Some(Some(leaf)) => node.children[at].child = leaf,
+            Some(Some(leaf)) => node.children[at].child = Child::Leaf(leaf),
         }
     }
 

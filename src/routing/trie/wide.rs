@@ -71,14 +71,37 @@ impl<V: Clone> Below<V> {
         }
     }
 
-    /// After a removal under it: an empty node goes, a node with one entry a leaf can stand for
-    /// becomes that leaf (`path` and `depth` are the node's).
+    /// After a removal under it, what `Node::shrunk` says it becomes (`path` and `depth` are
+    /// the node's).
     fn compact(&mut self, path: u128, depth: usize) {
         let Below::Node(node) = self else { return };
-        if node.is_empty() {
-            *self = Below::Empty;
-        } else if let Some(leaf) = node.as_leaf(path, depth) {
-            *self = Below::Leaf(leaf);
+        match node.shrunk(path, depth) {
+            None => {}
+            Some(None) => *self = Below::Empty,
+            Some(Some(leaf)) => *self = Below::Leaf(leaf),
+        }
+    }
+
+    fn filled(&self) -> bool {
+        !matches!(self, Below::Empty)
+    }
+}
+
+/// Where `key/len` lives under a wide root at depth `d`: a prefix of the root's own node (its
+/// index there), a prefix of a row's node, or the subtree of a cell.
+enum Place {
+    Top(usize),
+    Mid(usize, usize),
+    Cell(usize, usize),
+}
+
+impl Place {
+    fn of(d: usize, key: u128, len: u8) -> Place {
+        let (o1, o2) = (octet(key, d) as u8 as usize, octet(key, d + 1) as u8 as usize);
+        match home_depth(len).saturating_sub(d) {
+            0 => Place::Top(prefix_index(o1, len as u32 - 8 * d as u32)),
+            1 => Place::Mid(o1, prefix_index(o2, len as u32 - 8 * (d as u32 + 1))),
+            _ => Place::Cell(o1, o2),
         }
     }
 }
@@ -148,7 +171,7 @@ impl<V: Clone> Wide<V> {
 
     fn recount(&mut self) {
         let cells = self.rows.iter().flat_map(|row| row.cells.iter());
-        let filled_cells = cells.filter(|cell| !matches!(cell.child, Below::Empty)).count();
+        let filled_cells = cells.filter(|cell| cell.child.filled()).count();
         let mids: usize = self.rows.iter().map(|row| row.mid.prefixes.len()).sum();
         self.filled = self.top.prefixes.len() + mids + filled_cells;
     }
@@ -197,19 +220,14 @@ impl<V: Clone> Wide<V> {
 
     /// The value stored for exactly `key/len`, with the root at depth `d`.
     pub(super) fn exact(&self, d: usize, key: u128, len: u8) -> Option<&V> {
-        let (o1, o2) = (octet(key, d), octet(key, d + 1));
-        let home = home_depth(len);
-        if home == d {
-            return self.top.prefix(prefix_index(o1, len as u32 - 8 * d as u32));
-        }
-        let row = &self.rows[o1 as u8 as usize];
-        if home == d + 1 {
-            return row.mid.prefix(prefix_index(o2, len as u32 - 8 * (d as u32 + 1)));
-        }
-        match &row.cells[o2 as u8 as usize].child {
-            Below::Empty => None,
-            Below::Leaf(leaf) => leaf.is(key, len).then_some(&leaf.value),
-            Below::Node(next) => Trie::exact_in(next, d + 2, key, len),
+        match Place::of(d, key, len) {
+            Place::Top(index) => self.top.prefix(index),
+            Place::Mid(o1, index) => self.rows[o1].mid.prefix(index),
+            Place::Cell(o1, o2) => match &self.rows[o1].cells[o2].child {
+                Below::Empty => None,
+                Below::Leaf(leaf) => leaf.is(key, len).then_some(&leaf.value),
+                Below::Node(next) => Trie::exact_in(next, d + 2, key, len),
+            },
         }
     }
 
@@ -224,77 +242,75 @@ impl<V: Clone> Wide<V> {
     }
 
     pub(super) fn insert(&mut self, d: usize, key: u128, len: u8, value: V) -> Option<V> {
-        let (o1, o2) = (octet(key, d), octet(key, d + 1));
-        let home = home_depth(len);
-        if home == d {
-            let index = prefix_index(o1, len as u32 - 8 * d as u32);
-            let old = self.top.set_prefix(index, value);
-            self.refresh_rows(octets_under(index));
-            self.filled += usize::from(old.is_none());
-            return old;
-        }
-        let Wide { rows, top, filled } = self;
-        let row = Arc::make_mut(&mut rows[o1 as u8 as usize]);
-        if home == d + 1 {
-            let index = prefix_index(o2, len as u32 - 8 * (d as u32 + 1));
-            let old = row.mid.set_prefix(index, value);
-            row.refresh(top, o1, octets_under(index));
-            *filled += usize::from(old.is_none());
-            return old;
-        }
-        let cell = &mut row.cells[o2 as u8 as usize];
-        match &mut cell.child {
-            Below::Empty => {
-                cell.child = Below::Leaf(Leaf::new(key, len, value));
-                *filled += 1;
-                None
+        let (old, filled_before, filled_after) = match Place::of(d, key, len) {
+            Place::Top(index) => {
+                let old = self.top.set_prefix(index, value);
+                self.refresh_rows(octets_under(index));
+                (old, 0, 1)
             }
-            Below::Node(node) => Trie::insert_at(node, d + 2, key, len, value),
-            Below::Leaf(leaf) if leaf.is(key, len) => Some(std::mem::replace(&mut leaf.value, value)),
-            Below::Leaf(leaf) => {
-                let mut node = Node::default();
-                Trie::insert_at(&mut node, d + 2, leaf.key(), leaf.len, leaf.value.clone());
-                Trie::insert_at(&mut node, d + 2, key, len, value);
-                cell.child = Below::Node(node);
-                None
+            Place::Mid(o1, index) => {
+                let row = Arc::make_mut(&mut self.rows[o1]);
+                let old = row.mid.set_prefix(index, value);
+                row.refresh(&self.top, o1, octets_under(index));
+                (old, 0, 1)
             }
+            Place::Cell(o1, o2) => {
+                let cell = &mut Arc::make_mut(&mut self.rows[o1]).cells[o2];
+                let before = cell.child.filled();
+                let old = match &mut cell.child {
+                    Below::Empty => {
+                        cell.child = Below::Leaf(Leaf::new(key, len, value));
+                        None
+                    }
+                    Below::Node(node) => Trie::insert_at(node, d + 2, key, len, value),
+                    Below::Leaf(leaf) if leaf.is(key, len) => Some(std::mem::replace(&mut leaf.value, value)),
+                    Below::Leaf(leaf) => {
+                        cell.child = Below::Node(Node::of_two(leaf, d + 2, key, len, value));
+                        None
+                    }
+                };
+                (old, usize::from(before), usize::from(cell.child.filled()))
+            }
+        };
+        if old.is_none() {
+            self.filled = (self.filled + filled_after).saturating_sub(filled_before);
         }
+        old
     }
 
     pub(super) fn remove(&mut self, d: usize, key: u128, len: u8) -> Option<V> {
-        let (o1, o2) = (octet(key, d), octet(key, d + 1));
-        let home = home_depth(len);
-        if home == d {
-            let index = prefix_index(o1, len as u32 - 8 * d as u32);
-            let removed = self.top.remove_prefix(index);
-            self.refresh_rows(octets_under(index));
-            self.filled = self.filled.saturating_sub(usize::from(removed.is_some()));
-            return removed;
-        }
-        let Wide { rows, top, filled } = self;
-        let row = Arc::make_mut(&mut rows[o1 as u8 as usize]);
-        if home == d + 1 {
-            let index = prefix_index(o2, len as u32 - 8 * (d as u32 + 1));
-            let removed = row.mid.remove_prefix(index);
-            row.refresh(top, o1, octets_under(index));
-            *filled = filled.saturating_sub(usize::from(removed.is_some()));
-            return removed;
-        }
-        let cell = &mut row.cells[o2 as u8 as usize];
-        let removed = match &mut cell.child {
-            Below::Leaf(leaf) if leaf.is(key, len) => {
-                *filled = filled.saturating_sub(1);
-                return match std::mem::replace(&mut cell.child, Below::Empty) {
-                    Below::Leaf(leaf) => Some(leaf.value),
+        let (removed, filled_after) = match Place::of(d, key, len) {
+            Place::Top(index) => {
+                let removed = self.top.remove_prefix(index);
+                self.refresh_rows(octets_under(index));
+                (removed, 0)
+            }
+            Place::Mid(o1, index) => {
+                let row = Arc::make_mut(&mut self.rows[o1]);
+                let removed = row.mid.remove_prefix(index);
+                row.refresh(&self.top, o1, octets_under(index));
+                (removed, 0)
+            }
+            Place::Cell(o1, o2) => {
+                let cell = &mut Arc::make_mut(&mut self.rows[o1]).cells[o2];
+                let removed = match &mut cell.child {
+                    Below::Leaf(leaf) if leaf.is(key, len) => match std::mem::replace(&mut cell.child, Below::Empty) {
+                        Below::Leaf(leaf) => Some(leaf.value),
+                        _ => None,
+                    },
+                    Below::Node(node) => {
+                        let removed = Trie::remove_at(node, d + 2, key, len);
+                        cell.child.compact(key & super::mask(8 * (d as u8 + 2)), d + 2);
+                        removed
+                    }
                     _ => None,
                 };
+                (removed, usize::from(cell.child.filled()))
             }
-            Below::Node(node) => Trie::remove_at(node, d + 2, key, len),
-            _ => None,
         };
         if removed.is_some() {
-            cell.child.compact(key & super::mask(8 * (d as u8 + 2)), d + 2);
-            *filled = filled.saturating_sub(usize::from(matches!(cell.child, Below::Empty)));
+            // The place was filled before (it held the entry); count it out if it is empty now.
+            self.filled = (self.filled + filled_after).saturating_sub(1);
         }
         removed
     }
