@@ -1,12 +1,14 @@
-//! Transport seal/open by packet size (ring's ChaCha20-Poly1305) and a full handshake.
+//! Transport seal/open by packet size (ring's ChaCha20-Poly1305), a full handshake, a cookie
+//! reply and X25519.
 
 use std::hint::black_box;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wgturbo::keys::{PresharedKey, PrivateKey};
-use wgturbo::noise::messages::padded_len;
-use wgturbo::noise::{consume_initiation, Handshake, Initiation, Response, SessionKeys, StaticIdentity, Tai64N};
+use wgturbo::noise::messages::{padded_len, INITIATION_LEN};
+use wgturbo::noise::{consume_initiation, CookieChecker, CookieGenerator, Handshake, Initiation, Response, SessionKeys, StaticIdentity, Tai64N};
 use wgturbo::session::Keypair;
 
 fn keys(initiator: bool) -> SessionKeys {
@@ -94,6 +96,32 @@ fn handshake(c: &mut Criterion) {
     });
 }
 
+/// What a flood costs per message under load: checking an initiation's mac1, and checking it
+/// and answering it with a cookie reply (the budgeted work of the side socket's reader).
+fn cookie(c: &mut Criterion) {
+    let responder = PrivateKey::generate().public_key();
+    let checker = CookieChecker::new(&responder);
+    let mut stamper = CookieGenerator::new(&responder);
+    let mut msg = [0u8; INITIATION_LEN];
+    msg[0] = 1;
+    let now = Instant::now();
+    stamper.stamp(&mut msg, Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, now);
+    let src: SocketAddr = "192.0.2.7:51820".parse().unwrap();
+    let mut mac1 = [0u8; 16];
+    mac1.copy_from_slice(&msg[Initiation::MAC1_OFFSET..Initiation::MAC1_OFFSET + 16]);
+    let mut group = c.benchmark_group("cookie");
+    group.bench_function("verify_mac1", |b| {
+        b.iter(|| black_box(checker.verify_mac1(black_box(&msg), Initiation::MAC1_OFFSET)))
+    });
+    group.bench_function("verify_mac1_and_reply", |b| {
+        b.iter(|| {
+            assert!(checker.verify_mac1(black_box(&msg), Initiation::MAC1_OFFSET));
+            black_box(checker.create_reply(7, &mac1, &src, now).to_bytes())
+        })
+    });
+    group.finish();
+}
+
 /// One X25519: ours (through the Edwards form) against x25519-dalek's Montgomery ladder.
 fn dh(c: &mut Criterion) {
     let ours = PrivateKey::generate();
@@ -106,5 +134,5 @@ fn dh(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, transport, handshake, dh);
+criterion_group!(benches, transport, handshake, cookie, dh);
 criterion_main!(benches);

@@ -10,7 +10,9 @@
 # flood (and the ratio), what the flooder sent, the server's CPU seconds and RSS before and
 # after, and for wgturbo its own counters. ROUNDS=N (default 1) repeats the three phases N
 # times on the same tunnel and prints medians (each round's figures go to stderr): on a
-# shared 2-core machine one phase's figure moves by 10 % from run to run.
+# shared 2-core machine one phase's figure moves by 10 % from run to run. PROFILE=1 records
+# the whole machine (`perf record -a -g`) during the first flat-out phase and prints the share
+# of CPU per thread and the top symbols (PROFILE_DATA=FILE keeps the recording).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
@@ -52,10 +54,24 @@ for impl in $IMPLS; do
       ip netns exec "$F" timeout $((SECS + 20)) "$ROOT/target/release/examples/flood" 192.0.3.1:51820 "$(cat "$WORK/a.pub")" \
         $((SECS + 3)) "$1" >"$WORK/flood" &
     fi
-    local f=$!
+    local f=$! p=""
     sleep 1
+    local data=${PROFILE_DATA:-$WORK/perf.data}
+    if [ "${PROFILE:-0}" = 1 ] && [ "$1" = 0 ] && [ ! -e "$WORK/profiled" ]; then
+      touch "$WORK/profiled"
+      (sleep 1; perf record -q -a -g -F 499 -o "$data" -- sleep $((SECS - 2)) >/dev/null 2>&1) &
+      p=$!
+    fi
     iperf "$A" "$B" 10.200.0.1 "$SECS"
     wait "$f"
+    if [ -n "$p" ]; then
+      wait "$p"
+      { echo "== $impl, flat-out flood: CPU share by thread (all cores)"
+        perf report -i "$data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12
+        echo "== top symbols"
+        perf report -i "$data" --no-children --sort comm,sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40
+      } >&2
+    fi
   }
   alones=(); rates=(); fulls=()
   for round in $(seq "$ROUNDS"); do

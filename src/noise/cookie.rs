@@ -4,13 +4,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{PoisonError, RwLock};
 use std::time::Instant;
 
-use chacha20poly1305::aead::{Aead, Payload};
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use zeroize::Zeroize;
 
 use super::messages::CookieReply;
-use super::primitives::{hash, mac};
+use super::primitives::{hash, mac, xaead_open, xaead_seal};
 use crate::constants::{COOKIE_LEN, COOKIE_REFRESH_TIME, LABEL_COOKIE, LABEL_MAC1, MAC_LEN, REKEY_TIMEOUT};
 use crate::keys::PublicKey;
 
@@ -120,13 +118,9 @@ impl CookieChecker {
         // a getrandom call per reply, which a flood would multiply.
         let mut nonce = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let cipher = XChaCha20Poly1305::new((&self.cookie_key).into());
-        // Encryption of 16 bytes cannot fail.
-        let sealed =
-            cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: &cookie, aad: mac1 }).unwrap_or_default();
+        let mut encrypted_cookie = [0u8; COOKIE_LEN + MAC_LEN];
+        xaead_seal(&self.cookie_key, &nonce, &cookie, mac1, &mut encrypted_cookie);
         cookie.zeroize();
-        let mut encrypted_cookie = [0u8; 32];
-        encrypted_cookie.copy_from_slice(&sealed);
         CookieReply { receiver, nonce, encrypted_cookie }
     }
 }
@@ -167,13 +161,10 @@ impl CookieGenerator {
     /// Takes a cookie reply to the last message we stamped.
     pub fn consume_reply(&mut self, reply: &CookieReply, now: Instant) -> Result<(), CookieError> {
         let mac1 = self.last_mac1.ok_or(CookieError::Undecryptable)?;
-        let cipher = XChaCha20Poly1305::new((&self.cookie_key).into());
-        let cookie = cipher
-            .decrypt(XNonce::from_slice(&reply.nonce), Payload { msg: &reply.encrypted_cookie, aad: &mac1 })
+        let mut cookie = [0u8; COOKIE_LEN];
+        xaead_open(&self.cookie_key, &reply.nonce, &reply.encrypted_cookie, &mac1, &mut cookie)
             .map_err(|_| CookieError::Undecryptable)?;
-        let mut c = [0u8; COOKIE_LEN];
-        c.copy_from_slice(&cookie);
-        self.cookie = Some((c, now));
+        self.cookie = Some((cookie, now));
         // One reply per message: a replayed reply finds no mac1 to match.
         self.last_mac1 = None;
         Ok(())
