@@ -77,6 +77,8 @@ pub fn serve_side(shared: &Shared) {
     let mut receiver = BatchReceiver::default();
     let mut sender = BatchSender::default();
     let mut bufs: Vec<Buf> = Vec::new();
+    // Set while the budget is spent: the next receive then skims (see below).
+    let mut refusing = false;
     while !shared.stopping() {
         let Some(socket) = shared.side_socket.load_full() else {
             std::thread::sleep(NO_SIDE_SOCKET_WAIT);
@@ -86,7 +88,16 @@ pub fn serve_side(shared: &Shared) {
             std::thread::sleep(NO_SIDE_SOCKET_WAIT);
             continue;
         };
-        if let Err(e) = receiver.recv(os, &mut bufs, true) {
+        // Past the budget, what is read is refused anyway: take only the first datagram of
+        // each GRO train (a train is one source's) and let the kernel drop the rest uncopied.
+        // A flood sent with GSO then costs this thread one small copy per 64 KiB; a real
+        // peer's lone message is read whole as before.
+        let received = if refusing {
+            receiver.skim(os, &mut bufs, true, INITIATION_LEN)
+        } else {
+            receiver.recv(os, &mut bufs, true)
+        };
+        if let Err(e) = received {
             debug!("side socket: receive failed: {e}");
             std::thread::sleep(ERROR_PAUSE);
         }
@@ -101,6 +112,12 @@ pub fn serve_side(shared: &Shared) {
                 continue;
             }
             let stride = b.stride.max(1);
+            if b.cut > 0 {
+                // Whole datagrams only; a partly copied one is discarded with the rest.
+                let whole = b.len - b.len % stride;
+                gate.count_refused((b.cut + b.len - whole).div_ceil(stride) as u64);
+                b.len = whole;
+            }
             for datagram in b.filled_mut().chunks(stride) {
                 if !gate.has_room() {
                     send_replies(&socket, &mut sender, &mut gate);
@@ -115,6 +132,7 @@ pub fn serve_side(shared: &Shared) {
             }
         }
         receiver.recycle(&mut bufs);
+        refusing = gate.refusing(now);
         gate.flush_counts(shared);
         // No pause after a refused round: a real peer's message waits in the same queue as
         // the flood, and a queue left full would drop it; refusing costs a comparison.
@@ -267,6 +285,16 @@ impl Gate {
             WorkerCounters::add(&shared.drops.handshake_queue_full, self.refused);
             self.refused = 0;
         }
+    }
+
+    /// Whether the budget ran out in the round of `now` (the rest of it is being refused).
+    pub fn refusing(&self, now: Instant) -> bool {
+        self.refused_round == Some(now)
+    }
+
+    /// Counts `n` messages refused without being looked at (a skimmed train's tail).
+    pub fn count_refused(&mut self, n: u64) {
+        self.refused += n;
     }
 
     /// Room for another reply? (Else the worker sends what is queued first.)

@@ -17,11 +17,13 @@ pub struct Buf {
     pub len: usize,
     pub src: Option<SocketAddr>,
     pub stride: usize,
+    /// Bytes of this receive the kernel discarded unread (a skimmed GRO train's tail).
+    pub cut: usize,
 }
 
 impl Buf {
     pub fn new(size: usize) -> Self {
-        Buf { data: vec![0u8; size].into_boxed_slice(), len: 0, src: None, stride: 0 }
+        Buf { data: vec![0u8; size].into_boxed_slice(), len: 0, src: None, stride: 0, cut: 0 }
     }
 
     pub fn filled_mut(&mut self) -> &mut [u8] {

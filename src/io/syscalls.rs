@@ -58,11 +58,23 @@ impl BatchReceiver {
     /// Appends what the socket has to `out`. With `wait`, blocks until one datagram arrives
     /// or the socket's receive timeout passes (then `out` stays empty); without, never blocks.
     pub fn recv(&mut self, sock: &OsSocket, out: &mut Vec<Buf>, wait: bool) -> io::Result<()> {
+        self.receive(sock, out, wait, UDP_BUF)
+    }
+
+    /// As `recv`, but copies at most `keep` bytes of each receive: the kernel drops the rest
+    /// of a GRO train without copying it, and the buffer's `cut` says how many bytes that was.
+    /// For a reader that will refuse most of what it reads anyway (a flood past its budget):
+    /// a train is one source's datagrams, so its first is a fair sample of the rest.
+    pub fn skim(&mut self, sock: &OsSocket, out: &mut Vec<Buf>, wait: bool, keep: usize) -> io::Result<()> {
+        self.receive(sock, out, wait, keep.clamp(1, UDP_BUF))
+    }
+
+    fn receive(&mut self, sock: &OsSocket, out: &mut Vec<Buf>, wait: bool, keep: usize) -> io::Result<()> {
         let n = UDP_RECV_BATCH;
         let mut bufs: Vec<Buf> = (0..n).map(|_| self.free.pop().unwrap_or_else(|| Buf::new(UDP_BUF))).collect();
         let r = &mut self.recv;
         for (i, b) in bufs.iter_mut().enumerate() {
-            r.iovecs[i] = libc::iovec { iov_base: b.data.as_mut_ptr().cast(), iov_len: b.data.len() };
+            r.iovecs[i] = libc::iovec { iov_base: b.data.as_mut_ptr().cast(), iov_len: b.data.len().min(keep) };
             let h = &mut r.headers[i].msg_hdr;
             h.msg_name = (&mut r.storage[i] as *mut libc::sockaddr_storage).cast();
             h.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
@@ -73,7 +85,11 @@ impl BatchReceiver {
             h.msg_flags = 0;
             r.headers[i].msg_len = 0;
         }
-        let flags = if wait { libc::MSG_WAITFORONE } else { libc::MSG_DONTWAIT };
+        let mut flags = if wait { libc::MSG_WAITFORONE } else { libc::MSG_DONTWAIT };
+        if keep < UDP_BUF {
+            // The kernel then reports each receive's whole length, not what it copied.
+            flags |= libc::MSG_TRUNC;
+        }
         // SAFETY: every header points at a live buffer, address and control area sized as
         // declared; `bufs` outlives the call.
         let got = unsafe { libc::recvmmsg(sock.fd(), r.headers.as_mut_ptr(), n as u32, flags, std::ptr::null_mut()) };
@@ -81,9 +97,11 @@ impl BatchReceiver {
         let got = *result.as_ref().unwrap_or(&0);
         for (i, mut b) in bufs.into_iter().enumerate() {
             if i < got {
-                b.len = r.headers[i].msg_len as usize;
+                let whole = r.headers[i].msg_len as usize;
+                b.len = whole.min(keep);
+                b.cut = whole - b.len;
                 b.src = from_storage(&r.storage[i]);
-                b.stride = gro_segment_size(&r.headers[i].msg_hdr).unwrap_or(b.len);
+                b.stride = gro_segment_size(&r.headers[i].msg_hdr).unwrap_or(whole);
                 out.push(b);
             } else {
                 self.free.push(b);
@@ -269,6 +287,7 @@ impl WorkerIo for SyscallIo {
                 Ok(n) => {
                     buf.len = n;
                     buf.stride = n;
+                    buf.cut = 0;
                     out.push(buf);
                 }
                 Err(e) => {

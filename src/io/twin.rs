@@ -229,6 +229,7 @@ fn fill(free: &mut Vec<Buf>, data: &[u8], size: usize) -> Buf {
     b.data[..data.len()].copy_from_slice(data);
     b.len = data.len();
     b.stride = data.len();
+    b.cut = 0;
     b.src = None;
     b
 }
