@@ -25,7 +25,7 @@ use crate::noise::messages::{
     Initiation, Response, COOKIE_REPLY_LEN, INITIATION_LEN, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
     RESPONSE_LEN,
 };
-use crate::noise::ratelimiter::TokenBucket;
+use crate::noise::ratelimiter::{ReplyCaps, TokenBucket};
 use crate::noise::CookieChecker;
 
 /// Capacity of the control thread's handshake queue (the kernel's MAX_QUEUED_INCOMING_HANDSHAKES).
@@ -118,7 +118,8 @@ pub fn serve_side(shared: &Shared) {
                 gate.count_refused((b.cut + b.len - whole).div_ceil(stride) as u64);
                 b.len = whole;
             }
-            for datagram in b.filled_mut().chunks(stride) {
+            let datagrams = b.len.div_ceil(stride);
+            for (i, datagram) in b.filled_mut().chunks(stride).enumerate() {
                 if !gate.has_room() {
                     send_replies(&socket, &mut sender, &mut gate);
                 }
@@ -129,6 +130,11 @@ pub fn serve_side(shared: &Shared) {
                     continue;
                 }
                 take_handshake(shared, &mut gate, datagram, src, now);
+                if gate.take_source_capped() {
+                    // The rest of a GRO train comes from the same source: capped as well.
+                    gate.count_limited((datagrams - i - 1) as u64);
+                    break;
+                }
             }
         }
         receiver.recycle(&mut bufs);
@@ -259,10 +265,17 @@ pub struct Gate {
     /// messages are refused at the cost of a comparison, so a worker drains a flood's GRO
     /// trains fast enough that its socket never fills and starves a tunnel that shares it.
     refused_round: Option<Instant>,
+    /// Per-endpoint caps on cookie replies (the rest of the budget stays for the others).
+    caps: ReplyCaps,
+    /// The round in which a source was over its cap, and whether the last message was.
+    capped_round: Option<Instant>,
+    source_capped: bool,
     /// Cookie replies sent in the current spell of load since it was last renewed.
     answered: usize,
-    /// Refused since the last `flush_counts` (one shared counter add per round, not per message).
+    /// Refused over budget / over a source's cap since the last `flush_counts` (one shared
+    /// counter add per round, not per message).
     refused: u64,
+    limited: u64,
     /// Sent by the worker after its receives (and before, when full).
     pub replies: SendBatch,
 }
@@ -273,8 +286,12 @@ impl Gate {
         Gate {
             budget: TokenBucket::default(),
             refused_round: None,
+            caps: ReplyCaps::default(),
+            capped_round: None,
+            source_capped: false,
             answered: 0,
             refused: 0,
+            limited: 0,
             replies: SendBatch::new(1, 1024, gso),
         }
     }
@@ -285,11 +302,26 @@ impl Gate {
             WorkerCounters::add(&shared.drops.handshake_queue_full, self.refused);
             self.refused = 0;
         }
+        if self.limited > 0 {
+            WorkerCounters::add(&shared.handshakes.rate_limited, self.limited);
+            self.limited = 0;
+        }
     }
 
-    /// Whether the budget ran out in the round of `now` (the rest of it is being refused).
+    /// Whether the round of `now` refused messages over the budget or over a source's cap:
+    /// the reader then skims its next receive.
     pub fn refusing(&self, now: Instant) -> bool {
-        self.refused_round == Some(now)
+        self.refused_round == Some(now) || self.capped_round == Some(now)
+    }
+
+    /// Whether the last message admitted was refused for its source's cap (and clears it).
+    pub fn take_source_capped(&mut self) -> bool {
+        std::mem::take(&mut self.source_capped)
+    }
+
+    /// Counts `n` messages of a capped source refused without being looked at.
+    pub fn count_limited(&mut self, n: u64) {
+        self.limited += n;
     }
 
     /// Counts `n` messages refused without being looked at (a skimmed train's tail).
@@ -333,6 +365,12 @@ impl Gate {
         // Under load a valid mac2 proves the source (the control thread's per-source limiter
         // then applies); everything else costs a cookie reply, which the budget bounds.
         let proven = !no_mac2 && checker.verify_mac2(msg, mac2_at, &src, now);
+        if !proven && !self.caps.allow(src, now) {
+            self.capped_round = Some(now);
+            self.source_capped = true;
+            self.limited += 1;
+            return None;
+        }
         if !proven && !self.budget.take(now, UNDER_LOAD_COST_NS, UNDER_LOAD_MAX_NS) {
             self.refused_round = Some(now);
             self.refused += 1;
@@ -468,15 +506,17 @@ mod tests {
         let mut gate = Gate::new(true);
         let mut generator = CookieGenerator::new(&us);
         let src: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        // A flood from 64 addresses, each under its own cap: the budget is what binds.
+        let spread = |n: u64| SocketAddr::from(([10, 0, 0, (n % 64) as u8], 4000));
         let now = Instant::now();
         shared.mark_under_load(shared.stamp(now));
         let msg = initiation(&mut generator, 1, now);
         let mut answered = 0u64;
-        for _ in 0..UNDER_LOAD_BURST + 100 {
+        for n in 0..UNDER_LOAD_BURST + 100 {
             if !gate.has_room() {
                 gate.replies.clear();
             }
-            assert_eq!(gate.admit(&shared, &msg, src, now), None);
+            assert_eq!(gate.admit(&shared, &msg, spread(n), now), None);
         }
         gate.flush_counts(&shared);
         answered += value(&shared.handshakes.cookie_replies_sent);
@@ -486,15 +526,17 @@ mod tests {
         // A millisecond later the rate has earned a millisecond's worth more.
         let later = now + Duration::from_millis(1);
         let per_ms = UNDER_LOAD_PER_SECOND / 1000;
-        for _ in 0..per_ms + 100 {
+        for n in 0..per_ms + 100 {
             if !gate.has_room() {
                 gate.replies.clear();
             }
-            assert_eq!(gate.admit(&shared, &msg, src, later), None);
+            assert_eq!(gate.admit(&shared, &msg, spread(n), later), None);
         }
         gate.flush_counts(&shared);
         assert_eq!(value(&shared.handshakes.cookie_replies_sent), UNDER_LOAD_BURST + per_ms);
         assert_eq!(value(&shared.drops.handshake_queue_full), 100 + 100);
+        assert_eq!(value(&shared.handshakes.rate_limited), 0, "no source was over its cap");
+        assert!(gate.refusing(later));
 
         // A sender that proves its address with mac2 gets through a refused round.
         let mut peer = CookieGenerator::new(&us);
@@ -508,6 +550,49 @@ mod tests {
         let proven = initiation(&mut peer, 8, later);
         assert_eq!(gate.admit(&shared, &msg, src, later), None, "the round is still refused");
         assert_eq!(gate.admit(&shared, &proven, src, later), Some(Screening::Mac1AndMac2));
+    }
+
+    /// Under load one endpoint gets a bounded number of cookie replies; past it, its messages
+    /// cost a comparison and leave the budget to the others, a real peer's first among them.
+    #[test]
+    fn under_load_one_source_is_capped_and_the_others_answered() {
+        let us = PrivateKey::generate().public_key();
+        let (shared, _channels) = Shared::for_tests();
+        shared.cookies.store(Some(std::sync::Arc::new(CookieChecker::new(&us))));
+        let mut gate = Gate::new(true);
+        let mut generator = CookieGenerator::new(&us);
+        let flooder: SocketAddr = "192.0.2.66:4000".parse().unwrap();
+        let now = Instant::now();
+        shared.mark_under_load(shared.stamp(now));
+        let msg = initiation(&mut generator, 1, now);
+        let mut capped = 0;
+        for _ in 0..2_000 {
+            if !gate.has_room() {
+                gate.replies.clear();
+            }
+            assert_eq!(gate.admit(&shared, &msg, flooder, now), None);
+            capped += u64::from(gate.take_source_capped());
+        }
+        gate.flush_counts(&shared);
+        let answered = value(&shared.handshakes.cookie_replies_sent);
+        assert!((1..=1_000).contains(&answered), "{answered} replies to one source at once");
+        assert_eq!(capped, 2_000 - answered);
+        assert_eq!(value(&shared.handshakes.rate_limited), capped);
+        assert_eq!(value(&shared.drops.handshake_queue_full), 0, "the budget was not touched by the rest");
+        assert!(gate.refusing(now), "the reader skims after a capped round");
+        // Its v4-mapped form is the same endpoint.
+        let same: SocketAddr = "[::ffff:192.0.2.66]:4000".parse().unwrap();
+        assert_eq!(gate.admit(&shared, &msg, same, now), None);
+        assert!(gate.take_source_capped());
+        // A real peer elsewhere, or behind the flooder's address on a port of its own, in the
+        // same round, gets its cookie reply.
+        for peer in ["198.51.100.2:51820", "192.0.2.66:51820"] {
+            gate.replies.clear();
+            assert_eq!(gate.admit(&shared, &msg, peer.parse().unwrap(), now), None);
+            assert!(!gate.take_source_capped(), "{peer}");
+        }
+        gate.flush_counts(&shared);
+        assert_eq!(value(&shared.handshakes.cookie_replies_sent), answered + 2);
     }
 
     /// Without a private key nothing is checked here; the control thread drops it.

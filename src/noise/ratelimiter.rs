@@ -1,8 +1,11 @@
 //! Per-source token buckets for handshake messages under load (the kernel's ratelimiter.c):
 //! 20 packets a second per source, bursts of 5, sources grouped by IPv4 address or IPv6 /64.
+//! And per-endpoint caps on cookie replies (`ReplyCaps`).
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const PACKETS_PER_SECOND: u64 = 20;
@@ -84,9 +87,94 @@ impl RateLimiter {
     }
 }
 
+/// Cookie replies one endpoint (address and port, as a cookie is bound to) may get per second
+/// under load, and its burst. A real peer sends one initiation per REKEY_TIMEOUT. A flood from
+/// few endpoints past this costs a comparison per message instead of a reply (MACs, AEAD, a
+/// send), and leaves the gate's budget to every other endpoint, a real peer's first
+/// cookie-less initiation among them, even one behind the flooder's NAT address. A flood that
+/// changes its port or address for every message finds no cap and meets the budget, as
+/// before caps.
+const REPLIES_PER_SOURCE_PER_SECOND: u64 = 5_000;
+const REPLIES_PER_SOURCE_BURST: u64 = 500;
+const REPLY_COST_NS: u64 = 1_000_000_000 / REPLIES_PER_SOURCE_PER_SECOND;
+const REPLY_MAX_NS: u64 = REPLY_COST_NS * REPLIES_PER_SOURCE_BURST;
+/// Slots of the reply caps' table. Direct-mapped: two sources in one slot evict each other and
+/// both start afresh, so a collision (or a flood from many addresses) can only lift a cap,
+/// never refuse a source that has not used its own; the gate's budget bounds the total.
+const REPLY_SLOTS: usize = 1024;
+
+/// Per-endpoint caps on cookie replies under load, in a fixed table: no allocation and no
+/// garbage collection on a path a flood drives, and nothing an attacker can fill.
+pub struct ReplyCaps {
+    slots: Box<[Option<(SocketAddr, TokenBucket)>]>,
+    /// Per-table hash key, so an attacker cannot aim addresses at a real peer's slot.
+    seed: u64,
+}
+
+impl Default for ReplyCaps {
+    fn default() -> Self {
+        ReplyCaps { slots: vec![None; REPLY_SLOTS].into_boxed_slice(), seed: rand::random() }
+    }
+}
+
+impl ReplyCaps {
+    /// Whether `src` may have another cookie reply at `now` (and takes it if so).
+    pub fn allow(&mut self, src: SocketAddr, now: Instant) -> bool {
+        let k = SocketAddr::new(src.ip().to_canonical(), src.port());
+        let mut h = DefaultHasher::new();
+        (self.seed, k).hash(&mut h);
+        let slot = &mut self.slots[h.finish() as usize % REPLY_SLOTS];
+        match slot {
+            Some((held, bucket)) if *held == k => bucket.take(now, REPLY_COST_NS, REPLY_MAX_NS),
+            _ => {
+                let mut bucket = TokenBucket::default();
+                let allowed = bucket.take(now, REPLY_COST_NS, REPLY_MAX_NS);
+                *slot = Some((k, bucket));
+                allowed
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_caps_hold_one_endpoint_and_spare_the_others() {
+        let mut caps = ReplyCaps::default();
+        let t0 = Instant::now();
+        let flooder: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let allowed = (0..2 * REPLIES_PER_SOURCE_BURST).filter(|_| caps.allow(flooder, t0)).count();
+        assert_eq!(allowed as u64, REPLIES_PER_SOURCE_BURST);
+        // Its own endpoint only: a peer at another address, v4 or v6, or behind the same
+        // address on another port, is answered at once.
+        assert!(caps.allow("192.0.2.2:4000".parse().unwrap(), t0));
+        assert!(caps.allow("[2001:db8::7]:4000".parse().unwrap(), t0));
+        assert!(caps.allow("192.0.2.1:51820".parse().unwrap(), t0));
+        // The flooder's v4-mapped form is the same endpoint.
+        assert!(!caps.allow("[::ffff:192.0.2.1]:4000".parse().unwrap(), t0));
+        // Then its steady rate: 5,000 a second.
+        let mut n = 0;
+        for us in (0..1_000_000u64).step_by(50) {
+            if caps.allow(flooder, t0 + Duration::from_micros(us + 1)) {
+                n += 1;
+            }
+        }
+        assert!((4_990..=5_010).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn reply_caps_fail_open_when_sources_collide() {
+        // Far more sources than slots: every source is answered at least once, however the
+        // slots are shared (an eviction starts a source afresh, it never refuses one).
+        let mut caps = ReplyCaps::default();
+        let t0 = Instant::now();
+        for n in 0..(8 * REPLY_SLOTS as u32) {
+            let src = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + n), 4000));
+            assert!(caps.allow(src, t0), "source {n}");
+        }
+    }
 
     #[test]
     fn burst_then_steady_rate() {
