@@ -8,7 +8,10 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wgturbo::keys::{PresharedKey, PrivateKey};
 use wgturbo::noise::messages::{padded_len, INITIATION_LEN};
-use wgturbo::noise::{consume_initiation, CookieChecker, CookieGenerator, Handshake, Initiation, Response, SessionKeys, StaticIdentity, Tai64N};
+use wgturbo::noise::{
+    consume_initiation, CookieChecker, CookieGenerator, Handshake, Initiation, Response, SessionKeys, StaticIdentity,
+    Tai64N,
+};
 use wgturbo::session::Keypair;
 
 fn keys(initiator: bool) -> SessionKeys {

@@ -86,7 +86,7 @@ for impl in $IMPLS; do
   printf '%-12s %9s %9s %6s %9s %6s %22s %22s %9s %9s\n' "$impl" "$alone" "$at_rate" "$(ratio "$alone" "$at_rate")" \
     "$full" "$(ratio "$alone" "$full")" "$flood_rate" "$flood_full" "$cpu" "$rss0->$rss1"
   if [ "$impl" = wgturbo ]; then
-    echo "  wgturbo: initiations received $(metric 'wgturbo_handshake_messages_received_total{device="'"$IA"'",type="initiation"}'), cookie replies sent $(metric wgturbo_cookie_replies_sent_total), rate limited $(metric wgturbo_handshakes_rate_limited_total), queue full drops $(metric 'wgturbo_packets_dropped_total{device="'"$IA"'",reason="handshake_queue_full"}'), handshakes completed $(metric wgturbo_handshakes_completed_total)"
+    echo "  wgturbo: initiations received $(metric 'wgturbo_handshake_messages_received_total{device="'"$IA"'",type="initiation"}'), cookie replies sent $(metric wgturbo_cookie_replies_sent_total), rate limited $(metric wgturbo_handshakes_rate_limited_total), queue full drops $(metric 'wgturbo_packets_dropped_total{device="'"$IA"'",reason="handshake_queue_full"}'), dropped by the kernel $(metric 'wgturbo_packets_dropped_total{device="'"$IA"'",reason="handshake_dropped_by_kernel"}'), handshakes completed $(metric wgturbo_handshakes_completed_total)"
   fi
   cleanup
   PIDS=(); NAMESPACES=(); WORK=$(mktemp -d "/tmp/wgturbo-flood.XXXX")

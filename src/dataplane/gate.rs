@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::shared::{bump, HandshakeCounters, HandshakePacket, Shared, WorkerCounters};
+use super::thinning::SideFilter;
 use crate::constants::MAC_LEN;
 use crate::io::syscalls::{BatchReceiver, BatchSender};
 use crate::io::{Buf, SendBatch, Socket, UDP_RECV_BATCH};
@@ -79,6 +80,7 @@ pub fn serve_side(shared: &Shared) {
     let mut bufs: Vec<Buf> = Vec::new();
     // Set while the budget is spent: the next receive then skims (see below).
     let mut refusing = false;
+    let mut filter = SideFilter::default();
     while !shared.stopping() {
         let Some(socket) = shared.side_socket.load_full() else {
             std::thread::sleep(NO_SIDE_SOCKET_WAIT);
@@ -131,6 +133,7 @@ pub fn serve_side(shared: &Shared) {
                 }
                 take_handshake(shared, &mut gate, datagram, src, now);
                 if gate.take_source_capped() {
+                    filter.note_capped(src, now);
                     // The rest of a GRO train comes from the same source: capped as well.
                     gate.count_limited((datagrams - i - 1) as u64);
                     break;
@@ -140,6 +143,7 @@ pub fn serve_side(shared: &Shared) {
         receiver.recycle(&mut bufs);
         refusing = gate.refusing(now);
         gate.flush_counts(shared);
+        filter.after_round(shared, &socket, os, now);
         // No pause after a refused round: a real peer's message waits in the same queue as
         // the flood, and a queue left full would drop it; refusing costs a comparison.
         send_replies(&socket, &mut sender, &mut gate);

@@ -11,5 +11,6 @@ pub mod pool;
 pub mod rx;
 pub mod seal;
 pub mod shared;
+pub mod thinning;
 pub mod tx;
 pub mod worker;

@@ -174,6 +174,9 @@ pub struct DropCounters {
     pub no_peer_for_destination: AtomicU64,
     pub no_endpoint: AtomicU64,
     pub handshake_queue_full: AtomicU64,
+    /// Receives of the side socket the kernel dropped (its filter thinning endpoints over
+    /// their cookie cap, or its buffer full); a GRO train counts once.
+    pub handshake_dropped_by_kernel: AtomicU64,
     /// Worker loops restarted after a panic (see `worker::supervise`).
     pub worker_restarts: AtomicU64,
 }
@@ -185,7 +188,7 @@ pub fn bump(counter: &AtomicU64) {
 
 impl DropCounters {
     /// Every drop reason with its count (worker restarts are not drops and are not here).
-    pub fn by_reason(&self) -> [(&'static str, u64); 8] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("malformed", l(&self.malformed)),
@@ -196,6 +199,7 @@ impl DropCounters {
             ("no_peer_for_destination", l(&self.no_peer_for_destination)),
             ("no_endpoint", l(&self.no_endpoint)),
             ("handshake_queue_full", l(&self.handshake_queue_full)),
+            ("handshake_dropped_by_kernel", l(&self.handshake_dropped_by_kernel)),
         ]
     }
 

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod doorbell;
 pub mod http;
 pub mod syscalls;
+pub mod thin;
 pub mod tun;
 pub mod twin;
 pub mod udp;
@@ -360,5 +361,83 @@ mod tests {
         receiver.recv(&receiver_socket, &mut bufs, false).unwrap();
         assert_eq!((bufs[0].len, bufs[0].cut, bufs[0].stride), (3 * 148, 0, 148));
         assert_eq!(bufs[0].filled_mut()[2 * 148], 42);
+    }
+
+    /// The kernel runs the thinning filter on loopback: a listed endpoint's datagrams are
+    /// dropped (keep none) unless they carry a nonzero word where the spare says, other
+    /// endpoints (v4, v6, the same address on another port) pass, and an empty list lifts it.
+    #[test]
+    fn a_thinned_endpoint_is_dropped_in_the_kernel_but_its_proofs_pass() {
+        use std::net::UdpSocket;
+        let receiver_socket = udp::OsSocket::bind(0, 0, false).expect("bind");
+        let port = receiver_socket.local_port().unwrap();
+        let flooder = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let neighbour = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let v6 = UdpSocket::bind("[::1]:0").ok();
+        let spares = [thin::Spare { first_byte: 1, words: (132, 148) }];
+        let plain = {
+            let mut m = [0u8; 148];
+            m[0] = 1;
+            m
+        };
+        let proven = {
+            let mut m = plain;
+            m[147] = 9;
+            m
+        };
+        let mut receiver = syscalls::BatchReceiver::default();
+        let mut drain = |expect: &str| -> Vec<(SocketAddr, u8)> {
+            std::thread::sleep(Duration::from_millis(30));
+            let mut bufs = Vec::new();
+            receiver.recv(&receiver_socket, &mut bufs, false).unwrap();
+            let got = bufs.iter_mut().map(|b| (b.src.unwrap(), b.filled_mut()[147])).collect();
+            receiver.recycle(&mut bufs);
+            eprintln!("{expect}: {got:?}");
+            got
+        };
+        let to4 = SocketAddr::from(([127, 0, 0, 1], port));
+        let flooder_at = flooder.local_addr().unwrap();
+        // Listed both as itself and v4-mapped (the form a dual-stack socket reports).
+        let mapped =
+            SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped()), flooder_at.port());
+        let mut listed = vec![mapped];
+        if let Some(v6) = &v6 {
+            listed.push(v6.local_addr().unwrap());
+        }
+        let drops_before = receiver_socket.kernel_drops().expect("SO_MEMINFO");
+        receiver_socket.thin_endpoints(&listed, 0, &spares).expect("attach the filter");
+        for _ in 0..5 {
+            flooder.send_to(&plain, to4).unwrap();
+        }
+        flooder.send_to(&proven, to4).unwrap();
+        neighbour.send_to(&plain, to4).unwrap();
+        let got = drain("filtered");
+        assert_eq!(got.len(), 2, "the flooder's proof and the neighbour: {got:?}");
+        assert!(got.contains(&(flooder_at, 9)));
+        assert!(got.contains(&(neighbour.local_addr().unwrap(), 0)));
+        assert_eq!(receiver_socket.kernel_drops().unwrap().wrapping_sub(drops_before), 5, "the kernel counts them");
+        if let Some(v6) = &v6 {
+            let to6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+            v6.send_to(&plain, to6).unwrap();
+            v6.send_to(&proven, to6).unwrap();
+            let other6 = UdpSocket::bind("[::1]:0").unwrap();
+            other6.send_to(&plain, to6).unwrap();
+            let got = drain("v6");
+            assert_eq!(got.len(), 2, "{got:?}");
+            assert!(got.contains(&(v6.local_addr().unwrap(), 9)));
+        }
+        receiver_socket.thin_endpoints(&[], 0, &spares).expect("detach");
+        flooder.send_to(&plain, to4).unwrap();
+        assert_eq!(drain("lifted").len(), 1);
+        // Keep one in two: over 400 datagrams, about half pass.
+        receiver_socket.thin_endpoints(&listed, 2, &spares).expect("attach the filter");
+        let mut passed = 0;
+        for _ in 0..8 {
+            for _ in 0..50 {
+                flooder.send_to(&plain, to4).unwrap();
+            }
+            passed += drain("sampled").len();
+        }
+        assert!((120..=280).contains(&passed), "{passed} of 400");
     }
 }

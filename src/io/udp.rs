@@ -3,12 +3,14 @@
 //! `syscalls.rs` and `uring.rs`.
 
 use std::io;
-use std::mem::size_of;
+use std::mem::{size_of, size_of_val};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::thin::{thin_program, Spare};
 
 /// Socket buffers sized for multi-gigabit bursts (the default 208 KiB drops under load).
 const SOCKET_BUFFER_BYTES: usize = 8 << 20;
@@ -144,6 +146,59 @@ impl OsSocket {
                 self.fd(),
                 libc::SOL_SOCKET,
                 libc::SO_ATTACH_REUSEPORT_CBPF,
+                (&fprog as *const libc::sock_fprog).cast(),
+                size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl OsSocket {
+    /// Receives the kernel dropped on this socket so far (its buffer full, or its filter):
+    /// SO_MEMINFO's drop count, which wraps at 2^32.
+    pub fn kernel_drops(&self) -> io::Result<u32> {
+        // SK_MEMINFO_VARS: 9 on Linux 6.x (the kernel copies at most what it has, and says how much).
+        let mut info = [0u32; 16];
+        let mut len = size_of_val(&info) as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into a live local array of that size.
+        let rc = unsafe {
+            libc::getsockopt(self.fd(), libc::SOL_SOCKET, libc::SO_MEMINFO, info.as_mut_ptr().cast(), &mut len)
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let drops = libc::SK_MEMINFO_DROPS as usize;
+        if (len as usize) < (drops + 1) * size_of::<u32>() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "SO_MEMINFO without a drop count"));
+        }
+        Ok(info[drops])
+    }
+
+    /// Keeps one receive in `keep_one_in` from each of `endpoints` and drops the rest in the
+    /// kernel (`thin::thin_program`); an empty list removes the filter. Replaces the previous
+    /// filter atomically.
+    pub fn thin_endpoints(&self, endpoints: &[SocketAddr], keep_one_in: u32, spares: &[Spare]) -> io::Result<()> {
+        if endpoints.is_empty() {
+            // The kernel ignores the value but wants an int's length. ENOENT: there was none.
+            return match set_int_opt(&self.socket, libc::SOL_SOCKET, libc::SO_DETACH_FILTER, 0) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let program = thin_program(endpoints, keep_one_in, spares)?;
+        let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr().cast_mut() };
+        // SAFETY: setsockopt reads a sock_fprog whose filter points at `program`, which lives
+        // until the call returns (the kernel copies the program).
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
                 (&fprog as *const libc::sock_fprog).cast(),
                 size_of::<libc::sock_fprog>() as libc::socklen_t,
             )

@@ -93,7 +93,13 @@ pub fn xaead_seal(key: &[u8; 32], nonce: &[u8; 24], plaintext: &[u8], aad: &[u8]
 }
 
 /// Opens an XAEAD ciphertext || tag into `out` (ciphertext.len() - 16 bytes). Err on a bad tag.
-pub fn xaead_open(key: &[u8; 32], nonce: &[u8; 24], ciphertext: &[u8], aad: &[u8], out: &mut [u8]) -> Result<(), AeadError> {
+pub fn xaead_open(
+    key: &[u8; 32],
+    nonce: &[u8; 24],
+    ciphertext: &[u8],
+    aad: &[u8],
+    out: &mut [u8],
+) -> Result<(), AeadError> {
     let (mut subkey, inner) = xchacha_split(key, nonce);
     let opened = open_with(&subkey, inner, ciphertext, aad, out);
     subkey.zeroize();
@@ -160,7 +166,8 @@ mod tests {
     #[test]
     fn xaead_known_answer() {
         // draft-arciszewski-xchacha-03, A.3.1 (also in the chacha20poly1305 crate's tests).
-        let key: [u8; 32] = unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f").try_into().unwrap();
+        let key: [u8; 32] =
+            unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f").try_into().unwrap();
         let nonce: [u8; 24] = unhex("404142434445464748494a4b4c4d4e4f5051525354555657").try_into().unwrap();
         let aad = unhex("50515253c0c1c2c3c4c5c6c7");
         let plaintext = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
