@@ -407,8 +407,8 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::shared::HandshakePacket;
-    use crate::keys::PrivateKey;
+    use crate::dataplane::shared::{HandshakePacket, TestChannels};
+    use crate::keys::{PrivateKey, PublicKey};
     use crate::noise::messages::CookieReply;
     use crate::noise::CookieGenerator;
 
@@ -420,16 +420,21 @@ mod tests {
         msg
     }
 
+    /// A device with a key, a fresh gate, and the device's public key.
+    fn keyed() -> (Shared, TestChannels, Gate, PublicKey) {
+        let us = PrivateKey::generate().public_key();
+        let (shared, channels) = Shared::for_tests();
+        shared.cookies.store(Some(std::sync::Arc::new(CookieChecker::new(&us))));
+        (shared, channels, Gate::new(true), us)
+    }
+
     /// While the control thread keeps up, everything with a good mac1 passes; once its queue
     /// backs up the device is under load, and messages without mac2 get cookie replies from
     /// the worker (one each, for the right sender index) even after the queue drained; a
     /// sender that took its cookie gets through; a second after the last sign the load lifts.
     #[test]
     fn a_backed_up_queue_makes_the_worker_answer_with_cookies() {
-        let us = PrivateKey::generate().public_key();
-        let (shared, channels) = Shared::for_tests();
-        shared.cookies.store(Some(std::sync::Arc::new(CookieChecker::new(&us))));
-        let mut gate = Gate::new(true);
+        let (shared, channels, mut gate, us) = keyed();
         let mut generator = CookieGenerator::new(&us);
         let src: SocketAddr = "192.0.2.7:4000".parse().unwrap();
         let now = Instant::now();
@@ -504,10 +509,7 @@ mod tests {
     /// rest is dropped and counted before any MAC is computed (a bad mac1 is not even seen).
     #[test]
     fn under_load_the_work_is_budgeted() {
-        let us = PrivateKey::generate().public_key();
-        let (shared, _channels) = Shared::for_tests();
-        shared.cookies.store(Some(std::sync::Arc::new(CookieChecker::new(&us))));
-        let mut gate = Gate::new(true);
+        let (shared, _channels, mut gate, us) = keyed();
         let mut generator = CookieGenerator::new(&us);
         let src: SocketAddr = "192.0.2.7:4000".parse().unwrap();
         // A flood from 64 addresses, each under its own cap: the budget is what binds.
@@ -560,10 +562,7 @@ mod tests {
     /// cost a comparison and leave the budget to the others, a real peer's first among them.
     #[test]
     fn under_load_one_source_is_capped_and_the_others_answered() {
-        let us = PrivateKey::generate().public_key();
-        let (shared, _channels) = Shared::for_tests();
-        shared.cookies.store(Some(std::sync::Arc::new(CookieChecker::new(&us))));
-        let mut gate = Gate::new(true);
+        let (shared, _channels, mut gate, us) = keyed();
         let mut generator = CookieGenerator::new(&us);
         let flooder: SocketAddr = "192.0.2.66:4000".parse().unwrap();
         let now = Instant::now();

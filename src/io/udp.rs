@@ -138,23 +138,7 @@ impl OsSocket {
             op(libc::BPF_RET | libc::BPF_A, 0, 0, 0),
             op(libc::BPF_RET | libc::BPF_K, 0, 0, spread),
         ];
-        let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr().cast_mut() };
-        // SAFETY: setsockopt reads a sock_fprog whose filter points at `program`, which lives
-        // until the call returns (the kernel copies the program).
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_REUSEPORT_CBPF,
-                (&fprog as *const libc::sock_fprog).cast(),
-                size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        attach_cbpf(&self.socket, libc::SO_ATTACH_REUSEPORT_CBPF, &program)
     }
 }
 
@@ -190,24 +174,31 @@ impl OsSocket {
                 _ => Ok(()),
             };
         }
-        let program = thin_program(endpoints, keep_one_in, spares)?;
-        let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr().cast_mut() };
-        // SAFETY: setsockopt reads a sock_fprog whose filter points at `program`, which lives
-        // until the call returns (the kernel copies the program).
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&fprog as *const libc::sock_fprog).cast(),
-                size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        attach_cbpf(&self.socket, libc::SO_ATTACH_FILTER, &thin_program(endpoints, keep_one_in, spares)?)
+    }
+}
+
+/// Attaches a classic BPF program as socket option `option` (a socket filter, or a reuseport
+/// group's steering program).
+fn attach_cbpf(s: &Socket, option: libc::c_int, program: &[libc::sock_filter]) -> io::Result<()> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "program too long"))?;
+    let fprog = libc::sock_fprog { len, filter: program.as_ptr().cast_mut() };
+    // SAFETY: setsockopt reads a sock_fprog whose filter points at `program`, which lives
+    // until the call returns (the kernel copies the program).
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&fprog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
