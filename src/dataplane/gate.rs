@@ -428,6 +428,75 @@ mod tests {
         (shared, channels, Gate::new(true), us)
     }
 
+    /// The side socket's reader end to end on loopback, under a flood of GSO trains from one
+    /// endpoint: it answers up to the endpoint's cap, skims and skips the rest, has the kernel
+    /// thin the endpoint, answers a real peer at another port in the middle of it, and
+    /// accounts for every datagram sent: answered, capped, refused, or in a train the kernel
+    /// dropped.
+    #[test]
+    fn the_side_reader_caps_skims_and_thins_a_flood_and_answers_a_peer() {
+        use crate::io::syscalls::BatchSender;
+        use crate::io::udp::OsSocket;
+        const TRAIN: usize = 60;
+        const TRAINS: usize = 40;
+        let (shared, _channels, _, us) = keyed();
+        let side = OsSocket::bind(0, 0, true).expect("bind the side socket");
+        let to = SocketAddr::from(([127, 0, 0, 1], side.local_port().unwrap()));
+        let side = std::sync::Arc::new(Socket::Os(side));
+        shared.side_socket.store(Some(side.clone()));
+        let flooder = OsSocket::bind(0, 0, false).expect("bind the flooder");
+        if !flooder.supports_gso() {
+            eprintln!("no UDP GSO on this kernel; skipped");
+            return;
+        }
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut generator = CookieGenerator::new(&us);
+        let start = Instant::now();
+        shared.mark_under_load(shared.stamp(start));
+        let msg = initiation(&mut generator, 1, start);
+        std::thread::scope(|scope| {
+            scope.spawn(|| serve_side(&shared));
+            let mut batch = SendBatch::new(1, 64, true);
+            let mut sender = BatchSender::default();
+            for train in 0..TRAINS {
+                // Under load throughout, however slowly a loaded machine runs this.
+                shared.mark_under_load(shared.stamp(Instant::now()));
+                for _ in 0..TRAIN {
+                    let (_, space) = batch.reserve(msg.len());
+                    space[..msg.len()].copy_from_slice(&msg);
+                    batch.commit(msg.len(), to);
+                }
+                sender.send(&flooder, &mut batch).expect("send a train");
+                std::thread::sleep(Duration::from_millis(5));
+                if train == TRAINS / 2 {
+                    let lone = initiation(&mut generator, 77, Instant::now());
+                    peer.send_to(&lone, to).unwrap();
+                }
+            }
+            let mut reply = [0u8; 128];
+            let (n, _) = peer.recv_from(&mut reply).expect("the peer's cookie reply");
+            assert_eq!((n, reply[0]), (COOKIE_REPLY_LEN, 3));
+            assert_eq!(u32::from_le_bytes([reply[4], reply[5], reply[6], reply[7]]), 77, "to the peer's index");
+            std::thread::sleep(Duration::from_millis(100));
+            shared.fail();
+            if let Socket::Os(os) = &*side {
+                os.shutdown();
+            }
+        });
+        let elapsed = start.elapsed().as_secs_f64();
+        let answered = value(&shared.handshakes.cookie_replies_sent);
+        let capped = value(&shared.handshakes.rate_limited);
+        let refused = value(&shared.drops.handshake_queue_full);
+        let thinned = value(&shared.drops.handshake_dropped_by_kernel);
+        eprintln!("{elapsed:.2} s: answered {answered}, capped {capped}, refused {refused}, trains dropped {thinned}");
+        // The burst, the cap's rate over the run, and the peer.
+        assert!(answered >= 501 && answered as f64 <= 501.0 + 5_000.0 * elapsed + 60.0, "{answered}");
+        assert!(capped > 0);
+        assert!(thinned > 0, "the kernel thinned the flooder");
+        assert_eq!(answered + capped + refused + TRAIN as u64 * thinned, (TRAIN * TRAINS) as u64 + 1);
+    }
+
     /// While the control thread keeps up, everything with a good mac1 passes; once its queue
     /// backs up the device is under load, and messages without mac2 get cookie replies from
     /// the worker (one each, for the right sender index) even after the queue drained; a
