@@ -5,6 +5,7 @@
 //! `dataplane` join the two. Unsafe code is denied everywhere but in `io`.
 #![deny(unsafe_code)]
 
+pub mod addr;
 pub mod config;
 pub mod constants;
 pub mod dataplane;

@@ -855,7 +855,7 @@ impl Control {
                 peer.handshake.set_preshared_key(psk);
             }
             if let Some(ep) = pc.endpoint {
-                peer.shared.endpoint.store(Some(Arc::new(SocketAddr::new(ep.ip().to_canonical(), ep.port()))));
+                peer.shared.endpoint.store(Some(Arc::new(crate::addr::canonical(ep))));
             }
             if pc.replace_allowed_ips {
                 let mut nets = std::mem::take(&mut peer.allowed_ips);

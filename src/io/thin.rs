@@ -114,7 +114,10 @@ pub fn thin_program(
     asm.op(libc::BPF_MISC | libc::BPF_TAX, 0);
     asm.op(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, (libc::SKF_AD_OFF + libc::SKF_AD_PROTOCOL) as u32);
     asm.jeq(ETH_P_IPV6, Jump::To(v6), Jump::Next);
-    let canonical = |e: &SocketAddr| (e.ip().to_canonical(), e.port());
+    let canonical = |e: &SocketAddr| {
+        let e = crate::addr::canonical(*e);
+        (e.ip(), e.port())
+    };
     // IPv4: the source address at 12 of the network header.
     for (ip, port) in endpoints.iter().map(canonical) {
         let IpAddr::V4(ip) = ip else { continue };

@@ -219,7 +219,7 @@ pub fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     // SAFETY: sockaddr_storage is large and aligned enough for any socket address, and
     // SockAddr::new takes its length from the family (checked by as_socket below).
     let addr = unsafe { SockAddr::new(*storage, size_of::<libc::sockaddr_storage>() as libc::socklen_t) };
-    addr.as_socket().map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+    addr.as_socket().map(crate::addr::canonical)
 }
 
 /// The UDP_GRO segment size in a received message's control data, if any.

@@ -120,7 +120,7 @@ impl Default for ReplyCaps {
 impl ReplyCaps {
     /// Whether `src` may have another cookie reply at `now` (and takes it if so).
     pub fn allow(&mut self, src: SocketAddr, now: Instant) -> bool {
-        let k = SocketAddr::new(src.ip().to_canonical(), src.port());
+        let k = crate::addr::canonical(src);
         let mut h = DefaultHasher::new();
         (self.seed, k).hash(&mut h);
         let slot = &mut self.slots[h.finish() as usize % REPLY_SLOTS];
