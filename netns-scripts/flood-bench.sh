@@ -8,7 +8,8 @@
 # FLOODER=python uses flood.py from B's second address instead (a core of its own at 20k/s),
 # which also counts the cookie replies it gets back. Prints throughput without and with each
 # flood (and the ratio), what the flooder sent, the server's CPU seconds and RSS before and
-# after, and for wgturbo its own counters. ROUNDS=N (default 1) repeats the three phases N
+# after, and for wgturbo its own counters; each round's line on stderr says how long `wg show`
+# took in the middle of the flat-out flood. ROUNDS=N (default 1) repeats the three phases N
 # times on the same tunnel and prints medians (each round's figures go to stderr): on a
 # shared 2-core machine one phase's figure moves by 10 % from run to run. PROFILE=1 records
 # the whole machine (`perf record -a -g`) during the first flat-out phase and prints the share
@@ -62,8 +63,12 @@ for impl in $IMPLS; do
       (sleep 1; perf record -q -a -g -F 499 -o "$data" -- sleep $((SECS - 2)) >/dev/null 2>&1) &
       p=$!
     fi
+    # How long `wg show` takes in the middle of the flood (a UAPI get from the control thread).
+    (sleep $((SECS / 2)); t0=$(date +%s%N); ip netns exec "$A" timeout 10 wg show "$IA" >/dev/null
+     echo $(( ($(date +%s%N) - t0) / 1000000 )) >"$WORK/show_ms") &
+    local s=$!
     iperf "$A" "$B" 10.200.0.1 "$SECS"
-    wait "$f"
+    wait "$f" "$s"
     if [ -n "$p" ]; then
       wait "$p"
       { echo "== $impl, flat-out flood: CPU share by thread (all cores)"
@@ -78,7 +83,7 @@ for impl in $IMPLS; do
     alones+=("$(iperf "$A" "$B" 10.200.0.1 "$SECS")")
     rates+=("$(flood "$RATE" | tail -1)"); flood_rate=$(cut -d' ' -f1,2 "$WORK/flood")
     fulls+=("$(flood 0 | tail -1)"); flood_full=$(cut -d' ' -f1,2 "$WORK/flood")
-    echo "$impl round $round: alone ${alones[-1]} at_rate ${rates[-1]} full ${fulls[-1]} ($flood_rate / $flood_full)" >&2
+    echo "$impl round $round: alone ${alones[-1]} at_rate ${rates[-1]} full ${fulls[-1]} ($flood_rate / $flood_full; wg show during the full flood: $(cat "$WORK/show_ms") ms)" >&2
   done
   alone=$(median "${alones[@]}"); at_rate=$(median "${rates[@]}"); full=$(median "${fulls[@]}")
   c1=$(ticks "$pid"); rss1=$(rss_mib "$pid")
