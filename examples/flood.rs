@@ -4,6 +4,8 @@
 //! GSO), so the flooder itself costs little CPU and the benchmark measures the server.
 //!
 //! Usage: flood HOST:PORT RESPONDER_PUBLIC_KEY_BASE64 SECONDS [RATE]   (RATE 0: flat out)
+//! FLOOD_PORTS=N sends from N source ports in turn (default 1): a flood from many endpoints,
+//! which per-endpoint caps cannot hold and the responder's budget must.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -34,13 +36,17 @@ fn main() -> ExitCode {
         eprintln!("usage: flood HOST:PORT RESPONDER_PUBLIC_KEY_BASE64 SECONDS [RATE]");
         return ExitCode::FAILURE;
     };
-    let socket = match OsSocket::bind(0, 0, false) {
-        Ok(s) => Socket::Os(s),
-        Err(e) => {
-            eprintln!("flood: cannot bind: {e}");
-            return ExitCode::FAILURE;
+    let ports = std::env::var("FLOOD_PORTS").ok().and_then(|p| p.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let mut sockets = Vec::with_capacity(ports);
+    for _ in 0..ports {
+        match OsSocket::bind(0, 0, false) {
+            Ok(s) => sockets.push(Socket::Os(s)),
+            Err(e) => {
+                eprintln!("flood: cannot bind: {e}");
+                return ExitCode::FAILURE;
+            }
         }
-    };
+    }
     // Distinct initiations with a valid mac1, made once and sent round robin: a responder must
     // check each one's mac1 and answer it all the same (nothing before the DH can tell a
     // repeat), while the flooder spends its CPU on sending, not on BLAKE2s, and so leaves the
@@ -80,7 +86,7 @@ fn main() -> ExitCode {
             msg.copy_from_slice(&pool[(sent as usize + i) % POOL]);
             batch.commit(INITIATION_LEN, target);
         }
-        if socket.send_batch(&mut sender, &mut batch).is_err() {
+        if sockets[(sent / BATCH as u64) as usize % ports].send_batch(&mut sender, &mut batch).is_err() {
             errors += 1;
         }
         sent += due as u64;

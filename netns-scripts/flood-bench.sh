@@ -5,7 +5,8 @@
 # peer and the iperf3 client; from a third namespace F on a veth of its own to A, the
 # `flood` example (Rust, batched sends: the flooder costs little CPU, so the figure is the
 # server's) sends mac1-valid initiations at RATE/s (default 20000) and then flat out.
-# FLOODER=python uses flood.py from B's second address instead (a core of its own at 20k/s),
+# FLOOD_PORTS=N makes the Rust flooder send from N source ports in turn (many endpoints, which
+# per-endpoint caps cannot hold). FLOODER=python uses flood.py from B's second address instead (a core of its own at 20k/s),
 # which also counts the cookie replies it gets back. Prints throughput without and with each
 # flood (and the ratio), what the flooder sent, the server's CPU seconds and RSS before and
 # after, and for wgturbo its own counters; each round's line on stderr says how long `wg show`
