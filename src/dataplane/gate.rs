@@ -26,7 +26,7 @@ use crate::noise::messages::{
     Initiation, Response, COOKIE_REPLY_LEN, INITIATION_LEN, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
     RESPONSE_LEN,
 };
-use crate::noise::ratelimiter::{ReplyCaps, TokenBucket};
+use crate::noise::ratelimiter::{Over, ReplyCaps, TokenBucket};
 use crate::noise::CookieChecker;
 
 /// Capacity of the control thread's handshake queue (the kernel's MAX_QUEUED_INCOMING_HANDSHAKES).
@@ -132,8 +132,8 @@ pub fn serve_side(shared: &Shared) {
                     continue;
                 }
                 take_handshake(shared, &mut gate, datagram, src, now);
-                if gate.take_source_capped() {
-                    filter.note_capped(src, now);
+                if let Some(over) = gate.take_source_capped() {
+                    filter.note_capped(src, over, now);
                     // The rest of a GRO train comes from the same source: capped as well.
                     gate.count_limited((datagrams - i - 1) as u64);
                     break;
@@ -271,9 +271,9 @@ pub struct Gate {
     refused_round: Option<Instant>,
     /// Per-endpoint caps on cookie replies (the rest of the budget stays for the others).
     caps: ReplyCaps,
-    /// The round in which a source was over its cap, and whether the last message was.
+    /// The round in which a source was over its cap, and which cap the last message was over.
     capped_round: Option<Instant>,
-    source_capped: bool,
+    source_capped: Option<Over>,
     /// Cookie replies sent in the current spell of load since it was last renewed.
     answered: usize,
     /// Refused over budget / over a source's cap since the last `flush_counts` (one shared
@@ -292,7 +292,7 @@ impl Gate {
             refused_round: None,
             caps: ReplyCaps::default(),
             capped_round: None,
-            source_capped: false,
+            source_capped: None,
             answered: 0,
             refused: 0,
             limited: 0,
@@ -318,9 +318,9 @@ impl Gate {
         self.refused_round == Some(now) || self.capped_round == Some(now)
     }
 
-    /// Whether the last message admitted was refused for its source's cap (and clears it).
-    pub fn take_source_capped(&mut self) -> bool {
-        std::mem::take(&mut self.source_capped)
+    /// Which cap the last message admitted was refused for, if any (and clears it).
+    pub fn take_source_capped(&mut self) -> Option<Over> {
+        self.source_capped.take()
     }
 
     /// Counts `n` messages of a capped source refused without being looked at.
@@ -369,11 +369,13 @@ impl Gate {
         // Under load a valid mac2 proves the source (the control thread's per-source limiter
         // then applies); everything else costs a cookie reply, which the budget bounds.
         let proven = !no_mac2 && checker.verify_mac2(msg, mac2_at, &src, now);
-        if !proven && !self.caps.allow(src, now) {
-            self.capped_round = Some(now);
-            self.source_capped = true;
-            self.limited += 1;
-            return None;
+        if !proven {
+            if let Err(over) = self.caps.allow(src, now) {
+                self.capped_round = Some(now);
+                self.source_capped = Some(over);
+                self.limited += 1;
+                return None;
+            }
         }
         if !proven && !self.budget.take(now, UNDER_LOAD_COST_NS, UNDER_LOAD_MAX_NS) {
             self.refused_round = Some(now);
@@ -643,7 +645,7 @@ mod tests {
                 gate.replies.clear();
             }
             assert_eq!(gate.admit(&shared, &msg, flooder, now), None);
-            capped += u64::from(gate.take_source_capped());
+            capped += u64::from(gate.take_source_capped() == Some(Over::Endpoint));
         }
         gate.flush_counts(&shared);
         let answered = value(&shared.handshakes.cookie_replies_sent);
@@ -655,13 +657,13 @@ mod tests {
         // Its v4-mapped form is the same endpoint.
         let same: SocketAddr = "[::ffff:192.0.2.66]:4000".parse().unwrap();
         assert_eq!(gate.admit(&shared, &msg, same, now), None);
-        assert!(gate.take_source_capped());
+        assert_eq!(gate.take_source_capped(), Some(Over::Endpoint));
         // A real peer elsewhere, or behind the flooder's address on a port of its own, in the
         // same round, gets its cookie reply.
         for peer in ["198.51.100.2:51820", "192.0.2.66:51820"] {
             gate.replies.clear();
             assert_eq!(gate.admit(&shared, &msg, peer.parse().unwrap(), now), None);
-            assert!(!gate.take_source_capped(), "{peer}");
+            assert_eq!(gate.take_source_capped(), None, "{peer}");
         }
         gate.flush_counts(&shared);
         assert_eq!(value(&shared.handshakes.cookie_replies_sent), answered + 2);

@@ -1,5 +1,6 @@
-//! Which endpoints the side socket's kernel filter thins (`io::thin`): those that went over
-//! their cookie-reply cap lately. A flood from a few endpoints then costs its sender's softirq
+//! Which sources the side socket's kernel filter thins (`io::thin`): endpoints that went over
+//! their cookie-reply cap lately, and addresses over theirs (every port of an IPv4 address or
+//! an IPv6 /64). A flood from a few sources then costs its sender's softirq
 //! instead of this process a queue, a dequeue and a comparison per receive, and the side
 //! socket's queue stays free for real peers. One receive in `KEEP_ONE_IN` still gets through,
 //! so the cap keeps seeing the flood (which keeps it listed) and answering it at the cap's rate
@@ -15,16 +16,17 @@ use super::shared::{Shared, WorkerCounters};
 use crate::io::udp::OsSocket;
 use crate::io::Socket;
 
-use crate::io::thin::{Spare, MAX_THINNED};
+use crate::io::thin::{Source, Spare, MAX_THINNED};
 use crate::noise::messages::{
     Initiation, Response, INITIATION_LEN, MESSAGE_INITIATION, MESSAGE_RESPONSE, RESPONSE_LEN,
 };
+use crate::noise::ratelimiter::Over;
 
-/// A listed endpoint is let go this long after it was last over its cap.
+/// A listed source is let go this long after it was last over its cap.
 const HOLD: Duration = Duration::from_secs(1);
 /// The filter is rebuilt at most this often (a change is one setsockopt).
 const REBUILD_EVERY: Duration = Duration::from_millis(50);
-/// One receive in this many from a listed endpoint reaches the socket.
+/// One receive in this many from a listed source reaches the socket.
 pub const KEEP_ONE_IN: u32 = 16;
 /// Initiations and responses with a nonzero mac2 pass whatever their source: a real peer at
 /// an endpoint a spoofer floods still proves itself.
@@ -35,16 +37,21 @@ pub const SPARES: [Spare; 2] = [
 
 #[derive(Default)]
 pub struct Thinning {
-    /// Endpoints over their cap, with when they last were.
-    capped: Vec<(SocketAddr, Instant)>,
+    /// Sources over their cap, with when they last were.
+    capped: Vec<(Source, Instant)>,
     /// What the filter holds now, sorted.
-    applied: Vec<SocketAddr>,
+    applied: Vec<Source>,
     rebuilt: Option<Instant>,
 }
 
 impl Thinning {
-    /// `src` was over its cap at `now`. The list keeps the `MAX_THINNED` most recent.
-    pub fn note_capped(&mut self, src: SocketAddr, now: Instant) {
+    /// `src` was over its endpoint's or its address's cap at `now`. The list keeps the
+    /// `MAX_THINNED` most recent.
+    pub fn note_capped(&mut self, src: SocketAddr, over: Over, now: Instant) {
+        let src = match over {
+            Over::Endpoint => Source::endpoint(src),
+            Over::Address => Source::address(src.ip()),
+        };
         if let Some(entry) = self.capped.iter_mut().find(|(e, _)| *e == src) {
             entry.1 = now;
             return;
@@ -57,14 +64,14 @@ impl Thinning {
         self.capped.push((src, now));
     }
 
-    /// The endpoints the filter should list, when that differs from what it lists and a
+    /// The sources the filter should list, when that differs from what it lists and a
     /// rebuild is allowed (the caller then applies it; an empty list lifts the filter).
-    pub fn due(&mut self, now: Instant) -> Option<Vec<SocketAddr>> {
+    pub fn due(&mut self, now: Instant) -> Option<Vec<Source>> {
         if self.rebuilt.is_some_and(|t| now.saturating_duration_since(t) < REBUILD_EVERY) {
             return None;
         }
         self.capped.retain(|(_, at)| now.saturating_duration_since(*at) < HOLD);
-        let mut wanted: Vec<SocketAddr> = self.capped.iter().map(|(e, _)| *e).collect();
+        let mut wanted: Vec<Source> = self.capped.iter().map(|(e, _)| *e).collect();
         wanted.sort_unstable();
         if wanted == self.applied {
             return None;
@@ -85,8 +92,8 @@ pub struct SideFilter {
 }
 
 impl SideFilter {
-    pub fn note_capped(&mut self, src: SocketAddr, now: Instant) {
-        self.thinning.note_capped(src, now);
+    pub fn note_capped(&mut self, src: SocketAddr, over: Over, now: Instant) {
+        self.thinning.note_capped(src, over, now);
     }
 
     /// After each round: follows a new socket, rebuilds the filter when due, and adds the
@@ -98,9 +105,9 @@ impl SideFilter {
             self.drops_seen = os.kernel_drops().unwrap_or(0);
         }
         if let Some(list) = self.thinning.due(now) {
-            match os.thin_endpoints(&list, KEEP_ONE_IN, &SPARES) {
-                Ok(()) => debug!("side socket: {} endpoint(s) over their cookie cap thinned in the kernel", list.len()),
-                Err(e) => debug!("side socket: cannot thin endpoints in the kernel: {e}"),
+            match os.thin_sources(&list, KEEP_ONE_IN, &SPARES) {
+                Ok(()) => debug!("side socket: {} source(s) over their cookie cap thinned in the kernel", list.len()),
+                Err(e) => debug!("side socket: cannot thin sources in the kernel: {e}"),
             }
         }
         if let Ok(drops) = os.kernel_drops() {
@@ -121,25 +128,29 @@ mod tests {
         SocketAddr::from(([192, 0, 2, 1], 4000 + n))
     }
 
+    fn listed(ns: &[u16]) -> Option<Vec<Source>> {
+        Some(ns.iter().map(|&n| Source::endpoint(at(n))).collect())
+    }
+
     #[test]
     fn listed_at_once_held_while_capped_and_let_go_after() {
         let mut t = Thinning::default();
         let t0 = Instant::now();
         assert_eq!(t.due(t0), None, "nothing to list");
-        t.note_capped(at(1), t0);
-        assert_eq!(t.due(t0), Some(vec![at(1)]), "the first is listed at once");
+        t.note_capped(at(1), Over::Endpoint, t0);
+        assert_eq!(t.due(t0), listed(&[1]), "the first is listed at once");
         // Capped again and again: no rebuild while the list is the same.
         for ms in 1..900 {
-            t.note_capped(at(1), t0 + Duration::from_millis(ms));
+            t.note_capped(at(1), Over::Endpoint, t0 + Duration::from_millis(ms));
             assert_eq!(t.due(t0 + Duration::from_millis(ms)), None);
         }
         // A second endpoint waits for the rebuild interval only.
         let t1 = t0 + Duration::from_millis(900);
-        t.note_capped(at(2), t1);
-        assert_eq!(t.due(t1), Some(vec![at(1), at(2)]));
+        t.note_capped(at(2), Over::Endpoint, t1);
+        assert_eq!(t.due(t1), listed(&[1, 2]));
         // The first stops; a second after its last cap it is let go.
-        t.note_capped(at(2), t1 + Duration::from_millis(900));
-        assert_eq!(t.due(t0 + Duration::from_millis(1_899)), Some(vec![at(2)]));
+        t.note_capped(at(2), Over::Endpoint, t1 + Duration::from_millis(900));
+        assert_eq!(t.due(t0 + Duration::from_millis(1_899)), listed(&[2]));
         assert_eq!(t.due(t1 + Duration::from_millis(1_950)), Some(vec![]), "all let go: the filter is lifted");
     }
 
@@ -148,11 +159,21 @@ mod tests {
         let mut t = Thinning::default();
         let t0 = Instant::now();
         for n in 0..(MAX_THINNED as u16 + 3) {
-            t.note_capped(at(n), t0 + Duration::from_millis(u64::from(n)));
+            t.note_capped(at(n), Over::Endpoint, t0 + Duration::from_millis(u64::from(n)));
         }
         let listed = t.due(t0 + Duration::from_millis(20)).unwrap();
         assert_eq!(listed.len(), MAX_THINNED);
-        assert!(!listed.contains(&at(0)) && !listed.contains(&at(2)) && listed.contains(&at(3)));
+        let has = |n| listed.contains(&Source::endpoint(at(n)));
+        assert!(!has(0) && !has(2) && has(3));
+    }
+
+    #[test]
+    fn an_address_over_its_cap_is_listed_for_all_its_ports() {
+        let mut t = Thinning::default();
+        let t0 = Instant::now();
+        t.note_capped(at(1), Over::Address, t0);
+        t.note_capped(at(2), Over::Address, t0);
+        assert_eq!(t.due(t0), Some(vec![Source::address(at(1).ip())]), "one entry for the address");
     }
 
     #[test]

@@ -400,12 +400,12 @@ mod tests {
         // Listed both as itself and v4-mapped (the form a dual-stack socket reports).
         let mapped =
             SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped()), flooder_at.port());
-        let mut listed = vec![mapped];
+        let mut listed = vec![thin::Source::endpoint(mapped)];
         if let Some(v6) = &v6 {
-            listed.push(v6.local_addr().unwrap());
+            listed.push(thin::Source::endpoint(v6.local_addr().unwrap()));
         }
         let drops_before = receiver_socket.kernel_drops().expect("SO_MEMINFO");
-        receiver_socket.thin_endpoints(&listed, 0, &spares).expect("attach the filter");
+        receiver_socket.thin_sources(&listed, 0, &spares).expect("attach the filter");
         for _ in 0..5 {
             flooder.send_to(&plain, to4).unwrap();
         }
@@ -426,11 +426,23 @@ mod tests {
             assert_eq!(got.len(), 2, "{got:?}");
             assert!(got.contains(&(v6.local_addr().unwrap(), 9)));
         }
-        receiver_socket.thin_endpoints(&[], 0, &spares).expect("detach");
+        // A whole address, any port: the neighbour on 127.0.0.1 is thinned too, ::1 is not.
+        let everyone = [thin::Source::address(std::net::Ipv4Addr::LOCALHOST.into())];
+        receiver_socket.thin_sources(&everyone, 0, &spares).expect("attach the filter");
+        flooder.send_to(&plain, to4).unwrap();
+        neighbour.send_to(&plain, to4).unwrap();
+        neighbour.send_to(&proven, to4).unwrap();
+        if let Some(v6) = &v6 {
+            v6.send_to(&plain, SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).unwrap();
+        }
+        let got = drain("address");
+        assert_eq!(got.len(), 1 + usize::from(v6.is_some()), "the neighbour's proof (and ::1): {got:?}");
+        assert!(got.contains(&(neighbour.local_addr().unwrap(), 9)));
+        receiver_socket.thin_sources(&[], 0, &spares).expect("detach");
         flooder.send_to(&plain, to4).unwrap();
         assert_eq!(drain("lifted").len(), 1);
         // Keep one in two: over 400 datagrams, about half pass.
-        receiver_socket.thin_endpoints(&listed, 2, &spares).expect("attach the filter");
+        receiver_socket.thin_sources(&listed, 2, &spares).expect("attach the filter");
         let mut passed = 0;
         for _ in 0..8 {
             for _ in 0..50 {

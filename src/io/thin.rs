@@ -1,5 +1,6 @@
-//! Thinning chosen endpoints in the kernel: a classic BPF socket filter (SO_ATTACH_FILTER) that
-//! keeps one receive in N from each listed source address and port, and drops the rest before
+//! Thinning chosen sources in the kernel: a classic BPF socket filter (SO_ATTACH_FILTER) that
+//! keeps one receive in N from each listed source (an address and port, or an address prefix
+//! with any port), and drops the rest before
 //! they are queued to the socket. The kernel runs it once per receive (a GRO train counts as
 //! one), in the sender's softirq, so what it drops costs this process nothing: no queueing, no
 //! copy, no wake-up. Datagrams that carry a nonzero word where the caller says a proof would
@@ -16,7 +17,31 @@ pub struct Spare {
     pub words: (u32, u32),
 }
 
-/// Most endpoints one filter lists (its jumps must stay within 255 instructions).
+/// A source to thin: datagrams whose source address starts with the first `words` 32-bit
+/// words of `ip` (v4-mapped addresses as IPv4: 1 word; IPv6: up to 4) and, if given, come
+/// from `port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Source {
+    pub ip: IpAddr,
+    pub words: u8,
+    pub port: Option<u16>,
+}
+
+impl Source {
+    /// Exactly this address and port.
+    pub fn endpoint(addr: SocketAddr) -> Source {
+        let addr = crate::addr::canonical(addr);
+        Source { ip: addr.ip(), words: if addr.is_ipv4() { 1 } else { 4 }, port: Some(addr.port()) }
+    }
+
+    /// Every port of an IPv4 address, or of an IPv6 /64.
+    pub fn address(ip: IpAddr) -> Source {
+        let ip = ip.to_canonical();
+        Source { ip, words: if ip.is_ipv4() { 1 } else { 2 }, port: None }
+    }
+}
+
+/// Most sources one filter lists (its jumps must stay within 255 instructions).
 pub const MAX_THINNED: usize = 8;
 
 const UDP_HEADER: u32 = 8;
@@ -96,15 +121,11 @@ impl Asm {
 }
 
 /// The filter that keeps one receive in `keep_one_in` (a power of two; 0 keeps none) from each
-/// of `endpoints` (v4-mapped addresses as IPv4) and every receive from elsewhere, and always
-/// keeps the `spares`. Offset 0 of a UDP socket filter is the UDP header.
-pub fn thin_program(
-    endpoints: &[SocketAddr],
-    keep_one_in: u32,
-    spares: &[Spare],
-) -> io::Result<Vec<libc::sock_filter>> {
-    if endpoints.len() > MAX_THINNED || (keep_one_in != 0 && !keep_one_in.is_power_of_two()) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many endpoints, or not a power of two"));
+/// of `sources` and every receive from elsewhere, and always keeps the `spares`. Offset 0 of a
+/// UDP socket filter is the UDP header.
+pub fn thin_program(sources: &[Source], keep_one_in: u32, spares: &[Spare]) -> io::Result<Vec<libc::sock_filter>> {
+    if sources.len() > MAX_THINNED || (keep_one_in != 0 && !keep_one_in.is_power_of_two()) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many sources, or not a power of two"));
     }
     let net = libc::SKF_NET_OFF as u32;
     let mut asm = Asm::default();
@@ -114,36 +135,35 @@ pub fn thin_program(
     asm.op(libc::BPF_MISC | libc::BPF_TAX, 0);
     asm.op(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, (libc::SKF_AD_OFF + libc::SKF_AD_PROTOCOL) as u32);
     asm.jeq(ETH_P_IPV6, Jump::To(v6), Jump::Next);
-    let canonical = |e: &SocketAddr| {
-        let e = crate::addr::canonical(*e);
-        (e.ip(), e.port())
-    };
-    // IPv4: the source address at 12 of the network header.
-    for (ip, port) in endpoints.iter().map(canonical) {
-        let IpAddr::V4(ip) = ip else { continue };
-        let next = asm.label();
-        asm.load_word(net + 12);
-        asm.jeq(u32::from(ip), Jump::Next, Jump::To(next));
-        asm.op(libc::BPF_MISC | libc::BPF_TXA, 0);
-        asm.jeq(u32::from(port), Jump::To(matched), Jump::Next);
-        asm.here(next);
-    }
-    asm.ret(KEEP_ALL);
-    // IPv6: the source address at 8..24.
-    asm.here(v6);
-    for (ip, port) in endpoints.iter().map(canonical) {
-        let IpAddr::V6(ip) = ip else { continue };
-        let next = asm.label();
-        for (i, word) in ip.octets().chunks_exact(4).enumerate() {
-            asm.load_word(net + 8 + 4 * i as u32);
-            asm.jeq(u32::from_be_bytes([word[0], word[1], word[2], word[3]]), Jump::Next, Jump::To(next));
+    // IPv4: the source address at 12 of the network header; IPv6: at 8..24.
+    for family_v6 in [false, true] {
+        if family_v6 {
+            asm.here(v6);
         }
-        asm.op(libc::BPF_MISC | libc::BPF_TXA, 0);
-        asm.jeq(u32::from(port), Jump::To(matched), Jump::Next);
-        asm.here(next);
+        for source in sources {
+            let octets: Vec<u8> = match source.ip.to_canonical() {
+                IpAddr::V4(ip) if !family_v6 => ip.octets().to_vec(),
+                IpAddr::V6(ip) if family_v6 => ip.octets().to_vec(),
+                _ => continue,
+            };
+            let at = if family_v6 { 8 } else { 12 };
+            let next = asm.label();
+            for (i, word) in octets.chunks_exact(4).take(usize::from(source.words.max(1))).enumerate() {
+                asm.load_word(net + at + 4 * i as u32);
+                asm.jeq(u32::from_be_bytes([word[0], word[1], word[2], word[3]]), Jump::Next, Jump::To(next));
+            }
+            match source.port {
+                Some(port) => {
+                    asm.op(libc::BPF_MISC | libc::BPF_TXA, 0);
+                    asm.jeq(u32::from(port), Jump::To(matched), Jump::Next);
+                }
+                None => asm.goto(matched),
+            }
+            asm.here(next);
+        }
+        asm.ret(KEEP_ALL);
     }
-    asm.ret(KEEP_ALL);
-    // A listed endpoint: spared if it carries a proof, else sampled. A load past the end of a
+    // A listed source: spared if it carries a proof, else sampled. A load past the end of a
     // short datagram ends the program with "drop", which suits a message too short to be one.
     asm.here(matched);
     let sample = asm.label();
@@ -178,12 +198,21 @@ mod tests {
 
     #[test]
     fn the_largest_filter_assembles_within_its_jumps() {
-        let endpoints: Vec<SocketAddr> =
-            (0..MAX_THINNED as u16).map(|i| SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i], 4000 + i))).collect();
+        let sources: Vec<Source> = (0..MAX_THINNED as u16)
+            .map(|i| Source::endpoint(SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i], 4000 + i))))
+            .collect();
         let spares = [Spare { first_byte: 1, words: (132, 148) }, Spare { first_byte: 2, words: (76, 92) }];
-        let program = thin_program(&endpoints, 16, &spares).unwrap();
+        let program = thin_program(&sources, 16, &spares).unwrap();
         assert!(program.len() < 255, "{}", program.len());
-        assert!(thin_program(&[endpoints[0]; MAX_THINNED + 1], 16, &spares).is_err());
-        assert!(thin_program(&endpoints, 12, &spares).is_err());
+        assert!(thin_program(&[sources[0]; MAX_THINNED + 1], 16, &spares).is_err());
+        assert!(thin_program(&sources, 12, &spares).is_err());
+    }
+
+    #[test]
+    fn sources_say_how_much_of_the_address_counts() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:4000".parse().unwrap();
+        assert_eq!(Source::endpoint(mapped), Source { ip: "192.0.2.1".parse().unwrap(), words: 1, port: Some(4000) });
+        assert_eq!(Source::address("2001:db8::1".parse().unwrap()).words, 2, "a /64");
+        assert_eq!(Source::address("::ffff:192.0.2.1".parse().unwrap()).words, 1);
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::thin::{thin_program, Spare};
+use super::thin::{thin_program, Source, Spare};
 
 /// Socket buffers sized for multi-gigabit bursts (the default 208 KiB drops under load).
 const SOCKET_BUFFER_BYTES: usize = 8 << 20;
@@ -163,18 +163,18 @@ impl OsSocket {
         Ok(info[drops])
     }
 
-    /// Keeps one receive in `keep_one_in` from each of `endpoints` and drops the rest in the
+    /// Keeps one receive in `keep_one_in` from each of `sources` and drops the rest in the
     /// kernel (`thin::thin_program`); an empty list removes the filter. Replaces the previous
     /// filter atomically.
-    pub fn thin_endpoints(&self, endpoints: &[SocketAddr], keep_one_in: u32, spares: &[Spare]) -> io::Result<()> {
-        if endpoints.is_empty() {
+    pub fn thin_sources(&self, sources: &[Source], keep_one_in: u32, spares: &[Spare]) -> io::Result<()> {
+        if sources.is_empty() {
             // The kernel ignores the value but wants an int's length. ENOENT: there was none.
             return match set_int_opt(&self.socket, libc::SOL_SOCKET, libc::SO_DETACH_FILTER, 0) {
                 Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
                 _ => Ok(()),
             };
         }
-        attach_cbpf(&self.socket, libc::SO_ATTACH_FILTER, &thin_program(endpoints, keep_one_in, spares)?)
+        attach_cbpf(&self.socket, libc::SO_ATTACH_FILTER, &thin_program(sources, keep_one_in, spares)?)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Per-source token buckets for handshake messages under load (the kernel's ratelimiter.c):
 //! 20 packets a second per source, bursts of 5, sources grouped by IPv4 address or IPv6 /64.
-//! And per-endpoint caps on cookie replies (`ReplyCaps`).
+//! And per-endpoint and per-address caps on cookie replies (`ReplyCaps`).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -91,48 +91,87 @@ impl RateLimiter {
 /// under load, and its burst. A real peer sends one initiation per REKEY_TIMEOUT. A flood from
 /// few endpoints past this costs a comparison per message instead of a reply (MACs, AEAD, a
 /// send), and leaves the gate's budget to every other endpoint, a real peer's first
-/// cookie-less initiation among them, even one behind the flooder's NAT address. A flood that
-/// changes its port or address for every message finds no cap and meets the budget, as
-/// before caps.
-const REPLIES_PER_SOURCE_PER_SECOND: u64 = 5_000;
-const REPLIES_PER_SOURCE_BURST: u64 = 500;
-const REPLY_COST_NS: u64 = 1_000_000_000 / REPLIES_PER_SOURCE_PER_SECOND;
-const REPLY_MAX_NS: u64 = REPLY_COST_NS * REPLIES_PER_SOURCE_BURST;
-/// Slots of the reply caps' table. Direct-mapped: two sources in one slot evict each other and
-/// both start afresh, so a collision (or a flood from many addresses) can only lift a cap,
-/// never refuse a source that has not used its own; the gate's budget bounds the total.
+/// cookie-less initiation among them, even one behind the flooder's NAT address.
+const REPLIES_PER_ENDPOINT_PER_SECOND: u64 = 5_000;
+const REPLIES_PER_ENDPOINT_BURST: u64 = 500;
+/// And one address (IPv4, or IPv6 /64, as the kernel's ratelimiter groups sources) over all
+/// its ports: a flood that changes its port for every message meets this instead. Four
+/// endpoints' worth, so a few peers behind one NAT address and a flooder among them share
+/// 20,000 replies a second. A flood from many addresses (spoofed) meets the gate's budget.
+const REPLIES_PER_ADDRESS_PER_SECOND: u64 = 20_000;
+const REPLIES_PER_ADDRESS_BURST: u64 = 2_000;
+const ENDPOINT_COST_NS: u64 = 1_000_000_000 / REPLIES_PER_ENDPOINT_PER_SECOND;
+const ENDPOINT_MAX_NS: u64 = ENDPOINT_COST_NS * REPLIES_PER_ENDPOINT_BURST;
+const ADDRESS_COST_NS: u64 = 1_000_000_000 / REPLIES_PER_ADDRESS_PER_SECOND;
+const ADDRESS_MAX_NS: u64 = ADDRESS_COST_NS * REPLIES_PER_ADDRESS_BURST;
+/// Slots of each of the reply caps' tables. Direct-mapped: two sources in one slot evict each
+/// other and both start afresh, so a collision (or a flood from many addresses) can only lift
+/// a cap, never refuse a source that has not used its own; the gate's budget bounds the total.
 const REPLY_SLOTS: usize = 1024;
 
-/// Per-endpoint caps on cookie replies under load, in a fixed table: no allocation and no
-/// garbage collection on a path a flood drives, and nothing an attacker can fill.
+/// Which cap refused a cookie reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Over {
+    /// The endpoint's (address and port).
+    Endpoint,
+    /// The address's (IPv4, or IPv6 /64), over all its ports.
+    Address,
+}
+
+/// A direct-mapped table of token buckets.
+struct Buckets<K> {
+    slots: Box<[Option<(K, TokenBucket)>]>,
+}
+
+impl<K: Copy + Eq + Hash> Buckets<K> {
+    fn new() -> Self {
+        Buckets { slots: vec![None; REPLY_SLOTS].into_boxed_slice() }
+    }
+
+    fn take(&mut self, seed: u64, k: K, now: Instant, cost_ns: u64, max_ns: u64) -> bool {
+        let mut h = DefaultHasher::new();
+        (seed, k).hash(&mut h);
+        let slot = &mut self.slots[h.finish() as usize % REPLY_SLOTS];
+        match slot {
+            Some((held, bucket)) if *held == k => bucket.take(now, cost_ns, max_ns),
+            _ => {
+                let mut bucket = TokenBucket::default();
+                let allowed = bucket.take(now, cost_ns, max_ns);
+                *slot = Some((k, bucket));
+                allowed
+            }
+        }
+    }
+}
+
+/// Per-endpoint and per-address caps on cookie replies under load, in fixed tables: no
+/// allocation and no garbage collection on a path a flood drives, and nothing an attacker can
+/// fill.
 pub struct ReplyCaps {
-    slots: Box<[Option<(SocketAddr, TokenBucket)>]>,
+    endpoints: Buckets<SocketAddr>,
+    addresses: Buckets<SourceKey>,
     /// Per-table hash key, so an attacker cannot aim addresses at a real peer's slot.
     seed: u64,
 }
 
 impl Default for ReplyCaps {
     fn default() -> Self {
-        ReplyCaps { slots: vec![None; REPLY_SLOTS].into_boxed_slice(), seed: rand::random() }
+        ReplyCaps { endpoints: Buckets::new(), addresses: Buckets::new(), seed: rand::random() }
     }
 }
 
 impl ReplyCaps {
-    /// Whether `src` may have another cookie reply at `now` (and takes it if so).
-    pub fn allow(&mut self, src: SocketAddr, now: Instant) -> bool {
-        let k = crate::addr::canonical(src);
-        let mut h = DefaultHasher::new();
-        (self.seed, k).hash(&mut h);
-        let slot = &mut self.slots[h.finish() as usize % REPLY_SLOTS];
-        match slot {
-            Some((held, bucket)) if *held == k => bucket.take(now, REPLY_COST_NS, REPLY_MAX_NS),
-            _ => {
-                let mut bucket = TokenBucket::default();
-                let allowed = bucket.take(now, REPLY_COST_NS, REPLY_MAX_NS);
-                *slot = Some((k, bucket));
-                allowed
-            }
+    /// Whether `src` may have another cookie reply at `now` (and takes it if so), else which
+    /// cap it is over.
+    pub fn allow(&mut self, src: SocketAddr, now: Instant) -> Result<(), Over> {
+        let src = crate::addr::canonical(src);
+        if !self.endpoints.take(self.seed, src, now, ENDPOINT_COST_NS, ENDPOINT_MAX_NS) {
+            return Err(Over::Endpoint);
         }
+        if !self.addresses.take(self.seed, key(src.ip()), now, ADDRESS_COST_NS, ADDRESS_MAX_NS) {
+            return Err(Over::Address);
+        }
+        Ok(())
     }
 }
 
@@ -145,19 +184,19 @@ mod tests {
         let mut caps = ReplyCaps::default();
         let t0 = Instant::now();
         let flooder: SocketAddr = "192.0.2.1:4000".parse().unwrap();
-        let allowed = (0..2 * REPLIES_PER_SOURCE_BURST).filter(|_| caps.allow(flooder, t0)).count();
-        assert_eq!(allowed as u64, REPLIES_PER_SOURCE_BURST);
+        let allowed = (0..2 * REPLIES_PER_ENDPOINT_BURST).filter(|_| caps.allow(flooder, t0).is_ok()).count();
+        assert_eq!(allowed as u64, REPLIES_PER_ENDPOINT_BURST);
         // Its own endpoint only: a peer at another address, v4 or v6, or behind the same
         // address on another port, is answered at once.
-        assert!(caps.allow("192.0.2.2:4000".parse().unwrap(), t0));
-        assert!(caps.allow("[2001:db8::7]:4000".parse().unwrap(), t0));
-        assert!(caps.allow("192.0.2.1:51820".parse().unwrap(), t0));
+        assert!(caps.allow("192.0.2.2:4000".parse().unwrap(), t0).is_ok());
+        assert!(caps.allow("[2001:db8::7]:4000".parse().unwrap(), t0).is_ok());
+        assert!(caps.allow("192.0.2.1:51820".parse().unwrap(), t0).is_ok());
         // The flooder's v4-mapped form is the same endpoint.
-        assert!(!caps.allow("[::ffff:192.0.2.1]:4000".parse().unwrap(), t0));
+        assert_eq!(caps.allow("[::ffff:192.0.2.1]:4000".parse().unwrap(), t0), Err(Over::Endpoint));
         // Then its steady rate: 5,000 a second.
         let mut n = 0;
         for us in (0..1_000_000u64).step_by(50) {
-            if caps.allow(flooder, t0 + Duration::from_micros(us + 1)) {
+            if caps.allow(flooder, t0 + Duration::from_micros(us + 1)).is_ok() {
                 n += 1;
             }
         }
@@ -172,8 +211,28 @@ mod tests {
         let t0 = Instant::now();
         for n in 0..(8 * REPLY_SLOTS as u32) {
             let src = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + n), 4000));
-            assert!(caps.allow(src, t0), "source {n}");
+            assert!(caps.allow(src, t0).is_ok(), "source {n}");
         }
+    }
+
+    #[test]
+    fn reply_caps_hold_an_address_over_all_its_ports() {
+        let mut caps = ReplyCaps::default();
+        let t0 = Instant::now();
+        // A new port for every message: each endpoint is under its cap, the address is not.
+        let answered = (0..4_000u16)
+            .map(|port| caps.allow(SocketAddr::from(([192, 0, 2, 1], 1_000 + port)), t0))
+            .filter(|r| r.is_ok())
+            .count();
+        assert_eq!(answered as u64, REPLIES_PER_ADDRESS_BURST);
+        assert_eq!(caps.allow("192.0.2.1:9".parse().unwrap(), t0), Err(Over::Address));
+        // An IPv6 /64 is one address; the next /64 is another.
+        for i in 0..REPLIES_PER_ADDRESS_BURST as u16 {
+            assert!(caps.allow(SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 1, i], 4000)), t0).is_ok());
+        }
+        assert_eq!(caps.allow("[2001:db8::ffff:1]:9".parse().unwrap(), t0), Err(Over::Address));
+        assert!(caps.allow("[2001:db8:0:1::1]:9".parse().unwrap(), t0).is_ok());
+        assert!(caps.allow("192.0.2.2:9".parse().unwrap(), t0).is_ok());
     }
 
     #[test]
