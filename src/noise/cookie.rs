@@ -8,7 +8,7 @@ use rand::RngCore;
 use zeroize::Zeroize;
 
 use super::messages::CookieReply;
-use super::primitives::{hash, mac, xaead_open, xaead_seal};
+use super::primitives::{hash, mac, xaead_open, xaead_seal, PublicKeyedMac};
 use crate::constants::{COOKIE_LEN, COOKIE_REFRESH_TIME, LABEL_COOKIE, LABEL_MAC1, MAC_LEN, REKEY_TIMEOUT};
 use crate::keys::PublicKey;
 
@@ -57,7 +57,8 @@ impl Drop for CookieSecret {
 /// thread the rest), so they all issue and accept the same cookies: the secret sits behind a
 /// lock that is written once per two minutes.
 pub struct CookieChecker {
-    mac1_key: [u8; 32],
+    /// Derived from our public key: not secret.
+    mac1: PublicKeyedMac,
     cookie_key: [u8; 32],
     secret: RwLock<CookieSecret>,
 }
@@ -65,7 +66,7 @@ pub struct CookieChecker {
 impl CookieChecker {
     pub fn new(our_public: &PublicKey) -> Self {
         CookieChecker {
-            mac1_key: hash(&[LABEL_MAC1, our_public.as_bytes()]),
+            mac1: PublicKeyedMac::new(&hash(&[LABEL_MAC1, our_public.as_bytes()])),
             cookie_key: hash(&[LABEL_COOKIE, our_public.as_bytes()]),
             secret: RwLock::new(CookieSecret { bytes: [0; 32], birth: None }),
         }
@@ -73,7 +74,7 @@ impl CookieChecker {
 
     /// `msg` is a whole initiation or response; mac1 covers everything before it.
     pub fn verify_mac1(&self, msg: &[u8], mac1_offset: usize) -> bool {
-        let expected = mac(&self.mac1_key, &[&msg[..mac1_offset]]);
+        let expected = self.mac1.mac(&msg[..mac1_offset]);
         constant_time_eq(&expected, &msg[mac1_offset..mac1_offset + MAC_LEN])
     }
 
