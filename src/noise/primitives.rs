@@ -1,9 +1,9 @@
 //! The paper's HASH, MAC, HMAC, KDF_n and AEAD, on BLAKE2s and ChaCha20-Poly1305.
 
 use blake2::digest::consts::{U10, U16};
-use blake2::digest::{FixedOutput, KeyInit, Mac, Update};
 use blake2::digest::core_api::{Block, Buffer, UpdateCore, VariableOutputCore};
 use blake2::digest::Output;
+use blake2::digest::{FixedOutput, KeyInit, Mac, Update};
 use blake2::{Blake2s256, Blake2sMac, Blake2sVarCore, Digest};
 use hmac::SimpleHmac;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
