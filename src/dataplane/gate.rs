@@ -78,7 +78,8 @@ pub fn serve_side(shared: &Shared) {
     let mut receiver = BatchReceiver::default();
     let mut sender = BatchSender::default();
     let mut bufs: Vec<Buf> = Vec::new();
-    // Set while the budget is spent: the next receive then skims (see below).
+    // Set after a round that refused anything (over the budget or a source's cap): the next
+    // receive then skims (see below).
     let mut refusing = false;
     let mut filter = SideFilter::default();
     while !shared.stopping() {
@@ -90,10 +91,10 @@ pub fn serve_side(shared: &Shared) {
             std::thread::sleep(NO_SIDE_SOCKET_WAIT);
             continue;
         };
-        // Past the budget, what is read is refused anyway: take only the first datagram of
-        // each GRO train (a train is one source's) and let the kernel drop the rest uncopied.
-        // A flood sent with GSO then costs this thread one small copy per 64 KiB; a real
-        // peer's lone message is read whole as before.
+        // After a refusing round, most of what is read is refused anyway: take only the first
+        // datagram of each GRO train (a train is one source's) and let the kernel drop the rest
+        // uncopied. A flood sent with GSO then costs this thread one small copy per 64 KiB; a
+        // real peer's lone message is read whole as before.
         let received = if refusing {
             receiver.skim(os, &mut bufs, true, INITIATION_LEN)
         } else {
@@ -269,7 +270,8 @@ pub struct Gate {
     /// messages are refused at the cost of a comparison, so a worker drains a flood's GRO
     /// trains fast enough that its socket never fills and starves a tunnel that shares it.
     refused_round: Option<Instant>,
-    /// Per-endpoint caps on cookie replies (the rest of the budget stays for the others).
+    /// Per-endpoint and per-address caps on cookie replies (the rest of the budget stays for
+    /// the others).
     caps: ReplyCaps,
     /// The round in which a source was over its cap, and which cap the last message was over.
     capped_round: Option<Instant>,

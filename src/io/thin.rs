@@ -1,9 +1,8 @@
 //! Thinning chosen sources in the kernel: a classic BPF socket filter (SO_ATTACH_FILTER) that
 //! keeps one receive in N from each listed source (an address and port, or an address prefix
-//! with any port), and drops the rest before
-//! they are queued to the socket. The kernel runs it once per receive (a GRO train counts as
-//! one), in the sender's softirq, so what it drops costs this process nothing: no queueing, no
-//! copy, no wake-up. Datagrams that carry a nonzero word where the caller says a proof would
+//! with any port), and drops the rest before they are queued to the socket. The kernel runs it
+//! once per receive (a GRO train counts as one), in the sender's softirq, so what it drops
+//! costs this process nothing: no queueing, no copy, no wake-up. Datagrams that carry a nonzero word where the caller says a proof would
 //! sit are always kept. This module knows addresses, ports and byte offsets, not what they mean.
 
 use std::io;
