@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wgturbo::dataplane::pool::ParallelCrypto;
 use wgturbo::device::{BackgroundDevice, DeviceIo};
 use wgturbo::io::twin::{TwinHost, TwinNet};
 use wgturbo::io::vnet::VNET_HDR_LEN;
@@ -33,7 +34,7 @@ struct Device {
     key: PrivateKey,
 }
 
-fn device(net: &Arc<TwinNet>, port: u16, workers: usize, parallel_crypto: bool) -> Device {
+fn device(net: &Arc<TwinNet>, port: u16, workers: usize, parallel_crypto: ParallelCrypto) -> Device {
     let (io, hosts) = DeviceIo::twin(net, workers, true, parallel_crypto);
     let dev = BackgroundDevice::spawn(io).expect("device starts");
     let key = PrivateKey::generate();
@@ -51,10 +52,10 @@ fn set_peer(me: &Device, other: &PrivateKey, port: u16, ip: &str) {
 }
 
 /// A sender with `workers` workers and a session to a peer that is then gone.
-fn sender(workers: usize, parallel_crypto: bool) -> (Arc<TwinNet>, Device) {
+fn sender(workers: usize, parallel_crypto: ParallelCrypto) -> (Arc<TwinNet>, Device) {
     let net = TwinNet::new();
     let a = device(&net, 52001, workers, parallel_crypto);
-    let b = device(&net, 52002, 1, false);
+    let b = device(&net, 52002, 1, ParallelCrypto::Off);
     set_peer(&a, &b.key, 52002, "10.0.0.2");
     set_peer(&b, &a.key, 52001, "10.0.0.1");
     let mut hello = vec![0u8; VNET_HDR_LEN];
@@ -75,9 +76,19 @@ fn pipeline(c: &mut Criterion) {
     let reads: Vec<Vec<u8>> =
         (0..READS).map(|k| tso_read(1, 2, (k * PAYLOAD) as u32, &vec![k as u8; PAYLOAD], MSS)).collect();
     let datagrams = (READS * PAYLOAD.div_ceil(MSS as usize)) as u64;
-    for (workers, parallel) in [(1, false), (2, false), (2, true)] {
-        let (net, a) = sender(workers, parallel);
-        let name = if parallel { "parallel_crypto" } else { "owner_seals" };
+    // Off: the owner seals; backlogged (the default): others help when its reads fill a batch;
+    // always: others help with every full chunk.
+    for (workers, mode) in [
+        (1, ParallelCrypto::Off),
+        (2, ParallelCrypto::Off),
+        (2, ParallelCrypto::Backlogged),
+        (2, ParallelCrypto::Always),
+    ] {
+        let (net, a) = sender(workers, mode);
+        let name = match mode {
+            ParallelCrypto::Off => "owner_seals",
+            mode => mode.name(),
+        };
         group.bench_with_input(BenchmarkId::new(name, workers), &workers, |bench, _| {
             bench.iter_custom(|iters| {
                 let mut total = Duration::ZERO;

@@ -29,7 +29,7 @@ struct Initiator {
 
 fn setup() -> (Arc<TwinNet>, BackgroundDevice, TwinHost, Vec<Initiator>) {
     let net = TwinNet::new();
-    let (io, mut hosts) = DeviceIo::twin(&net, 1, false, false);
+    let (io, mut hosts) = DeviceIo::twin(&net, 1, false, wgturbo::dataplane::pool::ParallelCrypto::Off);
     let host = hosts.remove(0);
     let dev = BackgroundDevice::spawn(io).expect("device starts");
     let device_key = PrivateKey::generate();

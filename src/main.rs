@@ -16,7 +16,10 @@ const USAGE: &str = concat!(
     "  WGTURBO_WORKERS=N            worker threads (default: one per core)\n",
     "  WGTURBO_IO=syscalls|uring    I/O backend (default syscalls; uring falls back if refused)\n",
     "  WGTURBO_NO_OFFLOAD=1         no TUN TSO/USO/GRO and no UDP GSO/GRO\n",
-    "  WGTURBO_PARALLEL_CRYPTO=0|1  idle workers seal/open chunks of another worker's flow (default 1)\n",
+    "  WGTURBO_PARALLEL_CRYPTO=0|1|always\n",
+    "                               other workers seal/open chunks of a flow whose worker fell\n",
+    "                               behind (default 1); always: every round; 0: never\n",
+    "  WGTURBO_PIN=0|1              pin worker N to core N (default 0)\n",
     "  WGTURBO_METRICS=ADDR:PORT    serve Prometheus metrics at http://ADDR:PORT/metrics (default off;\n",
     "                               --metrics does the same and wins)",
 );

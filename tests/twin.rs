@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use wgturbo::dataplane::pool::ParallelCrypto;
 use wgturbo::device::{BackgroundDevice, DeviceIo};
 use wgturbo::io::twin::{TwinHost, TwinNet};
 use wgturbo::io::vnet::VNET_HDR_LEN;
@@ -24,7 +25,7 @@ struct Node {
 }
 
 fn node(net: &Arc<TwinNet>, port: u16, vnet: bool, workers: usize) -> Node {
-    let (io, mut hosts) = DeviceIo::twin(net, workers, vnet, true);
+    let (io, mut hosts) = DeviceIo::twin(net, workers, vnet, ParallelCrypto::Always);
     let dev = BackgroundDevice::spawn(io).expect("device starts");
     let key = PrivateKey::generate();
     let reply = dev.uapi(&format!("set=1\nprivate_key={}\nlisten_port={port}\n", key.to_hex()));

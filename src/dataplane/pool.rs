@@ -34,28 +34,64 @@ impl Job {
     }
 }
 
+/// When a worker asks the others to seal or open part of its round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParallelCrypto {
+    /// Every worker seals and opens its own flows.
+    Off,
+    /// Only a worker whose round filled its read batch (it left packets behind) hands chunks
+    /// out: a flow that one worker keeps up with stays on its core, where its bytes are cached.
+    Backlogged,
+    /// Every round with more than one chunk or receive hands chunks out.
+    Always,
+}
+
+impl ParallelCrypto {
+    /// The value's name in `WGTURBO_PARALLEL_CRYPTO`, the start-up line and the metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParallelCrypto::Off => "off",
+            ParallelCrypto::Backlogged => "backlogged",
+            ParallelCrypto::Always => "always",
+        }
+    }
+}
+
 /// The device's queue of crypto jobs, and how to wake the workers parked on their I/O.
 pub struct CryptoPool {
     jobs_tx: Sender<Job>,
     jobs_rx: Receiver<Job>,
     bells: Vec<Arc<Doorbell>>,
     parked: Vec<AtomicBool>,
-    enabled: bool,
+    mode: ParallelCrypto,
     /// Jobs done by a worker other than their owner.
     helped: AtomicU64,
 }
 
 impl CryptoPool {
-    /// One doorbell per worker; `enabled` turns the hand-off on (with one worker it is off).
-    pub fn new(bells: Vec<Arc<Doorbell>>, enabled: bool) -> CryptoPool {
+    /// One doorbell per worker; `mode` says when work is handed off (never with one worker).
+    pub fn new(bells: Vec<Arc<Doorbell>>, mode: ParallelCrypto) -> CryptoPool {
         let (jobs_tx, jobs_rx) = unbounded();
         let parked = bells.iter().map(|_| AtomicBool::new(false)).collect();
-        let enabled = enabled && bells.len() > 1;
-        CryptoPool { jobs_tx, jobs_rx, bells, parked, enabled, helped: AtomicU64::new(0) }
+        let mode = if bells.len() > 1 { mode } else { ParallelCrypto::Off };
+        CryptoPool { jobs_tx, jobs_rx, bells, parked, mode, helped: AtomicU64::new(0) }
+    }
+
+    pub fn mode(&self) -> ParallelCrypto {
+        self.mode
     }
 
     pub fn enabled(&self) -> bool {
-        self.enabled
+        self.mode != ParallelCrypto::Off
+    }
+
+    /// Whether a round hands chunks to the pool; `backlogged`: it filled its read batch.
+    pub fn shares(&self, backlogged: bool) -> bool {
+        match self.mode {
+            ParallelCrypto::Off => false,
+            ParallelCrypto::Backlogged => backlogged,
+            ParallelCrypto::Always => true,
+        }
     }
 
     /// Worker `me` does queued jobs, anyone's, until none is left; returns how many.

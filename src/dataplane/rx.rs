@@ -117,14 +117,22 @@ impl Opener {
 
     /// Decrypts the transport datagrams of `bufs`: receives after the first that carry a GRO
     /// train go to the pool, the rest are done here, and every one is back in its place on
-    /// return. `result(i, k)` then says what was done to datagram k of receive i.
-    pub fn decrypt(&mut self, pool: &CryptoPool, indices: &Arc<IndexTable>, bufs: &mut [Buf], now: Instant) {
+    /// return (nothing goes to the pool unless `share`). `result(i, k)` then says what was
+    /// done to datagram k of receive i.
+    pub fn decrypt(
+        &mut self,
+        pool: &CryptoPool,
+        share: bool,
+        indices: &Arc<IndexTable>,
+        bufs: &mut [Buf],
+        now: Instant,
+    ) {
         self.results.resize_with(bufs.len(), Vec::new);
         self.handed.clear();
         self.handed.resize(bufs.len(), false);
         for (slot, buf) in bufs.iter_mut().enumerate() {
             let datagrams = buf.len.div_ceil(buf.stride.max(1));
-            if slot > 0 && pool.enabled() && datagrams >= HAND_OFF_MIN_DATAGRAMS {
+            if slot > 0 && share && pool.enabled() && datagrams >= HAND_OFF_MIN_DATAGRAMS {
                 let job = OpenJob {
                     owner: self.worker,
                     slot,

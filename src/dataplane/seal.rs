@@ -121,6 +121,8 @@ pub struct Sealer {
     reply_rx: Receiver<SealJob>,
     /// Datagrams that could not be sealed (a bug if ever non-zero).
     pub failed: u64,
+    /// Whether this round's full chunks go to the pool (`CryptoPool::shares`).
+    sharing: bool,
 }
 
 impl Sealer {
@@ -134,7 +136,13 @@ impl Sealer {
             reply_tx,
             reply_rx,
             failed: 0,
+            sharing: true,
         }
+    }
+
+    /// Whether the chunks framed from now on may be sealed by other workers.
+    pub fn set_sharing(&mut self, sharing: bool) {
+        self.sharing = sharing;
     }
 
     /// Records a datagram `Keypair::frame` wrote at (`chunk`, `offset`). When the batch has
@@ -160,7 +168,8 @@ impl Sealer {
     }
 
     fn hand_off(&mut self, pool: &CryptoPool, batch: &mut SendBatch, index: usize) {
-        if !pool.enabled() || self.chunks.get(index).is_none_or(ChunkWork::is_empty) || self.out[index] {
+        if !self.sharing || !pool.enabled() || self.chunks.get(index).is_none_or(ChunkWork::is_empty) || self.out[index]
+        {
             return;
         }
         let job = SealJob {
@@ -215,6 +224,7 @@ impl Sealer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::pool::ParallelCrypto;
     use crate::io::Doorbell;
     use crate::noise::SessionKeys;
     use std::net::SocketAddr;
@@ -262,7 +272,7 @@ mod tests {
     #[test]
     fn a_helper_thread_seals_chunks_and_the_owner_keeps_the_order() {
         let bells: Vec<Arc<Doorbell>> = (0..2).map(|_| Arc::new(Doorbell::twin())).collect();
-        let pool = Arc::new(CryptoPool::new(bells.clone(), true));
+        let pool = Arc::new(CryptoPool::new(bells.clone(), ParallelCrypto::Always));
         let stop = Arc::new(AtomicBool::new(false));
         let helped = {
             let (pool, stop, bell) = (pool.clone(), stop.clone(), bells[1].clone());
@@ -298,7 +308,7 @@ mod tests {
     #[test]
     fn without_a_helper_the_owner_seals_everything_itself() {
         let bells: Vec<Arc<Doorbell>> = (0..2).map(|_| Arc::new(Doorbell::twin())).collect();
-        let pool = CryptoPool::new(bells, true);
+        let pool = CryptoPool::new(bells, ParallelCrypto::Always);
         let k = keypair(true);
         let mut batch = SendBatch::new(16, 2048, true);
         let mut sealer = Sealer::new(0, 16);
@@ -306,5 +316,30 @@ mod tests {
         sealer.finish(&pool, &mut batch);
         check_in_order(&batch, 300);
         assert_eq!(sealer.failed, 0);
+    }
+
+    #[test]
+    fn only_a_backlogged_round_hands_chunks_out() {
+        let one: Vec<Arc<Doorbell>> = vec![Arc::new(Doorbell::twin())];
+        assert_eq!(CryptoPool::new(one, ParallelCrypto::Always).mode(), ParallelCrypto::Off, "nobody to help");
+        let bells: Vec<Arc<Doorbell>> = (0..2).map(|_| Arc::new(Doorbell::twin())).collect();
+        let pool = CryptoPool::new(bells, ParallelCrypto::Backlogged);
+        let mut batch = SendBatch::new(16, 2048, true);
+        let mut sealer = Sealer::new(0, 16);
+        // The owner kept up (its reads did not fill a batch): every chunk stays with it.
+        sealer.set_sharing(pool.shares(false));
+        frame_all(&pool, &mut sealer, &mut batch, &keypair(true), 300);
+        assert_eq!(pool.help(1), 0, "nothing was handed out");
+        sealer.finish(&pool, &mut batch);
+        check_in_order(&batch, 300);
+        batch.clear();
+        // It fell behind: full chunks go out, another worker seals them, the order holds.
+        sealer.set_sharing(pool.shares(true));
+        frame_all(&pool, &mut sealer, &mut batch, &keypair(true), 300);
+        assert!(pool.help(1) >= 4, "the full chunks of 300 datagrams were handed out");
+        sealer.finish(&pool, &mut batch);
+        check_in_order(&batch, 300);
+        assert_eq!(sealer.failed, 0);
+        assert!(pool.jobs_helped() >= 4);
     }
 }

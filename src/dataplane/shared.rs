@@ -321,7 +321,13 @@ impl Shared {
         let (handshake_tx, handshake) = crossbeam_channel::unbounded();
         let (control_tx, control) = crossbeam_channel::unbounded();
         let (active_tx, active) = crossbeam_channel::unbounded();
-        let shared = Shared::new(1, CryptoPool::new(Vec::new(), false), handshake_tx, control_tx, active_tx);
+        let shared = Shared::new(
+            1,
+            CryptoPool::new(Vec::new(), super::pool::ParallelCrypto::Off),
+            handshake_tx,
+            control_tx,
+            active_tx,
+        );
         (shared, TestChannels { handshake, control, active })
     }
 

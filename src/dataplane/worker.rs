@@ -162,6 +162,7 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
             vnet: config.vnet,
             worker: index,
         };
+        st.sealer.set_sharing(shared.crypto_pool.shares(st.tun_reads.len() >= io.tun_read_limit()));
         let mut reads = std::mem::take(&mut st.tun_reads);
         let mut out = TxOut { batch: &mut st.send, sealer: &mut st.sealer, tun: &mut st.tun_out };
         for b in reads.iter_mut() {
@@ -185,7 +186,8 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
             WorkerCounters::add(&counters.udp_bytes, bytes);
         }
         let indices = &shared.indices;
-        st.opener.decrypt(&shared.crypto_pool, indices, &mut st.udp_reads, now);
+        let share = shared.crypto_pool.shares(st.udp_reads.len() >= io.udp_recv_limit());
+        st.opener.decrypt(&shared.crypto_pool, share, indices, &mut st.udp_reads, now);
         let rx = RxRound { shared, indices, routing: &routing, now, stamp };
         for (slot, b) in st.udp_reads.iter_mut().enumerate() {
             let Some(src) = b.src else { continue };

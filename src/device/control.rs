@@ -903,7 +903,7 @@ mod tests {
 
     fn setup() -> Setup {
         let net = TwinNet::new();
-        let (io, _hosts) = DeviceIo::twin(&net, 1, false, false);
+        let (io, _hosts) = DeviceIo::twin(&net, 1, false, crate::dataplane::pool::ParallelCrypto::Off);
         let mut device = Device::start(io).unwrap();
         let b = PrivateKey::generate();
         let b_public = b.public_key();

@@ -11,7 +11,7 @@ use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
 use crate::dataplane::gate::HANDSHAKE_QUEUE;
-use crate::dataplane::pool::CryptoPool;
+use crate::dataplane::pool::{CryptoPool, ParallelCrypto};
 use crate::dataplane::shared::{ControlMsg, Shared};
 use crate::dataplane::worker::{self, WorkerConfig};
 use crate::io::tun::{self, Tun};
@@ -21,8 +21,11 @@ use crate::metrics::{DeviceInfo, Metrics, CONTENT_TYPE};
 use control::Control;
 
 pub use crate::constants::DEFAULT_MTU;
-/// Whether idle workers help seal one flow's batches unless told otherwise (perf/README.md).
-const DEFAULT_PARALLEL_CRYPTO: bool = true;
+/// When workers help seal and open one another's flows unless told otherwise (perf/README.md).
+const DEFAULT_PARALLEL_CRYPTO: ParallelCrypto = ParallelCrypto::Backlogged;
+/// Whether workers are pinned one per core unless told otherwise (perf/README.md: pinned
+/// workers cannot move off a core another busy thread shares).
+const DEFAULT_PIN_WORKERS: bool = false;
 const TIMER_TICK: Duration = Duration::from_millis(100);
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -53,10 +56,12 @@ pub struct Settings {
     /// `WGTURBO_NO_OFFLOAD=1`: no TUN vnet_hdr/TSO/GRO and no UDP GSO/GRO (the fallback path,
     /// tested and benchmarked on its own).
     pub offloads: bool,
-    /// `WGTURBO_PARALLEL_CRYPTO=0|1`: whether idle workers seal another worker's batch.
-    pub parallel_crypto: bool,
+    /// `WGTURBO_PARALLEL_CRYPTO=0|1|always`: when workers seal and open another's batch.
+    pub parallel_crypto: ParallelCrypto,
     /// `WGTURBO_METRICS=ADDR:PORT` (or `--metrics`): serve Prometheus metrics there.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `WGTURBO_PIN=0|1`: whether each worker is pinned to a core of its own.
+    pub pin_workers: bool,
 }
 
 /// The metrics address as given: `ADDR:PORT`, IPv6 in brackets.
@@ -87,15 +92,24 @@ impl Settings {
         let offloads = std::env::var_os("WGTURBO_NO_OFFLOAD").is_none_or(|v| v == "0");
         let parallel_crypto = match std::env::var("WGTURBO_PARALLEL_CRYPTO").unwrap_or_default().as_str() {
             "" => DEFAULT_PARALLEL_CRYPTO,
-            "1" | "on" => true,
-            "0" | "off" => false,
-            other => return Err(DeviceError::BadSetting("WGTURBO_PARALLEL_CRYPTO", "0 or 1", other.to_string())),
+            "1" | "on" | "backlogged" => ParallelCrypto::Backlogged,
+            "always" => ParallelCrypto::Always,
+            "0" | "off" => ParallelCrypto::Off,
+            other => {
+                return Err(DeviceError::BadSetting("WGTURBO_PARALLEL_CRYPTO", "0, 1 or always", other.to_string()))
+            }
         };
         let metrics = match std::env::var("WGTURBO_METRICS") {
             Ok(v) if !v.is_empty() => Some(parse_metrics_addr(&v)?),
             _ => None,
         };
-        Ok(Settings { workers, backend, offloads, parallel_crypto, metrics })
+        let pin_workers = match std::env::var("WGTURBO_PIN").unwrap_or_default().as_str() {
+            "" => DEFAULT_PIN_WORKERS,
+            "1" | "on" => true,
+            "0" | "off" => false,
+            other => return Err(DeviceError::BadSetting("WGTURBO_PIN", "0 or 1", other.to_string())),
+        };
+        Ok(Settings { workers, backend, offloads, parallel_crypto, metrics, pin_workers })
     }
 }
 
@@ -111,8 +125,10 @@ pub struct DeviceIo {
     pub vnet: bool,
     /// The TUN took USO: UDP datagrams of a flow may be written as one GSO_UDP_L4 packet.
     pub uso: bool,
-    /// Idle workers seal chunks of another worker's send batch.
-    pub parallel_crypto: bool,
+    /// When workers seal and open chunks of another worker's batch.
+    pub parallel_crypto: ParallelCrypto,
+    /// Each worker is pinned to a core of its own.
+    pub pin_workers: bool,
 }
 
 impl DeviceIo {
@@ -122,7 +138,7 @@ impl DeviceIo {
         net: &Arc<crate::io::twin::TwinNet>,
         workers: usize,
         vnet: bool,
-        parallel_crypto: bool,
+        parallel_crypto: ParallelCrypto,
     ) -> (DeviceIo, Vec<crate::io::twin::TwinHost>) {
         let (queues, hosts) = (0..workers.max(1))
             .map(|_| {
@@ -138,6 +154,7 @@ impl DeviceIo {
             vnet,
             uso: vnet,
             parallel_crypto,
+            pin_workers: false,
         };
         (io, hosts)
     }
@@ -173,7 +190,7 @@ impl Device {
             .map_err(|errno| DeviceError::Udp(std::io::Error::from_raw_os_error(-errno)))?;
         let sockets = shared.sockets.load_full();
         let gso = io.gso && sockets.first().is_some_and(|s| s.supports_gso());
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let cores = if io.pin_workers { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let mut backends = Vec::new();
         for (i, queue) in io.queues.into_iter().enumerate() {
             let socket = sockets[i % sockets.len()].clone();
@@ -210,14 +227,19 @@ impl Device {
             (_, true) => "UDP GSO",
             _ => "no UDP offloads",
         };
-        let seal = if shared.crypto_pool.enabled() { "parallel seal" } else { "seal per worker" };
-        let summary = format!("{} worker(s) on {}; {seal}; {udp}", backends.len(), names.join("+"));
+        let seal = match shared.crypto_pool.mode() {
+            ParallelCrypto::Off => "crypto per worker",
+            ParallelCrypto::Backlogged => "parallel crypto when backlogged",
+            ParallelCrypto::Always => "parallel crypto",
+        };
+        let pinned = if io.pin_workers && !cores.is_empty() { "pinned" } else { "unpinned" };
+        let summary = format!("{} worker(s), {pinned}, on {}; {seal}; {udp}", backends.len(), names.join("+"));
         let info = DeviceInfo {
             device: String::new(),
             backend: names.join("+"),
             udp_offloads: udp.to_string(),
             tun_offloads: String::new(),
-            parallel_crypto: shared.crypto_pool.enabled(),
+            parallel_crypto: shared.crypto_pool.mode().name(),
         };
         Ok(Device { shared, control, control_tx, summary, info })
     }
@@ -375,6 +397,7 @@ pub fn run(iface: &str, settings: Settings, ready: impl FnOnce()) -> Result<(), 
         vnet,
         uso,
         parallel_crypto: settings.parallel_crypto,
+        pin_workers: settings.pin_workers,
     };
     let mut device = Device::start(io)?;
     let control_tx = device.control_sender();
@@ -473,7 +496,7 @@ mod tests {
     /// the peer that would not fit; removals and updates of known peers still work.
     #[test]
     fn the_peer_cap_refuses_whole_requests() {
-        let (io, _hosts) = DeviceIo::twin(&TwinNet::new(), 1, false, false);
+        let (io, _hosts) = DeviceIo::twin(&TwinNet::new(), 1, false, ParallelCrypto::Off);
         let mut device = Device::start(io).unwrap();
         device.control.peer_limit = 3;
         set(&mut device, &format!("set=1\n{}", peers(3))).unwrap();
@@ -496,7 +519,7 @@ mod tests {
     /// own prefixes and leaves the others'; `get` lists each peer's prefixes in order.
     #[test]
     fn allowed_ips_follow_their_owner() {
-        let (io, _hosts) = DeviceIo::twin(&TwinNet::new(), 1, false, false);
+        let (io, _hosts) = DeviceIo::twin(&TwinNet::new(), 1, false, ParallelCrypto::Off);
         let mut device = Device::start(io).unwrap();
         let (a, b) = (PrivateKey::generate().public_key(), PrivateKey::generate().public_key());
         set(

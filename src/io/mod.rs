@@ -51,6 +51,15 @@ pub trait WorkerIo: Send {
     fn read_tun(&mut self, out: &mut Vec<Buf>) -> io::Result<()>;
     /// Moves the UDP receives done so far (without blocking, at most a batch) into `out`.
     fn recv_udp(&mut self, out: &mut Vec<Buf>) -> io::Result<()>;
+    /// The most packets one `read_tun` returns: a read that returned this many may have left
+    /// more in the queue.
+    fn tun_read_limit(&self) -> usize {
+        TUN_READ_BATCH
+    }
+    /// The most receives one `recv_udp` returns.
+    fn udp_recv_limit(&self) -> usize {
+        UDP_RECV_BATCH
+    }
     /// Gives read buffers back once processed.
     fn recycle_tun(&mut self, bufs: &mut Vec<Buf>);
     fn recycle_udp(&mut self, bufs: &mut Vec<Buf>);

@@ -352,6 +352,14 @@ impl WorkerIo for UringIo {
         Backend::Uring
     }
 
+    fn tun_read_limit(&self) -> usize {
+        TUN_READS_IN_FLIGHT
+    }
+
+    fn udp_recv_limit(&self) -> usize {
+        UDP_RECVS_IN_FLIGHT
+    }
+
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
         self.enable()?;
         self.reap();

@@ -30,7 +30,8 @@ pub struct DeviceInfo {
     pub backend: String,
     pub udp_offloads: String,
     pub tun_offloads: String,
-    pub parallel_crypto: bool,
+    /// `off`, `backlogged` or `always` (`ParallelCrypto::name`).
+    pub parallel_crypto: &'static str,
 }
 
 /// The collector a registry calls on each scrape.
@@ -193,11 +194,10 @@ impl Collector for DeviceCollector {
         }
 
         let device: Labels<1> = [("device", dev)];
-        let parallel = if self.info.parallel_crypto { "true" } else { "false" };
         let info = [
             ("backend", self.info.backend.as_str()),
             ("device", dev),
-            ("parallel_crypto", parallel),
+            ("parallel_crypto", self.info.parallel_crypto),
             ("tun_offloads", self.info.tun_offloads.as_str()),
             ("udp_offloads", self.info.udp_offloads.as_str()),
             ("version", env!("CARGO_PKG_VERSION")),
