@@ -137,5 +137,16 @@ fn dh(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, transport, handshake, cookie, dh);
+/// The Internet checksum of one cut TCP segment (1380 bytes), taken in the seal job.
+fn checksum(c: &mut Criterion) {
+    let mut group = c.benchmark_group("checksum");
+    let data: Vec<u8> = (0..1380u32).map(|i| (i * 7 + 3) as u8).collect();
+    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.bench_function("segment_1380", |b| {
+        b.iter(|| wgturbo::dataplane::checksum::fold(wgturbo::dataplane::checksum::sum(std::hint::black_box(&data), 0)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, transport, handshake, cookie, dh, checksum);
 criterion_main!(benches);

@@ -261,6 +261,16 @@ impl Coalescer {
         self.items.is_empty()
     }
 
+    /// The flow's latest item. Most packets continue the flow of the packet before them, and
+    /// the last item is always the latest of its flow, so the hash is taken only on a change.
+    fn latest_item(&mut self, key: &FlowKey) -> Option<&mut Item> {
+        let i = match self.items.last() {
+            Some(last) if last.key == *key => self.items.len() - 1,
+            _ => *self.latest.get(key)?,
+        };
+        self.items.get_mut(i)
+    }
+
     /// Takes a TCP (or, with USO, UDP) packet (true) or leaves it to the caller to write as it
     /// is (false).
     pub fn push(&mut self, pkt: &[u8], out: &mut TunWriteBatch) -> bool {
@@ -283,7 +293,7 @@ impl Coalescer {
         let mergeable = plain && !payload.is_empty() && !fragment;
 
         if mergeable {
-            if let Some(item) = self.latest.get(&key).and_then(|&i| self.items.get_mut(i)) {
+            if let Some(item) = self.latest_item(&key) {
                 if item.open && Self::can_append(item, pkt, ip_hl, hdr_len, seq, payload.len()) {
                     Self::grow_for_coalescing(item);
                     item.data.extend_from_slice(payload);
@@ -318,7 +328,7 @@ impl Coalescer {
         let key = FlowKey::of(pkt, ip_hl, v6, true);
         let hdr_len = ip_hl + UDP_HEADER_LEN;
         let payload = &pkt[hdr_len..];
-        if let Some(item) = self.latest.get(&key).and_then(|&i| self.items.get_mut(i)) {
+        if let Some(item) = self.latest_item(&key) {
             let first = &item.data[VNET_HDR_LEN..VNET_HDR_LEN + item.hdr_len];
             let ip_same = if v6 {
                 first[..4] == pkt[..4] && first[7] == pkt[7]
