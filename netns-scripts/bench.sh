@@ -43,6 +43,8 @@ one_run() {
         wgturbo-serial-crypto) export WGTURBO_PARALLEL_CRYPTO=0; real=wgturbo ;;
         wgturbo-pinned) export WGTURBO_PIN=1; real=wgturbo ;;
         wgturbo-always-parallel) export WGTURBO_PARALLEL_CRYPTO=always; real=wgturbo ;;
+        # An A/B of two builds in one run: BASE=path/to/another/wgturbo.
+        wgturbo-base) WGTURBO=${BASE:?wgturbo-base needs BASE=path of a wgturbo binary}; real=wgturbo ;;
       esac
       start_impl "$real" "$A" "$IA" && start_impl "$real" "$B" "$IB"
       configure "$A" "$IA" "$WORK/a.key" 51820 10.200.0.1/24 fd00:200::1/64 "$(cat "$WORK/b.pub")" 10.200.0.2/32 192.0.2.2:51821 >/dev/null
