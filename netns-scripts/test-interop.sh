@@ -42,9 +42,15 @@ fi
 # The backend asked for (WGTURBO_IO, or EXPECT_BACKEND where a fallback is the point) is the
 # one the start-up line names.
 case "${EXPECT_BACKEND:-${WGTURBO_IO:-}}" in uring) want="on io_uring" ;; syscalls) want="on syscalls" ;; *) want="" ;; esac
+# So are the worker placement and crypto hand-off asked for (WGTURBO_PIN, WGTURBO_PARALLEL_CRYPTO).
+case "${WGTURBO_PIN:-}" in 1) want_pin="worker(s), pinned," ;; 0) want_pin="worker(s), unpinned," ;; *) want_pin="" ;; esac
+case "${WGTURBO_PARALLEL_CRYPTO:-}" in always) want_crypto="; parallel crypto;" ;; 0) want_crypto="; crypto per worker;" ;; *) want_crypto="" ;; esac
 for side in "$IMPL_A $IA" "$IMPL_B $IB"; do
   set -- $side
-  [ "$1" = wgturbo ] && [ -n "$want" ] || continue
-  grep -F "$want" "$WORK/$2.log" >/dev/null || { cat "$WORK/$2.log" >&2; die "wgturbo on $2 did not run $want"; }
+  [ "$1" = wgturbo ] || continue
+  for w in "$want" "$want_pin" "$want_crypto"; do
+    [ -n "$w" ] || continue
+    grep -F -- "$w" "$WORK/$2.log" >/dev/null || { cat "$WORK/$2.log" >&2; die "wgturbo on $2: no '$w' in its start-up line"; }
+  done
 done
 log "ok: $IMPL_A -> $IMPL_B outer IPv$OUTER: TCP $tcp Gbit/s, UDP $udp Gbit/s"

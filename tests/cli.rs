@@ -125,6 +125,24 @@ fn bad_metrics_addresses_are_one_clear_error() {
     assert!(!std::path::Path::new(&format!("/sys/class/net/{iface}")).exists(), "no interface was created");
 }
 
+/// A knob set to a value it does not take is one error line naming the knob and what it
+/// takes, before anything is created.
+#[test]
+fn bad_knob_values_are_one_clear_error() {
+    let iface = format!("wgtk{}", std::process::id() % 100_000);
+    for (name, value, takes) in [
+        ("WGTURBO_PIN", "yes", "must be 0 or 1"),
+        ("WGTURBO_PARALLEL_CRYPTO", "2", "must be 0, 1 or always"),
+        ("WGTURBO_IO", "epoll", "must be 'uring' or 'syscalls'"),
+    ] {
+        let (ok, err) = run_bounded(&["-f", iface.as_str()], &[(name, value)]);
+        assert!(!ok, "{name}={value}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(name) && err.contains(takes), "{err}");
+    }
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{iface}")).exists(), "no interface was created");
+}
+
 /// `wgturbo --help` names every environment variable the daemon reads (the internal
 /// start-up pipe excepted), found in the source so a new knob cannot be left out.
 #[test]

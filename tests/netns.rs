@@ -141,6 +141,17 @@ fn without_offloads_from_boringtun() {
     script_env("test-interop.sh", &["boringtun", "wgturbo", "6"], &[("WGTURBO_NO_OFFLOAD", "1")]);
 }
 
+/// The other worker placement and crypto hand-off (pinned, chunks handed out every round)
+/// against a real peer.
+#[test]
+fn pinned_with_parallel_crypto_always_against_wireguard_go() {
+    script_env(
+        "test-interop.sh",
+        &["wireguard-go", "wgturbo", "4"],
+        &[("WGTURBO_PIN", "1"), ("WGTURBO_PARALLEL_CRYPTO", "always")],
+    );
+}
+
 #[test]
 fn handshake_flood_gets_cookies_and_real_peer_gets_through() {
     script("test-dos.sh", &[]);
