@@ -81,10 +81,6 @@ impl CryptoPool {
         self.mode
     }
 
-    pub fn enabled(&self) -> bool {
-        self.mode != ParallelCrypto::Off
-    }
-
     /// Whether a round hands chunks to the pool; `backlogged`: it filled its read batch.
     pub fn shares(&self, backlogged: bool) -> bool {
         match self.mode {

@@ -132,7 +132,7 @@ impl Opener {
         self.handed.resize(bufs.len(), false);
         for (slot, buf) in bufs.iter_mut().enumerate() {
             let datagrams = buf.len.div_ceil(buf.stride.max(1));
-            if slot > 0 && share && pool.enabled() && datagrams >= HAND_OFF_MIN_DATAGRAMS {
+            if slot > 0 && share && datagrams >= HAND_OFF_MIN_DATAGRAMS {
                 let job = OpenJob {
                     owner: self.worker,
                     slot,

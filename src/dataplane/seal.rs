@@ -121,7 +121,8 @@ pub struct Sealer {
     reply_rx: Receiver<SealJob>,
     /// Datagrams that could not be sealed (a bug if ever non-zero).
     pub failed: u64,
-    /// Whether this round's full chunks go to the pool (`CryptoPool::shares`).
+    /// Whether this round's full chunks go to the pool: what `CryptoPool::shares` said for
+    /// the round (never, until told).
     sharing: bool,
 }
 
@@ -136,7 +137,7 @@ impl Sealer {
             reply_tx,
             reply_rx,
             failed: 0,
-            sharing: true,
+            sharing: false,
         }
     }
 
@@ -168,8 +169,7 @@ impl Sealer {
     }
 
     fn hand_off(&mut self, pool: &CryptoPool, batch: &mut SendBatch, index: usize) {
-        if !self.sharing || !pool.enabled() || self.chunks.get(index).is_none_or(ChunkWork::is_empty) || self.out[index]
-        {
+        if !self.sharing || self.chunks.get(index).is_none_or(ChunkWork::is_empty) || self.out[index] {
             return;
         }
         let job = SealJob {
@@ -290,6 +290,7 @@ mod tests {
         };
         let mut batch = SendBatch::new(64, 2048, true);
         let mut sealer = Sealer::new(0, 64);
+        sealer.set_sharing(pool.shares(false));
         for round in 0..50 {
             let n = 200 + round * 13;
             let k = keypair(true); // counters from 0, as `check_in_order` expects
@@ -312,6 +313,7 @@ mod tests {
         let k = keypair(true);
         let mut batch = SendBatch::new(16, 2048, true);
         let mut sealer = Sealer::new(0, 16);
+        sealer.set_sharing(pool.shares(false));
         frame_all(&pool, &mut sealer, &mut batch, &k, 300);
         sealer.finish(&pool, &mut batch);
         check_in_order(&batch, 300);

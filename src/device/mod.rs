@@ -232,7 +232,7 @@ impl Device {
             ParallelCrypto::Backlogged => "parallel crypto when backlogged",
             ParallelCrypto::Always => "parallel crypto",
         };
-        let pinned = if io.pin_workers && !cores.is_empty() { "pinned" } else { "unpinned" };
+        let pinned = if cores.is_empty() { "unpinned" } else { "pinned" };
         let summary = format!("{} worker(s), {pinned}, on {}; {seal}; {udp}", backends.len(), names.join("+"));
         let info = DeviceInfo {
             device: String::new(),
