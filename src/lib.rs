@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod device;
 pub mod io;
 pub mod keys;
+pub mod load;
 pub mod metrics;
 pub mod noise;
 pub mod peer;

@@ -142,6 +142,15 @@ impl SendBatch {
         (chunk, start)
     }
 
+    /// Ends the last group: the next datagram starts a message of its own even when it goes
+    /// to the same endpoint with the same size. For a sender whose trains must be one flow's
+    /// back-to-back datagrams, as a NIC's GRO would have built them.
+    pub fn close_group(&mut self) {
+        if let Some(g) = self.groups.last_mut() {
+            g.closed = true;
+        }
+    }
+
     /// The chunk datagrams are being written into.
     pub fn current_chunk(&self) -> usize {
         self.current

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use batch::{Buf, SendBatch, TunWriteBatch};
+pub use syscalls::{BatchReceiver, BatchSender};
 pub use doorbell::Doorbell;
 pub use tun::Tun;
 pub use udp::OsSocket;
@@ -149,6 +150,19 @@ impl Socket {
                 }
                 batch.clear();
                 result
+            }
+        }
+    }
+
+    /// Receives what the socket has into `out` (each buffer a datagram or a GRO train with its
+    /// stride): for readers outside the workers, such as a load generator or a sink. With
+    /// `wait`, blocks until one datagram arrives or half a second passes.
+    pub fn recv_batch(&self, receiver: &mut BatchReceiver, out: &mut Vec<Buf>, wait: bool) -> io::Result<()> {
+        match self {
+            Socket::Os(s) => receiver.recv(s, out, wait),
+            Socket::Twin(s) => {
+                s.recv_into(out, UDP_RECV_BATCH, wait.then_some(Duration::from_millis(500)));
+                Ok(())
             }
         }
     }

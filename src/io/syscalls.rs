@@ -115,6 +115,8 @@ impl BatchReceiver {
 
     /// Takes buffers back for the next receive.
     pub fn recycle(&mut self, bufs: &mut Vec<Buf>) {
+        // A buffer of another size (a twin's datagram) would cut a later receive short.
+        bufs.retain(|b| b.data.len() == UDP_BUF);
         self.free.append(bufs);
         self.free.truncate(UDP_RECV_BATCH);
     }

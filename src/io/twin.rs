@@ -141,6 +141,21 @@ impl TwinSocket {
         Ok(buf.len())
     }
 
+    /// Moves up to `max` datagrams waiting on this socket into `out`, one buffer each; with
+    /// `wait`, first waits up to `timeout` for one to arrive.
+    pub fn recv_into(&self, out: &mut Vec<Buf>, max: usize, wait: Option<Duration>) {
+        if let Some(timeout) = wait {
+            match self.rx.recv_timeout(timeout) {
+                Ok(d) => out.push(datagram_buf(d)),
+                Err(_) => return,
+            }
+        }
+        while out.len() < max {
+            let Ok(d) = self.rx.try_recv() else { break };
+            out.push(datagram_buf(d));
+        }
+    }
+
     /// Closes the port (a socket rebound on it since keeps it).
     pub fn shutdown(&self) {
         let mut ports = self.net.ports();
@@ -157,6 +172,11 @@ impl Drop for TwinSocket {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+fn datagram_buf((bytes, src): Datagram) -> Buf {
+    let len = bytes.len();
+    Buf { data: bytes.into_boxed_slice(), len, src: Some(src), stride: len, cut: 0 }
 }
 
 /// The device's side of a twin TUN queue.

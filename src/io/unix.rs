@@ -1,9 +1,11 @@
-//! The UAPI socket's file: created with no access for group and others from its first moment
-//! (wireguard-go binds under umask 077; a chmod after bind leaves a window).
+//! Small process-level calls: the UAPI socket's file, created with no access for group and
+//! others from its first moment (wireguard-go binds under umask 077; a chmod after bind leaves
+//! a window), and the process's CPU time.
 
 use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::time::Duration;
 
 /// Binds a Unix stream socket at `path` under umask 077, so only the owner may connect.
 pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
@@ -14,6 +16,19 @@ pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
     // SAFETY: as above; restores the caller's mask.
     unsafe { libc::umask(old) };
     listener
+}
+
+/// CPU time (user and system) this process has used so far, for tools that report their own
+/// cost beside what they measure.
+pub fn process_cpu_time() -> Duration {
+    // SAFETY: rusage is a plain C struct (all-zero is valid); getrusage writes it and only it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a live, writable rusage; RUSAGE_SELF cannot fail.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 #[cfg(test)]
