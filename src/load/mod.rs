@@ -12,6 +12,7 @@ pub mod counters;
 pub mod initiator;
 pub mod peers;
 pub mod report;
+pub mod run;
 pub mod traffic;
 pub mod upload;
 
