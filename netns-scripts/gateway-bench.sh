@@ -19,6 +19,8 @@
 #   RATE=0                    packets/s per sender (0: flat out)
 #   OUT=FILE                  also write each row (each round) as one JSON object a line
 #   TAG=name                  names the perf/ files (default: the date)
+#   PROFILE=DIR               per-core rows also record the gateway's core (perf record -C 0 -g)
+#                             into DIR/IMPL-DIRECTION-SIZE-PEERS.data (netns-scripts/profile.sh)
 # Prints a table of medians with ratios to wireguard-go, keeps every round in
 # perf/gateway-TAG.jsonl and draws perf/gateway-TAG.svg.
 set -uo pipefail
@@ -34,6 +36,7 @@ BIG=${BIG:-1}
 MIXED=${MIXED:-1}
 WHOLE_BOX=${WHOLE_BOX:-1}
 RATE=${RATE:-0}
+PROFILE_DIR=${PROFILE:-}
 TAG=${TAG:-$(date +%F)}
 bash netns-scripts/install-deps.sh >/dev/null
 if [ -z "${WIREGUARD_GO:-}" ] && [[ " $IMPLS " == *" wireguard-go "* ]]; then
@@ -48,6 +51,11 @@ trap 'rm -f "$ROWS"' EXIT
 mkdir -p perf
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo +dirty)"
+
+# rps NS DEV CPUMASK: the CPUs that process what DEV receives.
+rps() {
+  ip netns exec "$1" sh -c "echo $3 > /sys/class/net/$2/queues/rx-0/rps_cpus" || echo "no RPS on $2" >&2
+}
 
 # group IMPL CONFIGURED PERCORE "ROW..." ROUND: one gateway set up once, then its rows, each
 # "direction:size:active". Prints one JSON line per row.
@@ -64,6 +72,12 @@ group() {
     local iface="wgt${RUN_ID}g" pin_gw=() pin_load=() env=()
     if [ "$percore" = true ]; then
       pin_gw=(taskset -c 0); pin_load=(taskset -c 1)
+      # Receive processing (RPS) where a real network would do it: what arrives at the gateway
+      # (the upload's UDP receive, the download's forwarding into the TUN) on the gateway's
+      # core, what arrives at the load or the server on theirs. Without it the kernel does that
+      # work on the sender's core, and the load would pay for the gateway's stack.
+      rps "$G" "vb${RUN_ID}0" 1; rps "$G" "va${RUN_ID}1" 1
+      rps "$L" "va${RUN_ID}0" 2; rps "$S" "vb${RUN_ID}1" 2
     fi
     case "$impl" in
       wgturbo*)
@@ -112,7 +126,15 @@ group() {
           --size "$size" --seconds "$ROW_SECS" --rate "$RATE" >"$WORK/source.json" 2>>"$WORK/load.err" &
         source_pid=$!; PIDS+=("$source_pid")
       fi
+      local perf_pid=""
+      if [ -n "${PROFILE:-}" ] && [ "$percore" = true ]; then
+        # The gateway's core only, in the middle of the traffic.
+        (sleep 1; exec perf record -q -C 0 -g -F 999 -o "$PROFILE_DIR/$impl-$direction-$size-$active.data" \
+          -- sleep $((ROW_SECS > 3 ? ROW_SECS - 2 : 1))) >/dev/null 2>&1 &
+        perf_pid=$!
+      fi
       wait "$load_pid"
+      [ -n "$perf_pid" ] && wait "$perf_pid"
       [ -n "$source_pid" ] && wait "$source_pid"
       [ -n "$sink_pid" ] && wait "$sink_pid"
       local after; after=$(ticks)

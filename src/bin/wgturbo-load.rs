@@ -23,7 +23,7 @@ use wgturbo::keys::PublicKey;
 use wgturbo::load::counters::{DownloadCounter, FlowStats};
 use wgturbo::load::run::{self, IDLE_END};
 use wgturbo::load::traffic::{build_udp4, Stamp};
-use wgturbo::load::upload::{keepalive, Sender, Uploader};
+use wgturbo::load::upload::{Sender, Uploader};
 use wgturbo::load::{Initiators, PacketSize, PeerPlan, Report};
 
 const USAGE: &str = "usage:
@@ -124,7 +124,8 @@ impl Options {
     }
 
     fn plan(&self, peers: u32) -> Result<PeerPlan, Fail> {
-        let plan = PeerPlan::new(self.get("seed").unwrap_or(DEFAULT_SEED), self.get("prefix").unwrap_or(DEFAULT_PREFIX))?;
+        let plan =
+            PeerPlan::new(self.get("seed").unwrap_or(DEFAULT_SEED), self.get("prefix").unwrap_or(DEFAULT_PREFIX))?;
         plan.check(u64::from(peers))?;
         Ok(plan)
     }
@@ -176,7 +177,10 @@ fn config(args: &[String]) -> Result<Report, Fail> {
             std::process::exit(0);
         }
     }
-    Ok(Report::default().text("role", "config").int("peers", u64::from(n)).text("gateway_address", &plan.gateway_address().to_string()))
+    Ok(Report::default()
+        .text("role", "config")
+        .int("peers", u64::from(n))
+        .text("gateway_address", &plan.gateway_address().to_string()))
 }
 
 fn bind(port: u16, gro: bool) -> Result<Socket, Fail> {
@@ -187,14 +191,29 @@ fn peers(args: &[String]) -> Result<Report, Fail> {
     let o = Options::parse(
         args,
         &[
-            "gateway", "gateway-key", "peers", "prefix", "seed", "upload", "size", "flows", "rate", "seconds", "burst",
-            "verify-every", "window", "handshake-timeout", "preseal-mib", "ready-file",
+            "gateway",
+            "gateway-key",
+            "peers",
+            "prefix",
+            "seed",
+            "upload",
+            "size",
+            "flows",
+            "rate",
+            "seconds",
+            "burst",
+            "verify-every",
+            "window",
+            "handshake-timeout",
+            "preseal-mib",
+            "ready-file",
         ],
         &["download"],
     )?;
     let gateway: SocketAddr = o.required("gateway", "the gateway's IP:PORT")?;
     let key = o.get("gateway-key").ok_or_else(|| Fail("--gateway-key is required (its public key)".into()))?;
-    let gateway_key = PublicKey::from_base64(key).map_err(|_| Fail("--gateway-key is not a base64 public key".into()))?;
+    let gateway_key =
+        PublicKey::from_base64(key).map_err(|_| Fail("--gateway-key is not a base64 public key".into()))?;
     let n = o.peers(1)?;
     let plan = o.plan(n)?;
     let upload: Option<SocketAddrV4> = match o.get("upload") {
@@ -212,7 +231,9 @@ fn peers(args: &[String]) -> Result<Report, Fail> {
     let timeout: f64 = o.parsed("handshake-timeout", 30.0 + f64::from(n) / 500.0, "seconds")?;
     let preseal_mib: usize = o.parsed("preseal-mib", 256, "MiB")?;
     if flows == 0 || flows > 1000 || burst == 0 || burst > 64 || window == 0 || !(timeout > 0.0 && timeout <= 3600.0) {
-        return Err(Fail("--flows must be 1-1000, --burst 1-64, --window at least 1, --handshake-timeout 0-3600 s".into()));
+        return Err(Fail(
+            "--flows must be 1-1000, --burst 1-64, --window at least 1, --handshake-timeout 0-3600 s".into(),
+        ));
     }
     if upload.is_none() && !download {
         return Err(Fail("say what to carry: --upload SINK_IP:PORT, --download, or both".into()));
@@ -223,13 +244,14 @@ fn peers(args: &[String]) -> Result<Report, Fail> {
     let keys = (0..n).map(|i| plan.private_key(i)).collect();
     let mut initiators = Initiators::new(gateway_key, keys, index_base);
     let terminal = std::io::stderr().is_terminal();
-    let outcome = run::handshakes(&socket, &mut initiators, gateway, window, Duration::from_secs_f64(timeout), |done, all, t| {
-        if terminal {
-            let rate = done as f64 / t.as_secs_f64().max(1e-3);
-            let left = if rate > 0.0 { (all - done) as f64 / rate } else { f64::INFINITY };
-            eprint!("\rhandshakes {done}/{all}, {rate:.0}/s, {left:.0} s left   ");
-        }
-    });
+    let outcome =
+        run::handshakes(&socket, &mut initiators, gateway, window, Duration::from_secs_f64(timeout), |done, all, t| {
+            if terminal {
+                let rate = done as f64 / t.as_secs_f64().max(1e-3);
+                let left = if rate > 0.0 { (all - done) as f64 / rate } else { f64::INFINITY };
+                eprint!("\rhandshakes {done}/{all}, {rate:.0}/s, {left:.0} s left   ");
+            }
+        });
     if terminal {
         eprintln!();
     }
@@ -241,22 +263,7 @@ fn peers(args: &[String]) -> Result<Report, Fail> {
         )));
     }
     let keypairs: Vec<_> = initiators.keypairs().into_iter().flatten().collect();
-    // Confirm every session, as an initiator with nothing to send does: the gateway may only
-    // send on a session once it has heard from it.
-    let mut sender = BatchSender::default();
-    let mut batch = SendBatch::new(1, 1024, false);
-    let now = Instant::now();
-    for k in &keypairs {
-        if let Some(msg) = keepalive(k, now) {
-            if !batch.has_room(msg.len()) {
-                let _ = socket.send_batch(&mut sender, &mut batch);
-            }
-            let (_, space) = batch.reserve(msg.len());
-            space.copy_from_slice(&msg);
-            batch.commit(msg.len(), gateway);
-        }
-    }
-    let _ = socket.send_batch(&mut sender, &mut batch);
+    run::confirm_sessions(&socket, &keypairs, gateway);
     std::thread::sleep(Duration::from_millis(100));
 
     let socket = Arc::new(socket);
@@ -300,7 +307,11 @@ fn peers(args: &[String]) -> Result<Report, Fail> {
         .int("cookie_replies", outcome.cookies)
         .num("cpu_s", cpu);
     if let Some(s) = sent {
-        r = r.int("sent", s.sent).int("sealed_ahead", s.sealed_ahead).int("send_errors", s.send_errors).num("send_s", s.seconds);
+        r = r
+            .int("sent", s.sent)
+            .int("sealed_ahead", s.sealed_ahead)
+            .int("send_errors", s.send_errors)
+            .num("send_s", s.seconds);
     }
     if let Some(c) = counter {
         let span = c.span();

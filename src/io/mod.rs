@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use batch::{Buf, SendBatch, TunWriteBatch};
-pub use syscalls::{BatchReceiver, BatchSender};
 pub use doorbell::Doorbell;
+pub use syscalls::{BatchReceiver, BatchSender};
 pub use tun::Tun;
 pub use udp::OsSocket;
 

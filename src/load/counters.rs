@@ -133,7 +133,7 @@ impl DownloadCounter {
         self.last = Some(now);
         let nth = self.per_peer[peer];
         self.per_peer[peer] += 1;
-        if self.verify_every > 0 && nth % self.verify_every == 0 {
+        if self.verify_every > 0 && nth.is_multiple_of(self.verify_every) {
             if self.is_authentic_for(peer, datagram, now) {
                 self.verified += 1;
             } else {

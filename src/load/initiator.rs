@@ -63,15 +63,7 @@ impl Initiators {
             })
             .collect();
         let waiting = (0..slots.len()).collect();
-        Initiators {
-            slots,
-            index_base,
-            waiting,
-            in_flight: 0,
-            established: 0,
-            initiations_sent: 0,
-            cookies: 0,
-        }
+        Initiators { slots, index_base, waiting, in_flight: 0, established: 0, initiations_sent: 0, cookies: 0 }
     }
 
     pub fn len(&self) -> usize {

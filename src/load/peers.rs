@@ -75,7 +75,9 @@ impl PeerPlan {
             let parts: Vec<_> = (0..count)
                 .step_by(per as usize)
                 .map(|start| {
-                    s.spawn(move || (start..(start + per).min(count)).map(|i| self.private_key(i).public_key()).collect())
+                    s.spawn(move || {
+                        (start..(start + per).min(count)).map(|i| self.private_key(i).public_key()).collect()
+                    })
                 })
                 .collect();
             parts.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| Vec::new())).collect()

@@ -3,12 +3,14 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::initiator::Initiators;
-use super::upload::Uploader;
+use super::upload::{keepalive, Uploader};
 use crate::io::{BatchReceiver, BatchSender, Buf, SendBatch, Socket};
 use crate::noise::messages::INITIATION_LEN;
+use crate::session::Keypair;
 
 /// Messages a send batch holds at most.
 const BATCH_MESSAGES: usize = 1024;
@@ -80,6 +82,24 @@ pub fn handshakes(
         initiations_sent: initiators.initiations_sent,
         cookies: initiators.cookies,
     }
+}
+
+/// Sends one keepalive on each session, as an initiator with nothing to send does: a
+/// responder may only send on a session once it has heard on it.
+pub fn confirm_sessions(socket: &Socket, keypairs: &[Arc<Keypair>], gateway: SocketAddr) {
+    let mut sender = BatchSender::default();
+    let mut batch = SendBatch::new(1, BATCH_MESSAGES, false);
+    let now = Instant::now();
+    for k in keypairs {
+        let Some(msg) = keepalive(k, now) else { continue };
+        if !batch.has_room(msg.len()) {
+            let _ = socket.send_batch(&mut sender, &mut batch);
+        }
+        let (_, space) = batch.reserve(msg.len());
+        space.copy_from_slice(&msg);
+        batch.commit(msg.len(), gateway);
+    }
+    let _ = socket.send_batch(&mut sender, &mut batch);
 }
 
 /// What a sender did.
