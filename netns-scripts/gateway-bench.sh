@@ -19,6 +19,8 @@
 #   RATE=0                    packets/s per sender (0: flat out)
 #   OUT=FILE                  also write each row (each round) as one JSON object a line
 #   TAG=name                  names the perf/ files (default: the date)
+#   PERF_DIR=perf             where the rounds and the chart go
+#   CHECK=1                   exit 1 if any row carried nothing, failed, or got a forged datagram
 #   PROFILE=DIR               per-core rows also record the gateway's core (perf record -C 0 -g)
 #                             into DIR/IMPL-DIRECTION-SIZE-PEERS.data (netns-scripts/profile.sh)
 # Prints a table of medians with ratios to wireguard-go, keeps every round in
@@ -38,17 +40,19 @@ WHOLE_BOX=${WHOLE_BOX:-1}
 RATE=${RATE:-0}
 PROFILE_DIR=${PROFILE:-}
 TAG=${TAG:-$(date +%F)}
+PERF_DIR=${PERF_DIR:-perf}
 bash netns-scripts/install-deps.sh >/dev/null
 if [ -z "${WIREGUARD_GO:-}" ] && [[ " $IMPLS " == *" wireguard-go "* ]]; then
   bash netns-scripts/fetch-peers.sh >/dev/null || { echo "cannot fetch trixie's wireguard-go" >&2; exit 1; }
   WIREGUARD_GO=$PWD/netns-scripts/.cache/wireguard-go-trixie/usr/bin/wireguard-go
 fi
 export WIREGUARD_GO
-cargo build --release --quiet --bins || exit 1
+# Tests hand in the binaries they built (WGTURBO, LOAD); otherwise build them.
+[ -n "${LOAD:-}" ] || cargo build --release --quiet --bins || exit 1
 LOAD=${LOAD:-$PWD/target/release/wgturbo-load}
 ROWS=$(mktemp)
 trap 'rm -f "$ROWS"' EXIT
-mkdir -p perf
+mkdir -p "$PERF_DIR"
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo +dirty)"
 
@@ -217,12 +221,12 @@ for l in sys.stdin:
   done < <(plan)
 done
 
-cp "$ROWS" "perf/gateway-$TAG.jsonl"
+cp "$ROWS" "$PERF_DIR/gateway-$TAG.jsonl"
 [ -n "${OUT:-}" ] && cp "$ROWS" "$OUT"
 echo "machine: $(nproc) vCPU, $(uname -r), $CPU_MODEL"
 echo "commit: $COMMIT"
 echo "command: SECONDS=$ROW_SECS ROUNDS=$ROUNDS IMPLS=\"$IMPLS\" bash netns-scripts/gateway-bench.sh   ($(( $(date +%s) - start )) s)"
-python3 - "$ROWS" "perf/gateway-$TAG.svg" <<'PY'
+python3 - "$ROWS" "$PERF_DIR/gateway-$TAG.svg" <<'PY'
 import json, statistics, sys
 from collections import defaultdict
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -266,3 +270,17 @@ svg.append("</svg>")
 open(sys.argv[2], "w").write("\n".join(svg) + "\n")
 print("chart:", sys.argv[2])
 PY
+if [ "${CHECK:-0}" = 1 ]; then
+  python3 - "$ROWS" <<'PY' || exit 1
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+bad = [r for r in rows if "error" in r or r["mpps"] <= 0 or r["received"] <= 0 or r["failed"] > 0
+       or (r["direction"] != "upload" and r["verified"] <= 0)]
+for r in bad:
+    print("CHECK failed:", json.dumps(r), file=sys.stderr)
+if not rows:
+    print("CHECK failed: no rows", file=sys.stderr)
+sys.exit(1 if bad or not rows else 0)
+PY
+  echo "check: every row carried traffic, downloads verified authentic"
+fi

@@ -3,11 +3,60 @@
 # wgturbo daemons in two namespaces (SCENARIO tcp1|tcp4|udp1, as in bench.sh). Records the
 # whole machine with `perf record -a -g` for SECONDS in the middle of the transfer, then prints
 # the share of CPU per thread kind and the top symbols. A benchmark aid, not a test.
+#
+# SCENARIO gateway-upload|gateway-download: the gateway benchmark's per-core row at 64 bytes
+# with one peer (IMPL=wgturbo by default; wgturbo-uring, wgturbo-syscalls, wireguard-go), the
+# gateway's core alone recorded, its time split into syscall entry, copies, crypto, the
+# kernel's network stack (receive, forwarding, TUN and UDP), routing and the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SCEN=${1:-tcp1}
 SECS=${2:-5}
 command -v perf >/dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
+case "$SCEN" in
+  gateway-upload|gateway-download)
+    dir=$(mktemp -d)
+    trap 'rm -rf "$dir"' EXIT
+    impl=${IMPL:-wgturbo} size=${SIZE:-64}
+    SECONDS=$SECS IMPLS=$impl PEERS=1 SIZES=$size DIRECTIONS=${SCEN#gateway-} BIG=0 MIXED=0 WHOLE_BOX=0 \
+      TAG=profile PROFILE="$dir" bash netns-scripts/gateway-bench.sh 2>&1 | grep -E 'Mpps' | head -1
+    rm -f perf/gateway-profile.jsonl perf/gateway-profile.svg
+    data="$dir/$impl-${SCEN#gateway-}-$size-1.data"
+    [ -s "$data" ] || { echo "no profile recorded" >&2; exit 1; }
+    echo "== the gateway's core (0): share by thread"
+    perf report -i "$data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -6
+    echo "== by kind of work"
+    perf report -i "$data" --no-children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | python3 -c '
+import re, sys
+kinds = [
+    ("idle", r"pv_native_safe_halt|default_idle|cpuidle|do_idle|native_safe_halt"),
+    ("crypto (AEAD)", r"chacha|poly1305|aead"),
+    ("copies to/from user", r"copy_to_iter|copy_from_iter|copy_to_user|copy_from_user|copyout|copyin|memcpy|memmove|rep_movs|skb_copy_datagram|__check_object_size"),
+    ("syscall entry and exit", r"entry_SYSCALL|do_syscall|syscall_exit|syscall_return|__x64_sys|fdget|fput|ksys_|__sys_|x64_sys_call|native_write_msr|read_tsc|do_sys_poll|__do_sys|__se_sys|vfs_read|vfs_write|io_uring_enter|__io_uring"),
+    ("routing and peer lookup", r"wgturbo::routing|AllowedIps|wgturbo::dataplane::indices"),
+    ("kernel network stack", r"handle_softirqs|net_rx|netif|napi|ip_|ipv6|udp|tun_|tcp_|skb|__dev_queue|dev_hard|veth|neigh|fib_|rt_|dst_|nf_|sock_|sk_|inet_|process_backlog|__napi|gro|flow_dissect|siphash|kfree|kmalloc|kmem|slab|page_|__alloc|raw_spin|_raw_|consume_skb|validate_xmit|sch_direct|qdisc|rcu|icmp|csum|checksum"),
+    ("wgturbo (the rest)", r"wgturbo::|ring_core"),
+]
+share = {k: 0.0 for k, _ in kinds}
+rest = 0.0
+for line in sys.stdin:
+    m = re.match(r"\s*([0-9.]+)%\s+\[(.)\]\s+(.*)", line)
+    if not m:
+        continue
+    pct, sym = float(m.group(1)), m.group(3)
+    for k, rx in kinds:
+        if re.search(rx, sym):
+            share[k] += pct
+            break
+    else:
+        rest += pct
+for k, _ in kinds:
+    print(f"{share[k]:6.1f}%  {k}")
+print(f"{rest:6.1f}%  other (libc, the scheduler, ...)")'
+    echo "== top symbols"
+    perf report -i "$data" --no-children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -25
+    exit 0 ;;
+esac
 bash netns-scripts/install-deps.sh >/dev/null
 cargo build --release --quiet
 source netns-scripts/lib.sh

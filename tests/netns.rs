@@ -184,3 +184,44 @@ fn netns_suite_against_wireguard_go() {
 fn peer_restart_mid_transfer_and_many_small_flows() {
     script("test-restart.sh", &[]);
 }
+
+/// The gateway benchmark, short: wgturbo-load's 10 peers against wgturbo and wireguard-go as
+/// the gateway, upload and download at 64 bytes, one core each; every row must carry traffic
+/// and every opened download datagram be authentic (CHECK=1).
+#[test]
+fn gateway_bench_smoke_against_wireguard_go() {
+    let dir = std::env::temp_dir().join(format!("wgturbo-gw-smoke-{}", std::process::id()));
+    let dir_s = dir.to_string_lossy().to_string();
+    let load = env!("CARGO_BIN_EXE_wgturbo-load");
+    let wg_go = String::from_utf8(
+        Command::new("sh").args(["-c", "command -v wireguard-go"]).output().map(|o| o.stdout).unwrap_or_default(),
+    )
+    .unwrap_or_default()
+    .trim()
+    .to_string();
+    script_env(
+        "gateway-bench.sh",
+        &[],
+        &[
+            ("SECONDS", "5"),
+            ("IMPLS", "wgturbo wireguard-go"),
+            ("PEERS", "10"),
+            ("SIZES", "64"),
+            ("DIRECTIONS", "upload download"),
+            ("BIG", "0"),
+            ("MIXED", "0"),
+            ("WHOLE_BOX", "0"),
+            ("TAG", "smoke"),
+            ("PERF_DIR", &dir_s),
+            ("CHECK", "1"),
+            ("LOAD", load),
+            ("WIREGUARD_GO", &wg_go),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn metrics_endpoint_survives_idle_connections_endless_headers_and_slowloris() {
+    script("test-metrics-abuse.sh", &[]);
+}
