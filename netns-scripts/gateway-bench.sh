@@ -250,12 +250,13 @@ impls = sorted({k[5] for k in med})
 colors = {"wireguard-go": "#5bc0de", "wgturbo": "#d9534f", "wgturbo-uring": "#f0ad4e", "wgturbo-syscalls": "#8b0000"}
 top = max([m["mpps"] for m in med.values()] + [0.001])
 w, left, bar = 900, 170, 16
-h = 60 + len(keys) * (len(impls) * (bar + 4) + 14)
+h = 60 + len(keys) * (len(impls) * (bar + 4) + 32)
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
        '<text x="10" y="20" font-size="15">Gateway on one core, 1 peer: inner packets forwarded, Mpps (median)</text>']
 y = 40
 for d, size in keys:
     svg.append(f'<text x="10" y="{y + 12}" font-weight="bold">{d} {size}</text>')
+    y += 18
     for impl in impls:
         m = med.get((True, d, int(size) if size.isdigit() else size, 1, 1, impl))
         if not m:
