@@ -28,6 +28,10 @@ pub enum SessionError {
     TooShort,
 }
 
+/// The send counter of a keypair that may send no more: past REJECT_AFTER_MESSAGES, where
+/// `reserve_counters` never reserves from.
+const SPENT: u64 = u64::MAX;
+
 pub struct Keypair {
     pub local_index: u32,
     pub remote_index: u32,
@@ -62,16 +66,22 @@ impl Keypair {
         }
     }
 
-    /// Reserves `n` consecutive nonces; None once the keypair may not send any more.
+    /// Reserves `n` consecutive nonces; None once the keypair may not send any more. A batch
+    /// that would cross REJECT_AFTER_MESSAGES is refused whole and the keypair is spent for
+    /// good (the kernel's `sending.is_valid = false`): the counter never moves past the limit,
+    /// so it can never wrap around to nonces already used.
     pub fn reserve_counters(&self, n: u64, now: Instant) -> Option<u64> {
         if now.saturating_duration_since(self.birth) >= REJECT_AFTER_TIME {
             return None;
         }
-        let first = self.send_counter.fetch_add(n, Ordering::Relaxed);
-        if first.checked_add(n)? > REJECT_AFTER_MESSAGES {
-            return None;
+        let fits = |c: u64| c.checked_add(n).filter(|&end| end <= REJECT_AFTER_MESSAGES);
+        match self.send_counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, fits) {
+            Ok(first) => Some(first),
+            Err(_) => {
+                self.send_counter.store(SPENT, Ordering::Relaxed);
+                None
+            }
         }
-        Some(first)
     }
 
     pub fn sent_counter(&self) -> u64 {
@@ -241,6 +251,26 @@ mod tests {
             recv: [1; 32],
             is_initiator: initiator,
         }
+    }
+
+    #[test]
+    fn the_send_counter_stops_at_reject_after_messages_and_never_wraps() {
+        let now = Instant::now();
+        let k = Keypair::new(&keys(true, 1), now);
+        k.send_counter.store(REJECT_AFTER_MESSAGES - 3, Ordering::Relaxed);
+        assert_eq!(k.reserve_counters(2, now), Some(REJECT_AFTER_MESSAGES - 3));
+        assert_eq!(k.reserve_counters(2, now), None, "a batch crossing the limit is refused whole");
+        assert_eq!(k.reserve_counters(1, now), None, "and the keypair is spent for good");
+        // Far more refusals than the 2^13 nonces between the limit and the counter's wrap.
+        for _ in 0..20_000 {
+            assert_eq!(k.reserve_counters(1, now), None);
+        }
+        assert!(k.sent_counter() > REJECT_AFTER_MESSAGES && k.wants_rekey_on_send(now));
+        // The last nonce below the limit is usable once, exactly.
+        let k = Keypair::new(&keys(true, 2), now);
+        k.send_counter.store(REJECT_AFTER_MESSAGES - 1, Ordering::Relaxed);
+        assert_eq!(k.reserve_counters(1, now), Some(REJECT_AFTER_MESSAGES - 1));
+        assert_eq!(k.reserve_counters(1, now), None);
     }
 
     #[test]
