@@ -69,4 +69,18 @@ grep -q "TUN" <<<"$err" || die "missing-TUN error unclear: $err"
 # A bad interface name.
 err=$("$WGTURBO" -f "this-name-is-far-too-long" 2>&1) && die "accepted a 25-character name"
 grep -q "invalid interface name" <<<"$err" || die "bad name error unclear: $err"
-log "ok: background start, link del, SIGTERM, SIGINT, socket removal, start-up errors"
+# Two daemons, one port: the second is refused with EADDRINUSE (as wireguard-go answers) and
+# keeps its own port; the first keeps the port and every datagram on it.
+IX="wgt${RUN_ID}x" IY="wgt${RUN_ID}y"
+for I in "$IX" "$IY"; do
+  ip netns exec "$A" "$WGTURBO" "$I" || die "start $I"
+  PIDS+=("$(pid_of "$I")")
+done
+ip netns exec "$A" wg set "$IX" listen-port 51900 || die "first daemon cannot take port 51900"
+y_port=$(ip netns exec "$A" wg show "$IY" listen-port)
+err=$(ip netns exec "$A" wg set "$IY" listen-port 51900 2>&1) && die "a second daemon shared port 51900"
+grep -qi "in use" <<<"$err" || die "unclear error for a port in use: $err"
+[ "$(ip netns exec "$A" wg show "$IX" listen-port)" = 51900 ] || die "the first daemon lost its port"
+[ "$(ip netns exec "$A" wg show "$IY" listen-port)" = "$y_port" ] || die "the second daemon lost its own port"
+ip -n "$A" link del "$IX"; ip -n "$A" link del "$IY"
+log "ok: background start, link del, SIGTERM, SIGINT, socket removal, start-up errors, a port in use"

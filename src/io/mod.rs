@@ -190,9 +190,13 @@ impl Network {
     /// (`OsSocket::steer_by_first_byte`): datagrams starting with `byte` are spread over the
     /// workers' sockets by the word at bytes 4..8, all others go to the side socket. Where the
     /// kernel refuses, there is no side socket and the kernel's hash spreads everything.
+    /// A port some other socket holds is AddrInUse, even one bound with SO_REUSEPORT.
     pub fn bind(&self, port: u16, fwmark: u32, count: usize, steer: Option<u8>) -> io::Result<Bound> {
         match self {
             Network::Os { gro } => {
+                if port != 0 {
+                    OsSocket::probe_free(port)?;
+                }
                 let first = OsSocket::bind(port, fwmark, *gro)?;
                 let port = first.local_port()?;
                 let mut sockets = vec![Arc::new(Socket::Os(first))];
@@ -287,6 +291,22 @@ pub fn worker_io(
 mod tests {
     use super::*;
     use std::net::UdpSocket;
+
+    /// A port another daemon's SO_REUSEPORT group holds is refused, not joined.
+    #[test]
+    fn a_port_another_group_holds_is_in_use() {
+        let other = Network::Os { gro: false }.bind(0, 0, 2, None).expect("bind a group");
+        let port = other.sockets[0].local_port().unwrap();
+        let err = Network::Os { gro: false }.bind(port, 0, 2, None).err().expect("the port is taken");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        let plain = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        let port = plain.local_addr().unwrap().port();
+        let err = Network::Os { gro: false }.bind(port, 0, 1, None).err().expect("the port is taken");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        drop(other);
+        drop(plain);
+        assert!(Network::Os { gro: false }.bind(port, 0, 2, None).is_ok(), "free again");
+    }
 
     /// The kernel steers a bound group on loopback: datagrams whose first byte is the bulk
     /// byte go to worker socket (word at 4..8) mod 2, every other to the side socket.

@@ -42,6 +42,28 @@ impl OsSocket {
         Ok(sock)
     }
 
+    /// Whether `port` is free for us: a bind without SO_REUSEPORT (dual stack, or IPv4 where
+    /// IPv6 is off) fails with AddrInUse when any socket holds it, another daemon's
+    /// SO_REUSEPORT group included, which a bind with SO_REUSEPORT would silently join (and its
+    /// steering program would then take both daemons' traffic). wireguard-go answers
+    /// EADDRINUSE there too.
+    pub fn probe_free(port: u16) -> io::Result<()> {
+        let probe = |domain: Domain| -> io::Result<()> {
+            let s = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+            let addr: SocketAddr = if domain == Domain::IPV6 {
+                s.set_only_v6(false)?;
+                SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0))
+            } else {
+                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+            };
+            s.bind(&addr.into())
+        };
+        match probe(Domain::IPV6) {
+            Err(e) if e.kind() != io::ErrorKind::AddrInUse => probe(Domain::IPV4),
+            other => other,
+        }
+    }
+
     fn make(domain: Domain, port: u16, gro: bool) -> io::Result<Socket> {
         let s = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
         s.set_reuse_port(true)?;
