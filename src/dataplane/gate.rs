@@ -263,9 +263,20 @@ const UNDER_LOAD_BURST: u64 = 4_096;
 const UNDER_LOAD_COST_NS: u64 = 1_000_000_000 / UNDER_LOAD_PER_SECOND;
 const UNDER_LOAD_MAX_NS: u64 = UNDER_LOAD_COST_NS * UNDER_LOAD_BURST;
 
+/// Cookie replies passed to the control thread per second per gate, at most: a real one
+/// answers a handshake message we sent to a peer under load, so they come no faster than our
+/// own initiations and responses (a rekey storm of 100,000 peers retried every 5 s is
+/// 20,000/s); each costs the control thread a lookup and an XChaCha20-Poly1305 open.
+const COOKIE_REPLIES_PER_SECOND: u64 = 20_000;
+const COOKIE_REPLY_BURST: u64 = 2_000;
+const COOKIE_REPLY_COST_NS: u64 = 1_000_000_000 / COOKIE_REPLIES_PER_SECOND;
+const COOKIE_REPLY_MAX_NS: u64 = COOKIE_REPLY_COST_NS * COOKIE_REPLY_BURST;
+
 /// A worker's side of the door: its budget under load and the cookie replies of the round.
 pub struct Gate {
     budget: TokenBucket,
+    /// Cookie replies (type 3) let through to the control thread.
+    cookie_replies: TokenBucket,
     /// The round (its clock) in which the budget ran out: the rest of that round's handshake
     /// messages are refused at the cost of a comparison, so a worker drains a flood's GRO
     /// trains fast enough that its socket never fills and starves a tunnel that shares it.
@@ -291,6 +302,7 @@ impl Gate {
         // One chunk holds a thousand replies; more than a round of receives can ask for.
         Gate {
             budget: TokenBucket::default(),
+            cookie_replies: TokenBucket::default(),
             refused_round: None,
             caps: ReplyCaps::default(),
             capped_round: None,
@@ -340,10 +352,26 @@ impl Gate {
         self.replies.has_room(COOKIE_REPLY_LEN)
     }
 
+    /// A cookie reply has no MAC the gate could check (only the peer it answers can open
+    /// it), so it is bounded instead: at a rate, and never into a queue an eighth full, where
+    /// it would take the room of initiations that carry a valid mac2.
+    fn admit_cookie_reply(&mut self, shared: &Shared, now: Instant) -> Option<Screening> {
+        if shared.handshake_tx.len() >= UNDER_LOAD_QUEUED
+            || !self.cookie_replies.take(now, COOKIE_REPLY_COST_NS, COOKIE_REPLY_MAX_NS)
+        {
+            bump(&shared.drops.cookie_reply_refused);
+            return None;
+        }
+        Some(Screening::Unchecked)
+    }
+
     /// Takes a handshake message (any type, sized by the caller) that arrived from `src`:
     /// Some(screening) to pass it to the control thread, None if it was dropped or answered.
     pub fn admit(&mut self, shared: &Shared, msg: &[u8], src: SocketAddr, now: Instant) -> Option<Screening> {
         let kind = msg.first().copied()?;
+        if u32::from(kind) == MESSAGE_COOKIE_REPLY {
+            return self.admit_cookie_reply(shared, now);
+        }
         let Some((mac1_at, mac2_at, sender)) = layout(kind, msg) else {
             // Cookie replies (and anything odd) are the control thread's to judge.
             return Some(Screening::Unchecked);
@@ -505,6 +533,49 @@ mod tests {
     /// backs up the device is under load, and messages without mac2 get cookie replies from
     /// the worker (one each, for the right sender index) even after the queue drained; a
     /// sender that took its cookie gets through; a second after the last sign the load lifts.
+    /// A flood of cookie replies (no MAC to check) is bounded: it never fills the control
+    /// thread's queue past an eighth, nor passes faster than its rate, so an initiation with a
+    /// valid mac2 still finds room.
+    #[test]
+    fn a_cookie_reply_flood_cannot_crowd_out_initiations() {
+        let (shared, channels, mut gate, us) = keyed();
+        let src: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        let now = Instant::now();
+        let mut reply = [0u8; COOKIE_REPLY_LEN];
+        reply[0] = MESSAGE_COOKIE_REPLY as u8;
+        for i in 0..3 * HANDSHAKE_QUEUE as u32 {
+            reply[4..8].copy_from_slice(&i.to_le_bytes());
+            take_handshake(&shared, &mut gate, &reply, src, now);
+        }
+        let queued = shared.handshake_tx.len();
+        assert!(queued <= UNDER_LOAD_QUEUED, "{queued} cookie replies queued");
+        assert_eq!(value(&shared.drops.cookie_reply_refused), 3 * HANDSHAKE_QUEUE as u64 - queued as u64);
+        assert_eq!(value(&shared.drops.handshake_queue_full), 0);
+        // Drained at once, the queue no longer binds: the rate does, its burst and then
+        // 20,000 a second.
+        let later = now + Duration::from_millis(10);
+        let mut passed = 0u64; // the first drain counts the replies queued above
+        for _ in 0..5 * COOKIE_REPLY_BURST {
+            take_handshake(&shared, &mut gate, &reply, src, later);
+            while channels.handshake.try_recv().is_ok() {
+                passed += 1;
+            }
+        }
+        assert!(passed <= COOKIE_REPLY_BURST + COOKIE_REPLIES_PER_SECOND / 100 + 1, "{passed} passed in 10 ms");
+        assert!(passed >= COOKIE_REPLY_BURST, "a burst of real ones passes: {passed}");
+        // An initiation with a valid mac2 (the device under load) is still queued.
+        shared.mark_under_load(shared.stamp(later));
+        let mut generator = CookieGenerator::new(&us);
+        let first = initiation(&mut generator, 9, later);
+        take_handshake(&shared, &mut gate, &first, src, later);
+        let answer = gate.replies.groups().last().map(|g| gate.replies.bytes(g).to_vec()).expect("a cookie reply");
+        generator.consume_reply(&CookieReply::parse(&answer).unwrap(), later).unwrap();
+        let proven = initiation(&mut generator, 10, later);
+        let queued_before = shared.handshake_tx.len();
+        take_handshake(&shared, &mut gate, &proven, src, later);
+        assert_eq!(shared.handshake_tx.len(), queued_before + 1, "the proven initiation is queued");
+    }
+
     #[test]
     fn a_backed_up_queue_makes_the_worker_answer_with_cookies() {
         let (shared, channels, mut gate, us) = keyed();

@@ -174,6 +174,9 @@ pub struct DropCounters {
     pub no_peer_for_destination: AtomicU64,
     pub no_endpoint: AtomicU64,
     pub handshake_queue_full: AtomicU64,
+    /// Cookie replies refused before the control thread: over their rate, or arriving while
+    /// its queue is an eighth full (they must never crowd out initiations).
+    pub cookie_reply_refused: AtomicU64,
     /// Receives of the side socket the kernel dropped (its filter thinning endpoints over
     /// their cookie cap, or its buffer full); a GRO train counts once.
     pub handshake_dropped_by_kernel: AtomicU64,
@@ -188,7 +191,7 @@ pub fn bump(counter: &AtomicU64) {
 
 impl DropCounters {
     /// Every drop reason with its count (worker restarts are not drops and are not here).
-    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 10] {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("malformed", l(&self.malformed)),
@@ -199,6 +202,7 @@ impl DropCounters {
             ("no_peer_for_destination", l(&self.no_peer_for_destination)),
             ("no_endpoint", l(&self.no_endpoint)),
             ("handshake_queue_full", l(&self.handshake_queue_full)),
+            ("cookie_reply_refused", l(&self.cookie_reply_refused)),
             ("handshake_dropped_by_kernel", l(&self.handshake_dropped_by_kernel)),
         ]
     }
