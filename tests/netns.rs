@@ -225,3 +225,8 @@ fn gateway_bench_smoke_against_wireguard_go() {
 fn metrics_endpoint_survives_idle_connections_endless_headers_and_slowloris() {
     script("test-metrics-abuse.sh", &[]);
 }
+
+#[test]
+fn corrupted_datagrams_are_not_repaired_by_coalescing() {
+    script("test-checksum.sh", &[]);
+}

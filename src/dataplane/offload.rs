@@ -48,6 +48,18 @@ pub fn complete_checksum(pkt: &mut [u8], csum_start: usize, csum_offset: usize) 
     Ok(())
 }
 
+/// Whether a TCP or UDP packet's checksum holds (over the pseudo-header and the whole
+/// segment). A coalesced packet is written with NEEDS_CSUM, so the kernel computes a new
+/// checksum and never checks the old ones: a segment corrupted before it was sealed must not
+/// be merged (and so repaired), but written alone as it is, for the kernel to drop. A UDP/IPv4
+/// datagram without a checksum (zero) has nothing to check, as the kernel's GRO takes it.
+fn l4_checksum_valid(pkt: &[u8], ip_hl: usize, udp: bool) -> bool {
+    if udp && pkt[0] >> 4 == 4 && pkt[ip_hl + 6..ip_hl + 8] == [0, 0] {
+        return true;
+    }
+    fold(sum(&pkt[ip_hl..], pseudo_header_sum(pkt, pkt.len() - ip_hl))) == 0xffff
+}
+
 fn ipv4_header_checksum(ip: &mut [u8], ihl: usize) {
     ip[10] = 0;
     ip[11] = 0;
@@ -290,7 +302,7 @@ impl Coalescer {
         let plain = flags & !(TCP_PSH) == TCP_ACK;
         // IPv4 fragments never coalesce.
         let fragment = !v6 && (u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff) != 0;
-        let mergeable = plain && !payload.is_empty() && !fragment;
+        let mergeable = plain && !payload.is_empty() && !fragment && l4_checksum_valid(pkt, ip_hl, false);
 
         if mergeable {
             if let Some(item) = self.latest_item(&key) {
@@ -328,6 +340,11 @@ impl Coalescer {
         let key = FlowKey::of(pkt, ip_hl, v6, true);
         let hdr_len = ip_hl + UDP_HEADER_LEN;
         let payload = &pkt[hdr_len..];
+        if !l4_checksum_valid(pkt, ip_hl, true) {
+            // Alone and closed, in its place in the flow: written as it came.
+            self.start_item(out, pkt, key, (ip_hl, hdr_len), 0, false);
+            return true;
+        }
         if let Some(item) = self.latest_item(&key) {
             let first = &item.data[VNET_HDR_LEN..VNET_HDR_LEN + item.hdr_len];
             let ip_same = if v6 {
@@ -600,6 +617,40 @@ mod tests {
         let sizes: Vec<usize> = b.packets().iter().map(|d| d.len() - VNET_HDR_LEN).collect();
         assert_eq!(sizes, vec![52 + 200, 52 + 100, 52 + 10]);
         assert!(c.is_empty());
+    }
+
+    /// A segment whose checksum fails (corrupted before it was sealed) is never merged: it
+    /// is written alone and unchanged, and its flow's valid neighbours still coalesce around it
+    /// in order.
+    #[test]
+    fn a_corrupted_segment_is_written_alone_as_it_came() {
+        let mut c = Coalescer::with_udp(true);
+        let mut b = TunWriteBatch::default();
+        let mut bad = tcp4(100, TCP_ACK, &[2; 100]);
+        bad[60] ^= 0x40; // a flipped bit in the payload
+        assert!(!valid(&bad));
+        assert!(c.push(&tcp4(0, TCP_ACK, &[1; 100]), &mut b));
+        assert!(c.push(&bad, &mut b));
+        assert!(c.push(&tcp4(200, TCP_ACK, &[3; 100]), &mut b));
+        assert!(c.push(&tcp4(300, TCP_ACK, &[4; 100]), &mut b));
+        c.drain(&mut b);
+        let out: Vec<&[u8]> = b.packets().iter().map(|d| &d[VNET_HDR_LEN..]).collect();
+        assert_eq!(out.len(), 3, "good, bad alone, then the next two merged");
+        assert_eq!(out[1], &bad[..], "the corrupted segment is written unchanged");
+        assert_eq!(VnetHdr::parse(b.packets()[1].as_slice()).unwrap().flags & F_NEEDS_CSUM, 0);
+        assert_eq!(out[2].len(), 52 + 200);
+        // UDP: the same, and a datagram without a checksum (IPv4 zero) still coalesces.
+        let mut c = Coalescer::with_udp(true);
+        let mut b = TunWriteBatch::default();
+        let mut bad = udp6(&[5; 100]);
+        bad[70] ^= 1;
+        for p in [udp6(&[5; 100]), bad.clone(), udp6(&[5; 100]), udp6(&[5; 100])] {
+            assert!(c.push(&p, &mut b));
+        }
+        c.drain(&mut b);
+        let sizes: Vec<usize> = b.packets().iter().map(|d| d.len() - VNET_HDR_LEN).collect();
+        assert_eq!(sizes, vec![148, 148, 248]);
+        assert_eq!(&b.packets()[1][VNET_HDR_LEN..], &bad[..]);
     }
 
     #[test]
