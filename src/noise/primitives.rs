@@ -119,6 +119,23 @@ pub fn aead_open(key: &[u8; 32], counter: u64, ciphertext: &[u8], aad: &[u8], ou
     open_with(key, nonce(counter), ciphertext, aad, out)
 }
 
+/// ChaCha20-Poly1305 with a whole 12-byte nonce, the primitive under `aead_seal` (whose nonce
+/// is WireGuard's counter): for known answers from vectors with any nonce.
+pub fn aead_seal_nonce(key: &[u8; 32], nonce: &[u8; 12], plaintext: &[u8], aad: &[u8], out: &mut [u8]) {
+    seal_with(key, Nonce::assume_unique_for_key(*nonce), plaintext, aad, out);
+}
+
+/// Opens what `aead_seal_nonce` sealed.
+pub fn aead_open_nonce(
+    key: &[u8; 32],
+    nonce: &[u8; 12],
+    ciphertext: &[u8],
+    aad: &[u8],
+    out: &mut [u8],
+) -> Result<(), AeadError> {
+    open_with(key, Nonce::assume_unique_for_key(*nonce), ciphertext, aad, out)
+}
+
 /// XAEAD(key, nonce, plaintext, aad) (XChaCha20-Poly1305, cookie replies) writing plaintext ||
 /// tag into `out`. HChaCha20 of the nonce's first 16 bytes gives a one-message key for
 /// ChaCha20-Poly1305 with the last 8 as its nonce: ring's AEAD then costs a fraction of the
