@@ -63,6 +63,9 @@ fn decrypt(indices: &IndexTable, datagram: &mut [u8], now: Instant) -> Decrypted
 /// The datagrams of one receive, decrypted on whichever worker takes the job.
 pub struct OpenJob {
     owner: usize,
+    /// The owner's round it belongs to: a reply from an earlier round (a helper that came
+    /// back after the owner gave up on it) is not this round's.
+    round: u64,
     /// Where the receive sits in the owner's round.
     slot: usize,
     buf: Buf,
@@ -101,6 +104,7 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(1);
 /// One worker's side of parallel opening: per receive of the round, what was decrypted.
 pub struct Opener {
     worker: usize,
+    round: u64,
     results: Vec<Vec<Decrypted>>,
     /// Which receives of the round are out with a job.
     handed: Vec<bool>,
@@ -112,7 +116,7 @@ pub struct Opener {
 impl Opener {
     pub fn new(worker: usize) -> Opener {
         let (reply_tx, reply_rx) = unbounded();
-        Opener { worker, results: Vec::new(), handed: Vec::new(), out: 0, reply_tx, reply_rx }
+        Opener { worker, round: 0, results: Vec::new(), handed: Vec::new(), out: 0, reply_tx, reply_rx }
     }
 
     /// Decrypts the transport datagrams of `bufs`: receives after the first that carry a GRO
@@ -127,6 +131,7 @@ impl Opener {
         bufs: &mut [Buf],
         now: Instant,
     ) {
+        self.round = self.round.wrapping_add(1);
         self.results.resize_with(bufs.len(), Vec::new);
         self.handed.clear();
         self.handed.resize(bufs.len(), false);
@@ -135,6 +140,7 @@ impl Opener {
             if slot > 0 && share && datagrams >= HAND_OFF_MIN_DATAGRAMS {
                 let job = OpenJob {
                     owner: self.worker,
+                    round: self.round,
                     slot,
                     buf: std::mem::replace(buf, Buf::new(0)),
                     results: std::mem::take(&mut self.results[slot]),
@@ -158,7 +164,13 @@ impl Opener {
         pool.help(self.worker);
         while self.out > 0 {
             match self.reply_rx.recv_timeout(HELPER_TIMEOUT) {
+                Ok(job) if job.round != self.round || !self.handed.get(job.slot).copied().unwrap_or(false) => {
+                    // Late, from a round given up on: its buffer and results are dropped here,
+                    // never put in this round's place (nor its buffer in the receive pool).
+                    error!("worker {}: a helper returned a receive of an earlier round; dropped", self.worker);
+                }
                 Ok(job) => {
+                    self.handed[job.slot] = false;
                     bufs[job.slot] = job.buf;
                     self.results[job.slot] = job.results;
                     self.out -= 1;
@@ -166,7 +178,8 @@ impl Opener {
                 Err(_) => {
                     error!("worker {}: a helper never returned a receive; its datagrams are lost", self.worker);
                     for (slot, buf) in bufs.iter_mut().enumerate() {
-                        if self.handed[slot] && buf.data.is_empty() {
+                        if self.handed[slot] {
+                            self.handed[slot] = false;
                             *buf = Buf::new(UDP_BUF); // len 0: nothing of it is delivered
                             self.results[slot].clear();
                         }
@@ -269,5 +282,57 @@ impl RxRound<'_> {
         }
         peer.last_data_received.store(self.stamp, Ordering::Relaxed);
         Some(inner.total_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::pool::ParallelCrypto;
+    use crate::io::Doorbell;
+
+    /// A GRO train of `n` datagrams of 100 bytes (not decryptable: no index is live).
+    fn train(n: usize) -> Buf {
+        let mut b = Buf::new(UDP_BUF);
+        b.len = n * 100;
+        b.stride = 100;
+        for (k, d) in b.data[..b.len].chunks_mut(100).enumerate() {
+            d[0] = 4;
+            d[4] = k as u8;
+        }
+        b
+    }
+
+    /// A helper that comes back after its owner gave up (a later round) must not be taken
+    /// for the current round's: its buffer (here a zero-capacity placeholder, as one left by
+    /// a timeout) never lands in the round, which gets its own receive back whole.
+    #[test]
+    fn a_late_reply_from_an_earlier_round_is_dropped() {
+        let bells: Vec<Arc<Doorbell>> = (0..2).map(|_| Arc::new(Doorbell::twin())).collect();
+        let pool = CryptoPool::new(bells, ParallelCrypto::Always);
+        let indices = Arc::new(IndexTable::default());
+        let mut opener = Opener::new(0);
+        let now = Instant::now();
+        let mut bufs = vec![train(1), train(10)];
+        opener.decrypt(&pool, true, &indices, &mut bufs, now);
+        assert_eq!(bufs[1].data.len(), UDP_BUF, "a round's own job comes back");
+        // The late reply of that round, as a stalled helper would send it now.
+        let late = OpenJob {
+            owner: 0,
+            round: opener.round,
+            slot: 1,
+            buf: Buf::new(0),
+            results: Vec::new(),
+            indices: indices.clone(),
+            now,
+            reply: opener.reply_tx.clone(),
+        };
+        opener.reply_tx.send(late).unwrap();
+        let mut bufs = vec![train(1), train(10)];
+        opener.decrypt(&pool, true, &indices, &mut bufs, now);
+        assert_eq!(bufs[1].data.len(), UDP_BUF, "the round's own receive is in its place");
+        assert_eq!((bufs[1].len, bufs[1].data[4 + 100]), (1000, 1), "and whole");
+        assert_eq!(opener.result(1, 9), Decrypted::Untouched);
+        assert!(opener.reply_rx.is_empty(), "nothing left over for the next round");
     }
 }

@@ -89,6 +89,8 @@ impl ChunkWork {
 /// A chunk on its way to be sealed by whichever worker takes it, and back to its owner.
 pub struct SealJob {
     owner: usize,
+    /// The owner's round it belongs to (see `Sealer::finish`).
+    round: u64,
     index: usize,
     chunk: Vec<u8>,
     work: ChunkWork,
@@ -112,6 +114,9 @@ impl SealJob {
 /// One worker's side: what it framed into each chunk of its send batch, and its jobs out.
 pub struct Sealer {
     worker: usize,
+    /// Counts `finish` calls: a reply of an earlier round (a helper that came back after the
+    /// owner gave up on it) is dropped, never put into this round's batch.
+    round: u64,
     chunks: Vec<ChunkWork>,
     /// The chunk being filled.
     open: usize,
@@ -131,6 +136,7 @@ impl Sealer {
         let (reply_tx, reply_rx) = unbounded();
         Sealer {
             worker,
+            round: 0,
             chunks: (0..chunks).map(|_| ChunkWork::default()).collect(),
             open: 0,
             out: vec![false; chunks],
@@ -174,6 +180,7 @@ impl Sealer {
         }
         let job = SealJob {
             owner: self.worker,
+            round: self.round,
             index,
             chunk: batch.take_chunk(index),
             work: std::mem::take(&mut self.chunks[index]),
@@ -194,12 +201,19 @@ impl Sealer {
             }
         }
         self.open = 0;
-        if !self.out.contains(&true) {
-            return;
+        if self.out.contains(&true) {
+            self.bring_home(pool, batch);
         }
+        self.round = self.round.wrapping_add(1);
+    }
+
+    fn bring_home(&mut self, pool: &CryptoPool, batch: &mut SendBatch) {
         pool.help(self.worker);
         while self.out.contains(&true) {
             match self.reply_rx.recv_timeout(HELPER_TIMEOUT) {
+                Ok(job) if job.round != self.round || !self.out.get(job.index).copied().unwrap_or(false) => {
+                    error!("worker {}: a helper returned a chunk of an earlier round; dropped", self.worker);
+                }
                 Ok(mut job) => {
                     self.failed += job.failed;
                     batch.put_chunk(job.index, std::mem::take(&mut job.chunk));
@@ -304,6 +318,38 @@ mod tests {
         assert_eq!(sealer.failed, 0);
         assert!(helped > 0, "the helper sealed some chunks");
         assert_eq!(pool.jobs_helped(), helped as u64);
+    }
+
+    /// A helper that returns a chunk after its owner gave up on it (a later round) must not
+    /// have it taken for the current round's: the stale chunk is dropped and the round's own
+    /// datagrams go out sealed and in order.
+    #[test]
+    fn a_late_chunk_from_an_earlier_round_is_dropped() {
+        let bells: Vec<Arc<Doorbell>> = (0..2).map(|_| Arc::new(Doorbell::twin())).collect();
+        let pool = CryptoPool::new(bells, ParallelCrypto::Always);
+        let mut batch = SendBatch::new(16, 2048, true);
+        let mut sealer = Sealer::new(0, 16);
+        sealer.set_sharing(pool.shares(false));
+        let k = keypair(true);
+        frame_all(&pool, &mut sealer, &mut batch, &k, 300);
+        sealer.finish(&pool, &mut batch);
+        batch.clear();
+        // What a stalled helper of that round sends back now: chunk 0, garbage.
+        let late = SealJob {
+            owner: 0,
+            round: sealer.round - 1,
+            index: 0,
+            chunk: vec![0xee; 64],
+            work: ChunkWork::default(),
+            failed: 0,
+            reply: sealer.reply_tx.clone(),
+        };
+        sealer.reply_tx.send(late).unwrap();
+        let k = keypair(true);
+        frame_all(&pool, &mut sealer, &mut batch, &k, 300);
+        sealer.finish(&pool, &mut batch);
+        check_in_order(&batch, 300);
+        assert!(sealer.reply_rx.is_empty());
     }
 
     #[test]

@@ -310,6 +310,7 @@ impl WorkerIo for SyscallIo {
     }
 
     fn recycle_tun(&mut self, bufs: &mut Vec<Buf>) {
+        bufs.retain(|b| b.data.len() == TUN_BUF);
         self.free_tun.append(bufs);
         self.free_tun.truncate(TUN_READ_BATCH);
     }

@@ -395,7 +395,9 @@ impl WorkerIo for UringIo {
     }
 
     fn recycle_tun(&mut self, bufs: &mut Vec<Buf>) {
-        for buf in bufs.drain(..) {
+        // A buffer of another size (a placeholder) would cut a later read short: a fresh one
+        // takes its place.
+        for buf in bufs.drain(..).map(|b| if b.data.len() == TUN_BUF { b } else { Buf::new(TUN_BUF) }) {
             let Some(i) = self.tun_bufs.iter().position(Option::is_none) else { break };
             if let Err(e) = self.arm_tun_read(i, buf) {
                 self.read_error.get_or_insert(e);
@@ -404,7 +406,7 @@ impl WorkerIo for UringIo {
     }
 
     fn recycle_udp(&mut self, bufs: &mut Vec<Buf>) {
-        for buf in bufs.drain(..) {
+        for buf in bufs.drain(..).map(|b| if b.data.len() == UDP_BUF { b } else { Buf::new(UDP_BUF) }) {
             let Some(i) = self.udp_bufs.iter().position(Option::is_none) else { break };
             if let Err(e) = self.arm_udp_recv(i, buf) {
                 self.read_error.get_or_insert(e);
