@@ -230,3 +230,8 @@ fn metrics_endpoint_survives_idle_connections_endless_headers_and_slowloris() {
 fn corrupted_datagrams_are_not_repaired_by_coalescing() {
     script("test-checksum.sh", &[]);
 }
+
+#[test]
+fn systemd_notify_ready_watchdog_and_stopping() {
+    script("test-systemd-notify.sh", &[]);
+}

@@ -246,6 +246,15 @@ pub struct WorkerCounters {
     /// Datagrams received from UDP (each GRO segment counts) and their bytes.
     pub udp_datagrams: AtomicU64,
     pub udp_bytes: AtomicU64,
+    /// When the worker last went round its loop (a `Stamp`; 0: not yet): a worker that stops
+    /// moving stops the watchdog pings (`answering`).
+    pub heartbeat: AtomicU64,
+}
+
+/// Whether every worker went round its loop within `limit` of `now` (all stamps).
+pub fn answering(heartbeats: impl IntoIterator<Item = Stamp>, now: Stamp, limit: Duration) -> bool {
+    let limit = limit.as_nanos() as u64;
+    heartbeats.into_iter().all(|beat| beat != 0 && now.saturating_sub(beat) <= limit)
 }
 
 impl WorkerCounters {
@@ -350,6 +359,11 @@ impl Shared {
     pub fn instant(&self, stamp: Stamp) -> Option<Instant> {
         (stamp != 0).then(|| self.epoch + Duration::from_nanos(stamp - 1))
     }
+    /// Whether every worker went round its loop within `limit`.
+    pub fn workers_answering(&self, now: Instant, limit: Duration) -> bool {
+        answering(self.workers.iter().map(|w| w.heartbeat.load(Ordering::Relaxed)), self.stamp(now), limit)
+    }
+
     /// Stops the device because something broke for good.
     pub fn fail(&self) {
         self.failed.store(true, Ordering::Relaxed);
@@ -374,6 +388,17 @@ pub struct TestChannels {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn workers_answer_only_while_every_one_moves() {
+        let ms = |n: u64| n * 1_000_000 + 1;
+        let limit = Duration::from_secs(5);
+        assert!(answering([ms(9_000), ms(10_000)], ms(10_000), limit));
+        assert!(answering([ms(5_000)], ms(10_000), limit), "exactly at the limit");
+        assert!(!answering([ms(9_000), ms(4_999)], ms(10_000), limit), "one stalled worker is enough");
+        assert!(!answering([0, ms(10_000)], ms(10_000), limit), "a worker that never started");
+        assert!(answering([ms(10_001)], ms(10_000), limit), "a beat stamped after the look is fine");
+    }
+
     use super::*;
     use crate::keys::PrivateKey;
 

@@ -88,6 +88,9 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
         socket: None,
     };
     while !shared.stopping() {
+        if let Some(w) = shared.workers.get(config.index) {
+            w.heartbeat.store(shared.stamp(Instant::now()), std::sync::atomic::Ordering::Relaxed);
+        }
         if !use_current_socket(shared, io, &mut st, config.index) {
             std::thread::sleep(IDLE_WAIT);
             continue;

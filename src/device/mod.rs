@@ -28,6 +28,9 @@ const DEFAULT_PARALLEL_CRYPTO: ParallelCrypto = ParallelCrypto::Backlogged;
 const DEFAULT_PIN_WORKERS: bool = false;
 const TIMER_TICK: Duration = Duration::from_millis(100);
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// A worker that has not gone round its loop for this long (it wakes at least every 200 ms)
+/// is taken as hung: the control loop stops pinging systemd's watchdog.
+const WORKER_STALLED: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -431,12 +434,28 @@ pub fn run(iface: &str, settings: Settings, ready: impl FnOnce()) -> Result<(), 
         uapi_server::socket_path(&iface).display()
     );
     ready();
+    crate::io::systemd::ready(&format!("interface {iface} up: {}; {tun_offloads}", device.summary));
 
     let socket_path = uapi_server::socket_path(&iface);
     let mut next_housekeeping = Instant::now();
     let shared = device.shared.clone();
+    // Pinged twice per interval systemd set, and only while every worker goes round its loop:
+    // a hung dataplane stops the pings and `WatchdogSec=` restarts the daemon.
+    let watchdog = crate::io::systemd::watchdog_interval().map(|w| w / 2);
+    let mut next_ping = Instant::now();
     loop {
         device.tick();
+        if let Some(every) = watchdog {
+            let now = Instant::now();
+            if now >= next_ping {
+                next_ping = now + every;
+                if shared.workers_answering(now, WORKER_STALLED) {
+                    crate::io::systemd::watchdog_ping();
+                } else {
+                    warn!("a worker has not gone round its loop for {WORKER_STALLED:?}: no watchdog ping");
+                }
+            }
+        }
         if terminate.load(Ordering::Relaxed) {
             info!("signal received, shutting down");
             break;
@@ -464,6 +483,7 @@ pub fn run(iface: &str, settings: Settings, ready: impl FnOnce()) -> Result<(), 
             tracing::debug!("drops: {}", shared.drops.summary());
         }
     }
+    crate::io::systemd::stopping();
     device.stop();
     let _ = std::fs::remove_file(&socket_path);
     if shared.failed.load(Ordering::Relaxed) {

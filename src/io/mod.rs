@@ -13,6 +13,7 @@ pub mod batch;
 pub mod doorbell;
 pub mod http;
 pub mod syscalls;
+pub mod systemd;
 pub mod thin;
 pub mod tun;
 pub mod twin;
