@@ -19,7 +19,6 @@ use super::indices::IndexTable;
 use super::ip;
 use super::pool::{CryptoPool, Job};
 use super::shared::{bump, ControlMsg, PeerShared, Shared};
-use crate::constants::{KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT};
 use crate::io::{Buf, UDP_BUF};
 use crate::noise::messages::{TransportHeader, MESSAGE_TRANSPORT, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
 use crate::routing::AllowedIps;
@@ -259,10 +258,9 @@ impl RxRound<'_> {
         peer.rx_bytes.fetch_add(wire_len, Ordering::Relaxed);
         peer.last_received.store(self.stamp, Ordering::Relaxed);
         peer.mark_active(&self.shared.active_tx);
-        // Keep the key fresh: an initiator whose keypair nears REJECT_AFTER_TIME rekeys.
-        let age = self.now.saturating_duration_since(entry.keypair.birth);
-        if entry.keypair.is_initiator
-            && age >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+        // Keep the key fresh: an initiator whose current keypair nears REJECT_AFTER_TIME
+        // rekeys, once per keypair (a packet on the previous keypair asks nothing).
+        if keypairs.current.as_ref().is_some_and(|current| current.wants_lastminute_handshake(self.now))
             && !peer.handshake_requested.swap(true, Ordering::Relaxed)
         {
             let _ = self.shared.control_tx.try_send(ControlMsg::WantHandshake(peer.clone()));

@@ -442,6 +442,9 @@ impl Control {
         let shared = peer.shared.clone();
         self.install_keypair(&pk, Arc::new(Keypair::new(&keys, now)));
         debug!("peer {pk}: answered handshake initiation from {src}");
+        if let Some(peer) = self.peers.get_mut(&pk) {
+            peer.timers.response_sent(now);
+        }
         if self.send_to_peer(&shared, &response, now) {
             bump(&self.shared.handshakes.responses_sent);
         }
@@ -988,7 +991,8 @@ mod tests {
             src: s.a_addr,
             screening: Screening::Unchecked,
         });
-        s.device.control.send_initiation(&s.a.public, false, Instant::now());
+        // B answered A just now; its own initiation may follow REKEY_TIMEOUT later.
+        s.device.control.send_initiation(&s.a.public, false, Instant::now() + REKEY_TIMEOUT);
         let inits = sent(&s, 1);
         assert_eq!(inits.len(), 1);
         let mac2 = &inits[0][Initiation::MAC2_OFFSET..Initiation::MAC2_OFFSET + 16];
@@ -1020,6 +1024,9 @@ mod tests {
         let mut s = setup();
         handshake_from_a(&mut s);
         let peer = s.device.control.peers[&s.a.public].shared.clone();
+        // B's response went out a REKEY_TIMEOUT ago (it rate-limits B's own initiations).
+        let earlier = Instant::now().checked_sub(REKEY_TIMEOUT).expect("the clock is past 5 s");
+        s.device.control.peers.get_mut(&s.a.public).expect("A is B's peer").timers.response_sent(earlier);
         assert!(!peer.handshake_requested.swap(true, Ordering::Relaxed));
         peer.mark_active(&s.device.shared.active_tx);
         s.device.control.run_timers();

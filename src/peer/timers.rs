@@ -30,7 +30,9 @@ pub struct Timers {
     need_another_keepalive: bool,
     handshake_attempts: u32,
     persistent_keepalive_interval: u16,
-    last_sent_initiation: Option<Instant>,
+    /// When we last sent a handshake message, an initiation or a response (the kernel's
+    /// `last_sent_handshake`): the rate limit of initiations counts both.
+    last_sent_handshake: Option<Instant>,
     rng: u64,
 }
 
@@ -45,7 +47,7 @@ impl Timers {
             need_another_keepalive: false,
             handshake_attempts: 0,
             persistent_keepalive_interval: 0,
-            last_sent_initiation: None,
+            last_sent_handshake: None,
             rng: seed | 1,
         }
     }
@@ -120,16 +122,25 @@ impl Timers {
         self.zero_key_material = Some(now + REJECT_AFTER_TIME * 3);
     }
 
-    /// May an initiation go out now? At most one per REKEY_TIMEOUT unless it is a retry;
-    /// a fresh (non-retry) attempt resets the attempt count.
+    /// We answered the peer's initiation: a response counts as a sent handshake, so a
+    /// responder with data of its own waiting does not cross it with an initiation.
+    pub fn response_sent(&mut self, now: Instant) {
+        self.last_sent_handshake = Some(now);
+    }
+
+    /// May an initiation go out now? At most one handshake message per REKEY_TIMEOUT, retry
+    /// or not, as the kernel's `wg_packet_send_handshake_initiation`. A fresh trigger (not a
+    /// retry: data to send, a key to refresh) resets the attempt count whether or not it may
+    /// send now (the kernel's `wg_packet_send_queued_handshake_initiation`), so a peer whose
+    /// traffic keeps flowing keeps trying and never gives up.
     pub fn permit_initiation(&mut self, retry: bool, now: Instant) -> bool {
         if !retry {
-            if self.last_sent_initiation.is_some_and(|t| now.saturating_duration_since(t) < REKEY_TIMEOUT) {
-                return false;
-            }
             self.handshake_attempts = 0;
         }
-        self.last_sent_initiation = Some(now);
+        if self.last_sent_handshake.is_some_and(|t| now.saturating_duration_since(t) < REKEY_TIMEOUT) {
+            return false;
+        }
+        self.last_sent_handshake = Some(now);
         true
     }
 
@@ -263,11 +274,56 @@ mod tests {
         t.handshake_initiated(t0);
         t.handshake_complete(t0 + Duration::from_millis(3));
         assert_eq!(t.next_deadline(), None);
-        // Initiations are rate limited to one per REKEY_TIMEOUT unless retried.
+        // Handshake messages are rate limited to one per REKEY_TIMEOUT, retries included.
         assert!(t.permit_initiation(false, t0));
         assert!(!t.permit_initiation(false, t0 + Duration::from_secs(1)));
-        assert!(t.permit_initiation(true, t0 + Duration::from_secs(1)));
-        assert!(t.permit_initiation(false, t0 + REKEY_TIMEOUT + Duration::from_secs(1)));
+        assert!(!t.permit_initiation(true, t0 + Duration::from_secs(1)));
+        assert!(t.permit_initiation(true, t0 + REKEY_TIMEOUT));
+        assert!(t.permit_initiation(false, t0 + REKEY_TIMEOUT * 2 + Duration::from_secs(1)));
+    }
+
+    /// A responder that just sent a response does not cross it with its own initiation.
+    #[test]
+    fn a_sent_response_counts_for_the_rate_limit() {
+        let t0 = Instant::now();
+        let mut t = Timers::new(5);
+        t.response_sent(t0);
+        assert!(!t.permit_initiation(false, t0 + Duration::from_millis(10)), "data queued right after answering");
+        assert!(!t.permit_initiation(false, t0 + REKEY_TIMEOUT - Duration::from_millis(1)));
+        assert!(t.permit_initiation(false, t0 + REKEY_TIMEOUT));
+    }
+
+    /// A peer whose traffic keeps flowing (a fresh trigger every second) while the other end
+    /// never answers keeps retrying for ten minutes: each trigger resets the attempts.
+    #[test]
+    fn traffic_that_keeps_flowing_never_gives_up() {
+        let t0 = Instant::now();
+        let mut t = Timers::new(7);
+        assert!(t.permit_initiation(false, t0));
+        t.handshake_initiated(t0);
+        let mut now = t0;
+        let mut sends = 1;
+        while now < t0 + Duration::from_secs(600) {
+            now += Duration::from_millis(250);
+            if (now - t0).as_millis() % 1000 == 0 && t.permit_initiation(false, now) {
+                t.handshake_initiated(now);
+                sends += 1;
+            }
+            for a in t.handle_timeout(now) {
+                match a {
+                    TimerAction::SendInitiation { retry } => {
+                        if t.permit_initiation(retry, now) {
+                            t.handshake_initiated(now);
+                            sends += 1;
+                        }
+                    }
+                    TimerAction::GiveUp => panic!("gave up at {:?} with traffic flowing", now - t0),
+                    _ => {}
+                }
+            }
+            assert!(t.handshake_attempts() <= 1, "attempts reset by each trigger");
+        }
+        assert!(sends >= 100, "it kept trying: {sends} initiations");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A transport keypair: ring's ChaCha20-Poly1305 keys, the atomic send counter, the replay window.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,7 +8,8 @@ use ring::aead::{Aad, LessSafeKey, UnboundKey, CHACHA20_POLY1305};
 
 use super::replay::ReplayWindow;
 use crate::constants::{
-    AEAD_TAG_LEN, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
+    AEAD_TAG_LEN, KEEPALIVE_TIMEOUT, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
+    REKEY_TIMEOUT,
 };
 use crate::noise::messages::{padded_len, TransportHeader, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
 use crate::noise::primitives::nonce;
@@ -41,6 +42,9 @@ pub struct Keypair {
     receiver: LessSafeKey,
     send_counter: AtomicU64,
     replay: ReplayWindow,
+    /// The receive side asked for a handshake because this keypair nears its end (the
+    /// kernel's `sent_lastminute_handshake`): once per keypair.
+    lastminute_handshake: AtomicBool,
 }
 
 impl std::fmt::Debug for Keypair {
@@ -63,6 +67,7 @@ impl Keypair {
             receiver: key(&keys.recv),
             send_counter: AtomicU64::new(0),
             replay: ReplayWindow::default(),
+            lastminute_handshake: AtomicBool::new(false),
         }
     }
 
@@ -92,6 +97,15 @@ impl Keypair {
     pub fn wants_rekey_on_send(&self, now: Instant) -> bool {
         self.sent_counter() > REKEY_AFTER_MESSAGES
             || (self.is_initiator && now.saturating_duration_since(self.birth) >= REKEY_AFTER_TIME)
+    }
+
+    /// The paper's receive-side rule, asked of the peer's current keypair: an initiator whose
+    /// keypair is within KEEPALIVE_TIMEOUT + REKEY_TIMEOUT of REJECT_AFTER_TIME wants a new
+    /// handshake. True once per keypair.
+    pub fn wants_lastminute_handshake(&self, now: Instant) -> bool {
+        self.is_initiator
+            && now.saturating_duration_since(self.birth) >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+            && !self.lastminute_handshake.swap(true, Ordering::Relaxed)
     }
 
     pub fn usable_for_receive(&self, now: Instant) -> bool {
@@ -271,6 +285,18 @@ mod tests {
         k.send_counter.store(REJECT_AFTER_MESSAGES - 1, Ordering::Relaxed);
         assert_eq!(k.reserve_counters(1, now), Some(REJECT_AFTER_MESSAGES - 1));
         assert_eq!(k.reserve_counters(1, now), None);
+    }
+
+    #[test]
+    fn the_lastminute_handshake_is_wanted_once_per_keypair_by_its_initiator() {
+        let t0 = Instant::now();
+        let late = t0 + REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
+        let k = Keypair::new(&keys(true, 1), t0);
+        assert!(!k.wants_lastminute_handshake(late - Duration::from_secs(1)));
+        assert!(k.wants_lastminute_handshake(late));
+        assert!(!k.wants_lastminute_handshake(late + Duration::from_secs(1)), "once per keypair");
+        let responder = Keypair::new(&keys(false, 2), t0);
+        assert!(!responder.wants_lastminute_handshake(late));
     }
 
     #[test]
