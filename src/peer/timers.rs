@@ -305,17 +305,15 @@ mod tests {
         let mut sends = 1;
         while now < t0 + Duration::from_secs(600) {
             now += Duration::from_millis(250);
-            if (now - t0).as_millis() % 1000 == 0 && t.permit_initiation(false, now) {
+            if (now - t0).as_millis().is_multiple_of(1000) && t.permit_initiation(false, now) {
                 t.handshake_initiated(now);
                 sends += 1;
             }
             for a in t.handle_timeout(now) {
                 match a {
-                    TimerAction::SendInitiation { retry } => {
-                        if t.permit_initiation(retry, now) {
-                            t.handshake_initiated(now);
-                            sends += 1;
-                        }
+                    TimerAction::SendInitiation { retry } if t.permit_initiation(retry, now) => {
+                        t.handshake_initiated(now);
+                        sends += 1;
                     }
                     TimerAction::GiveUp => panic!("gave up at {:?} with traffic flowing", now - t0),
                     _ => {}
