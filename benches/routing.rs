@@ -1,4 +1,5 @@
-//! Allowed-IPs longest-prefix lookup by table size, IPv4 and IPv6.
+//! Allowed-IPs longest-prefix lookup by table size, IPv4 and IPv6; receiver-index lookup (the
+//! keyed permutation, then the slot) by the number of live indices.
 
 use std::hint::black_box;
 
@@ -53,5 +54,39 @@ fn lookup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookup);
+/// A transport message's receiver index to its keypair: O(1) whatever the number of live
+/// indices (1,000 or 1,000,000), the permutation's few multiplies included.
+fn index_lookup(c: &mut Criterion) {
+    use std::sync::Arc;
+    use std::time::Instant;
+    use wgturbo::dataplane::indices::{IndexAllocator, IndexTable};
+    use wgturbo::dataplane::shared::{IndexEntry, PeerShared};
+    use wgturbo::keys::PrivateKey;
+    use wgturbo::noise::SessionKeys;
+    use wgturbo::session::Keypair;
+    let mut group = c.benchmark_group("receiver_index_lookup");
+    let peer = Arc::new(PeerShared::new(PrivateKey::generate().public_key()));
+    for size in [1_000usize, 1_000_000] {
+        let mut a = IndexAllocator::new(Arc::new(IndexTable::default()));
+        let mut live = Vec::with_capacity(size);
+        for _ in 0..size {
+            let Some(index) = a.allocate() else { break };
+            let keys =
+                SessionKeys { local_index: index, remote_index: 1, send: [1; 32], recv: [2; 32], is_initiator: true };
+            a.insert(IndexEntry { keypair: Arc::new(Keypair::new(&keys, Instant::now())), peer: peer.clone() });
+            live.push(index);
+        }
+        let probes: Vec<u32> = (0..4096).map(|i| live[(i * 7919) % live.len()]).collect();
+        let mut i = 0;
+        group.bench_with_input(BenchmarkId::new("live", size), &size, |b, _| {
+            b.iter(|| {
+                i = (i + 1) & 4095;
+                black_box(a.table().get(probes[i]).is_some())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookup, index_lookup);
 criterion_main!(benches);
