@@ -83,4 +83,20 @@ grep -qi "in use" <<<"$err" || die "unclear error for a port in use: $err"
 [ "$(ip netns exec "$A" wg show "$IX" listen-port)" = 51900 ] || die "the first daemon lost its port"
 [ "$(ip netns exec "$A" wg show "$IY" listen-port)" = "$y_port" ] || die "the second daemon lost its own port"
 ip -n "$A" link del "$IX"; ip -n "$A" link del "$IY"
-log "ok: background start, link del, SIGTERM, SIGINT, socket removal, start-up errors, a port in use"
+# Delete and recreate at once, 100 times, as wireguard-go's netns.sh does before its NAT
+# section: the deleted interface ends its daemon within milliseconds (woken by the TUN, not a
+# tick), and the new daemon waits for that one to go, so its socket and port are free.
+IR="wgt${RUN_ID}r"
+ip netns exec "$A" "$WGTURBO" "$IR" || die "start $IR"
+ip netns exec "$A" wg set "$IR" listen-port 51901 || die "listen-port on $IR"
+t0=$(date +%s%N)
+for n in $(seq 1 100); do
+  ip -n "$A" link del "$IR"
+  err=$(ip netns exec "$A" "$WGTURBO" "$IR" 2>&1) || die "round $n: restart right after ip link del failed: $err"
+  ip netns exec "$A" wg set "$IR" listen-port 51901 || die "round $n: the old daemon still held the port"
+done
+restart_ms=$(( ($(date +%s%N) - t0) / 100000000 ))
+pid=$(pid_of "$IR"); PIDS+=("$pid")
+ip -n "$A" link del "$IR"
+gone_within "$pid" 2 || die "the last daemon survived ip link del"
+log "ok: background start, link del, SIGTERM, SIGINT, socket removal, start-up errors, a port in use, 100 restarts right after a delete (${restart_ms} ms each)"

@@ -147,6 +147,9 @@ pub enum ControlMsg {
     Uapi(Request, Sender<Zeroizing<String>>),
     /// A metrics scrape wants the peers (no secrets in the answer).
     Report(Sender<DeviceReport>),
+    /// Look at the device's state now, not at the next tick: it is stopping (its interface
+    /// was deleted), and a new daemon for the same name may be waiting for this one to go.
+    Wake,
 }
 
 /// What a metrics scrape needs from the control thread: pointers and plain values, O(peers),
@@ -373,6 +376,7 @@ impl Shared {
     pub fn interface_deleted(&self) {
         self.interface_gone.store(true, Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
+        let _ = self.control_tx.try_send(ControlMsg::Wake);
     }
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)

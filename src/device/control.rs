@@ -148,6 +148,9 @@ impl Control {
                 recv(self.control_rx) -> msg => if let Ok(msg) = msg { self.on_control(msg) },
                 default(deadline - now) => return,
             }
+            if self.shared.stopping() {
+                return;
+            }
         }
     }
 
@@ -484,6 +487,7 @@ impl Control {
     fn on_control(&mut self, msg: ControlMsg) {
         let now = Instant::now();
         match msg {
+            ControlMsg::Wake => {}
             ControlMsg::Staged(peer) => {
                 let pk = peer.public_key;
                 // Packets staged from now on ask again (and retry the initiation, rate-limited

@@ -23,14 +23,35 @@ pub fn socket_path(iface: &str) -> PathBuf {
 /// running one's TUN.
 pub fn ensure_free(iface: &str) -> std::io::Result<()> {
     let path = socket_path(iface);
-    if path.exists() && UnixStream::connect(&path).is_ok() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            format!("{} is in use by another running daemon", path.display()),
-        ));
+    if !path.exists() {
+        return Ok(());
     }
-    Ok(())
+    let Ok(stream) = UnixStream::connect(&path) else { return Ok(()) };
+    // A daemon answers. If its interface is gone from here (`ip link del` a moment ago), it
+    // is on its way out: wait briefly for its process to end (it also frees its UDP port).
+    if !crate::io::tun::exists(iface) {
+        let owner = crate::io::unix::peer_pid(&stream);
+        drop(stream);
+        let deadline = std::time::Instant::now() + EXITING_OWNER_WAIT;
+        while std::time::Instant::now() < deadline {
+            let gone = match owner {
+                Some(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                None => UnixStream::connect(&path).is_err(),
+            };
+            if gone {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("{} is in use by another running daemon", path.display()),
+    ))
 }
+
+/// How long a new daemon waits for one whose interface was deleted to finish exiting.
+const EXITING_OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Binds the socket (private from its creation); refuses if a live daemon already answers.
 pub fn bind(iface: &str) -> std::io::Result<UnixListener> {

@@ -140,6 +140,13 @@ fn control_socket() -> io::Result<std::net::UdpSocket> {
 }
 
 /// The interface's MTU.
+/// Whether an interface of that name exists in this network namespace.
+pub fn exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else { return false };
+    // SAFETY: if_nametoindex reads the NUL-terminated name and nothing else.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
 pub fn get_mtu(name: &str) -> io::Result<u32> {
     let sock = control_socket()?;
     let mut req = IfReq::new(name)?;

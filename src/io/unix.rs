@@ -1,9 +1,10 @@
 //! Small process-level calls: the UAPI socket's file, created with no access for group and
 //! others from its first moment (wireguard-go binds under umask 077; a chmod after bind leaves
-//! a window), and the process's CPU time.
+//! a window), the process behind a connected socket, and the process's CPU time.
 
 use std::io;
-use std::os::unix::net::UnixListener;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,6 +17,25 @@ pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
     // SAFETY: as above; restores the caller's mask.
     unsafe { libc::umask(old) };
     listener
+}
+
+/// The process ID at the other end of a connected Unix socket (SO_PEERCRED), if the kernel
+/// says.
+pub fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    // SAFETY: ucred is a plain C struct (all-zero is valid).
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which lives in this frame.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
 }
 
 /// CPU time (user and system) this process has used so far, for tools that report their own
