@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """flood.py HOST PORT RESPONDER_PUBKEY_B64 SECONDS [RATE] [INVALID_PERCENT] [SOURCE_ADDR]
 
+SOURCE_ADDR as IP:PORT (IPv4) spoofs that exact endpoint from a raw socket (root): the
+flood then claims to come from a real peer's address and port; its cookie replies go there.
+
 Floods handshake initiations at RATE per second (0 or absent: as fast as it can). Valid-looking
 ones carry a correct mac1 for the responder's public key, so each would cost the responder a
 Diffie-Hellman if it did not answer with a cookie under load; INVALID_PERCENT of them (default
@@ -20,10 +23,23 @@ invalid = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
 source = sys.argv[7] if len(sys.argv) > 7 else None
 mac1_key = hashlib.blake2s(b"mac1----" + pub).digest()
 family = socket.AF_INET6 if ":" in host else socket.AF_INET
-s = socket.socket(family, socket.SOCK_DGRAM)
-if source:
-    s.bind((source, 0))
+spoof = None
+if source and source.count(":") == 1:
+    ip, sport = source.split(":")
+    spoof = (socket.inet_aton(ip), int(sport))
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+else:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    if source:
+        s.bind((source, 0))
 s.setblocking(False)
+
+
+def spoofed(payload):
+    """An IPv4/UDP datagram from the spoofed endpoint (UDP checksum 0: none, as IPv4 allows)."""
+    udp = struct.pack("!HHHH", spoof[1], port, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0, spoof[0], socket.inet_aton(host))
+    return ip + udp
 sent = cookies = 0
 start = time.monotonic()
 deadline = start + secs
@@ -43,7 +59,11 @@ while True:
         if invalid and (sent % 100) < invalid:
             mac1 = bytes(16)
         try:
-            s.sendto(body + mac1 + bytes(16), (host, port))
+            msg = body + mac1 + bytes(16)
+            if spoof:
+                s.sendto(spoofed(msg), (host, 0))
+            else:
+                s.sendto(msg, (host, port))
             sent += 1
         except BlockingIOError:
             break

@@ -235,3 +235,8 @@ fn corrupted_datagrams_are_not_repaired_by_coalescing() {
 fn systemd_notify_ready_watchdog_and_stopping() {
     script("test-systemd-notify.sh", &[]);
 }
+
+#[test]
+fn a_flood_spoofing_a_peers_endpoint_cannot_deny_its_handshake() {
+    script("test-dos-spoofed.sh", &[]);
+}

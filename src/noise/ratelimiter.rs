@@ -43,13 +43,19 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn take(&mut self, now: Instant, cost_ns: u64, max_ns: u64) -> bool {
+        self.take_above(now, cost_ns, max_ns, 0)
+    }
+
+    /// As `take`, but only from credit beyond `reserve_ns`: what is left over once the
+    /// reserve is kept for others.
+    pub fn take_above(&mut self, now: Instant, cost_ns: u64, max_ns: u64, reserve_ns: u64) -> bool {
         let earned = match self.last {
             Some(t) => now.saturating_duration_since(t).as_nanos().min(u128::from(max_ns)) as u64,
             None => max_ns,
         };
         self.last = Some(now);
         self.credit_ns = (self.credit_ns + earned).min(max_ns);
-        if self.credit_ns < cost_ns {
+        if self.credit_ns < cost_ns.saturating_add(reserve_ns) {
             return false;
         }
         self.credit_ns -= cost_ns;
