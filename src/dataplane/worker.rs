@@ -111,6 +111,11 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
         // tried: no better on this machine, and one-flow UDP lost its gain; perf/README.md.)
         pool.help(config.index);
         round(shared, io, &mut st, config);
+        if let Some(why) = io.broken() {
+            error!("worker {}: {why}; the device stops", config.index);
+            shared.fail();
+            break;
+        }
     }
 }
 

@@ -162,6 +162,10 @@ impl SendBatch {
         std::mem::take(&mut self.chunks[i])
     }
 
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
     pub fn put_chunk(&mut self, i: usize, chunk: Vec<u8>) {
         self.chunks[i] = chunk;
     }
@@ -229,6 +233,12 @@ impl TunWriteBatch {
 
     pub fn packets(&self) -> &[Vec<u8>] {
         &self.packets
+    }
+
+    /// Moves the packets out, for a backend that must keep their memory (the kernel may
+    /// still read it); the batch is left empty.
+    pub fn take_packets(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.packets)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -73,6 +73,11 @@ pub trait WorkerIo: Send {
     fn write_tun(&mut self, batch: &mut TunWriteBatch) -> io::Result<()>;
     /// The device rebound its port: use this socket from now on.
     fn set_socket(&mut self, socket: Arc<Socket>);
+    /// Why this backend can no longer be used at all, if so (an io_uring ring whose enters
+    /// keep failing with writes in flight): the worker then stops the device.
+    fn broken(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Whether a TUN read error means the interface is gone (deleted, also from another

@@ -7,6 +7,13 @@
 //! point into the worker's batches, so `send_udp` and `write_tun` return only after every one
 //! of their operations completed.
 //!
+//! When `io_uring_enter` fails while sends or writes are in flight (or still queued, not yet
+//! submitted), the backend keeps entering and reaping, a pause between tries, until every one
+//! completed; only then does the caller get its batch back. If it keeps failing, the ring is
+//! broken: the batch's memory is kept here (never returned, never freed while the kernel may
+//! still read it), every later call fails, and `broken` tells the worker, which stops the
+//! device rather than run on a ring it cannot trust.
+//!
 //! The TUN fd is left blocking: the ring then arms a poll for it instead of handing the read
 //! to an io-wq thread. Plain `IORING_OP_READ` is used, since multishot reads on a TUN fd fail
 //! with EINVAL on some 6.x kernels.
@@ -32,6 +39,10 @@ const UDP_RECVS_IN_FLIGHT: usize = 32;
 /// Sends or TUN writes submitted together before waiting for them.
 const WRITE_CHUNK: usize = 256;
 const RING_ENTRIES: u32 = 1024;
+/// Failed `io_uring_enter`s in a row while writes are in flight before the ring is taken as
+/// broken, and the pause between tries (a second in all).
+const MAX_ENTER_FAILURES: u32 = 100;
+const ENTER_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 const KIND_TUN_READ: u64 = 1;
 const KIND_UDP_RECV: u64 = 2;
@@ -88,6 +99,12 @@ pub struct UringIo {
     read_error: Option<io::Error>,
     /// The ring was created disabled and waits for its worker thread to enable it.
     disabled: bool,
+    /// Why the ring may no longer be used, once it may not.
+    broken: Option<String>,
+    /// Memory of writes that never completed on a broken ring: kept, and leaked on drop.
+    held: Vec<Vec<u8>>,
+    /// Fault injection for tests: the next this many enters fail with EIO without entering.
+    inject_enter_failures: u32,
 }
 
 // SAFETY: the raw pointers in the msghdrs point only into this struct's boxed slots, its own
@@ -168,6 +185,9 @@ impl UringIo {
             gso_failed: Vec::new(),
             read_error: None,
             disabled: ring_disabled,
+            broken: None,
+            held: Vec::new(),
+            inject_enter_failures: 0,
         };
         for i in 0..TUN_READS_IN_FLIGHT {
             u.arm_tun_read(i, Buf::new(TUN_BUF))?;
@@ -203,16 +223,54 @@ impl UringIo {
         Ok(())
     }
 
+    /// Submits what is queued and, with `want`, waits for that many completions.
+    fn enter(&mut self, want: usize) -> io::Result<usize> {
+        if self.inject_enter_failures > 0 {
+            self.inject_enter_failures -= 1;
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        if want == 0 {
+            self.ring.submit()
+        } else {
+            self.ring.submit_and_wait(want)
+        }
+    }
+
     /// Queues one submission, submitting first if the queue is full.
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: every entry built here points at memory that stays valid until its
             // completion is reaped: fixed slots and ring-owned buffers, or a caller's batch
-            // that the call does not return before its operations complete.
+            // that the call does not return before its operations complete (or, when the ring
+            // broke, that the backend keeps: `hold_*`).
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
-            self.ring.submit()?;
+            self.enter(0)?;
+        }
+    }
+
+    fn refuse_if_broken(&self) -> io::Result<()> {
+        match &self.broken {
+            Some(why) => Err(io::Error::other(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// After a failed write call: settles what is in flight, or keeps the batch's memory for
+    /// good when the ring broke.
+    fn settle_tun_batch(&mut self, batch: &mut TunWriteBatch) {
+        if self.complete_writes().is_err() {
+            self.held.extend(batch.take_packets());
+        }
+    }
+
+    fn settle_send_batch(&mut self, batch: &mut SendBatch) {
+        if self.complete_writes().is_err() {
+            for i in 0..batch.chunk_count() {
+                self.held.push(batch.take_chunk(i));
+                batch.put_chunk(i, vec![0u8; crate::io::batch::SEND_CHUNK]);
+            }
         }
     }
 
@@ -301,13 +359,25 @@ impl UringIo {
         let _ = self.arm_udp_recv(i, buf);
     }
 
-    /// Submits what is queued and waits until `writes_pending` is zero.
+    /// Submits what is queued and waits until `writes_pending` is zero. A failed enter is
+    /// tried again (the writes may still be queued or in flight, and their memory the
+    /// caller's); after `MAX_ENTER_FAILURES` in a row the ring is broken.
     fn complete_writes(&mut self) -> io::Result<()> {
+        self.refuse_if_broken()?;
+        let mut failures = 0;
         while self.writes_pending > 0 {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
+            match self.enter(1) {
+                Ok(_) => failures = 0,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    if failures >= MAX_ENTER_FAILURES {
+                        let why = format!("io_uring_enter kept failing with writes in flight ({e})");
+                        self.broken = Some(why);
+                        return Err(e);
+                    }
+                    std::thread::sleep(ENTER_RETRY_PAUSE);
+                }
             }
             self.reap();
         }
@@ -415,6 +485,10 @@ impl WorkerIo for UringIo {
     }
 
     fn send_udp(&mut self, batch: &mut SendBatch) -> io::Result<()> {
+        if let Err(e) = self.refuse_if_broken() {
+            batch.clear();
+            return Err(e);
+        }
         self.first_write_error = None;
         let total = batch.groups().len();
         let mut sent = 0;
@@ -423,6 +497,7 @@ impl WorkerIo for UringIo {
             match self.send_chunk(batch, sent) {
                 Ok(n) => sent += n,
                 Err(e) => {
+                    self.settle_send_batch(batch);
                     batch.clear();
                     return Err(e);
                 }
@@ -442,6 +517,10 @@ impl WorkerIo for UringIo {
     }
 
     fn write_tun(&mut self, batch: &mut TunWriteBatch) -> io::Result<()> {
+        if let Err(e) = self.refuse_if_broken() {
+            batch.clear();
+            return Err(e);
+        }
         self.first_write_error = None;
         let vnet = self.tun.has_vnet_hdr();
         let fd = self.tun.fd();
@@ -452,13 +531,14 @@ impl WorkerIo for UringIo {
                     .build()
                     .user_data(user_data(KIND_TUN_WRITE, i));
                 if let Err(e) = self.push(&entry) {
-                    let _ = self.complete_writes();
+                    self.settle_tun_batch(batch);
                     batch.clear();
                     return Err(e);
                 }
                 self.writes_pending += 1;
             }
             if let Err(e) = self.complete_writes() {
+                self.settle_tun_batch(batch);
                 batch.clear();
                 return Err(e);
             }
@@ -468,6 +548,10 @@ impl WorkerIo for UringIo {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    fn broken(&self) -> Option<String> {
+        self.broken.clone()
     }
 
     fn set_socket(&mut self, socket: Arc<Socket>) {
@@ -490,6 +574,9 @@ impl WorkerIo for UringIo {
 
 impl Drop for UringIo {
     fn drop(&mut self) {
+        // Writes that never completed on a broken ring may still be read by the kernel after
+        // the ring closes: their memory is leaked, not freed (one batch, on a failure path).
+        std::mem::forget(std::mem::take(&mut self.held));
         // The buffers of reads still in flight must outlive them: cancel every read and reap
         // until none is left. Closing the ring (dropped before the buffers, as declared first)
         // also cancels them, so a failure here only costs time.
@@ -516,5 +603,84 @@ impl Drop for UringIo {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring on a TUN of a network namespace of this test thread's own (root only; under
+    /// CI, always root, a missing root fails the test instead of skipping it).
+    fn ring_on_a_private_tun() -> Option<UringIo> {
+        // SAFETY: geteuid only reads the caller's credentials.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "this test needs root under CI");
+            eprintln!("SKIP: needs root");
+            return None;
+        }
+        // SAFETY: unshare(CLONE_NEWNET) moves only this thread (the test's own) to a new,
+        // empty network namespace; nothing else of the process changes.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", io::Error::last_os_error());
+        let ring = match probe() {
+            Ok(r) => r,
+            Err(e) => {
+                assert!(std::env::var("CI").as_deref() != Ok("true"), "no io_uring under CI: {e}");
+                eprintln!("SKIP: io_uring refused: {e}");
+                return None;
+            }
+        };
+        let tun = Tun::open("wgturing0", false, false).expect("a TUN in the private namespace");
+        let socket = Arc::new(Socket::Os(OsSocket::bind(0, 0, false).expect("a UDP socket")));
+        let bell = Arc::new(Doorbell::event().expect("an eventfd"));
+        let mut io = UringIo::new(ring, tun, socket, bell).expect("the backend");
+        io.wait(Duration::ZERO).expect("enabled on this thread");
+        Some(io)
+    }
+
+    fn packets(n: usize) -> TunWriteBatch {
+        let mut batch = TunWriteBatch::default();
+        for i in 0..n {
+            let mut p = [0u8; 40];
+            p[0] = 0x45;
+            p[3] = 40;
+            p[8] = 64;
+            p[9] = 17;
+            p[19] = i as u8;
+            batch.push_plain(&p);
+        }
+        batch
+    }
+
+    /// io_uring_enter failing while writes are queued or in flight: a few failures are
+    /// retried until every write completed (the batch only then comes back); failures that
+    /// go on break the ring, which keeps the batch's memory and refuses every later call.
+    #[test]
+    fn a_failing_enter_never_hands_back_a_batch_the_kernel_may_hold() {
+        let Some(mut io) = ring_on_a_private_tun() else { return };
+        io.inject_enter_failures = 3;
+        let mut batch = packets(300);
+        let _ = io.write_tun(&mut batch); // the writes' own results (a TUN that is down) do not matter
+        assert_eq!(io.writes_pending, 0, "every write completed before the batch came back");
+        assert!(io.broken().is_none() && io.held.is_empty());
+
+        io.inject_enter_failures = 10 * MAX_ENTER_FAILURES;
+        let mut batch = packets(10);
+        let ptrs: Vec<*const u8> = batch.packets().iter().map(|p| p.as_ptr()).collect();
+        assert!(io.write_tun(&mut batch).is_err());
+        assert!(io.broken().is_some(), "the ring is broken");
+        assert_eq!(io.held.len(), 10, "the queued writes' memory stays with the backend");
+        assert!(io.held.iter().all(|p| ptrs.contains(&p.as_ptr())));
+        assert!(batch.is_empty());
+        let reused = batch.take_buf();
+        assert!(!ptrs.contains(&reused.as_ptr()), "none of it goes back to the batch's pool");
+        // From now on nothing reaches the ring.
+        let mut more = packets(5);
+        assert!(io.write_tun(&mut more).is_err());
+        let mut sends = SendBatch::new(1, 8, false);
+        let (_, space) = sends.reserve(8);
+        space.fill(1);
+        sends.commit(8, "127.0.0.1:9".parse().unwrap());
+        assert!(io.send_udp(&mut sends).is_err());
     }
 }
