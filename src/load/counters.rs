@@ -12,6 +12,14 @@ use crate::constants::AEAD_TAG_LEN;
 use crate::noise::messages::{TransportHeader, TRANSPORT_HEADER_LEN};
 use crate::session::Keypair;
 
+/// Seconds from the first arrival to the last (0 before two).
+fn span(first: Option<Instant>, last: Option<Instant>) -> f64 {
+    match (first, last) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
 /// What arrived at one end, per flow.
 #[derive(Default)]
 pub struct FlowStats {
@@ -60,10 +68,7 @@ impl FlowStats {
 
     /// Seconds from the first packet to the last.
     pub fn span(&self) -> f64 {
-        match (self.first, self.last) {
-            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
-            _ => 0.0,
-        }
+        span(self.first, self.last)
     }
 }
 
@@ -154,10 +159,7 @@ impl DownloadCounter {
     }
 
     pub fn span(&self) -> f64 {
-        match (self.first, self.last) {
-            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
-            _ => 0.0,
-        }
+        span(self.first, self.last)
     }
 }
 
