@@ -160,17 +160,37 @@ fn answer(mut stream: TcpStream, path: &str, content_type: &str, render: &impl F
             return Err(io::ErrorKind::InvalidData.into());
         }
     };
+    match route(&head, path) {
+        Route::Page { body } => respond(&mut stream, "200 OK", content_type, &render(), body),
+        Route::Root { body } => respond(&mut stream, "200 OK", "text/plain", &format!("see {path}\n"), body),
+        Route::NotFound { body } => respond(&mut stream, "404 Not Found", "text/plain", "not found\n", body),
+        Route::NotAllowed => respond(&mut stream, "405 Method Not Allowed", "text/plain", "only GET\n", true),
+    }
+}
+
+/// What a request head asks for; `body` is false for HEAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Page { body: bool },
+    Root { body: bool },
+    NotFound { body: bool },
+    NotAllowed,
+}
+
+/// Reads a request head's first line (any bytes, any length): the method and the target
+/// without its query string.
+pub fn route(head: &[u8], path: &str) -> Route {
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut words = line.split_whitespace();
     let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     let target = target.split('?').next().unwrap_or_default();
-    let with_body = method != "HEAD";
+    let body = method != "HEAD";
     match (method, target) {
-        ("GET" | "HEAD", t) if t == path => respond(&mut stream, "200 OK", content_type, &render(), with_body),
-        ("GET" | "HEAD", "/") => respond(&mut stream, "200 OK", "text/plain", &format!("see {path}\n"), with_body),
-        ("GET" | "HEAD", _) => respond(&mut stream, "404 Not Found", "text/plain", "not found\n", with_body),
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "only GET\n", true),
+        ("GET" | "HEAD", t) if t == path => Route::Page { body },
+        ("GET" | "HEAD", "/") => Route::Root { body },
+        ("GET" | "HEAD", _) => Route::NotFound { body },
+        _ => Route::NotAllowed,
     }
 }
 

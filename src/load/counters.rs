@@ -50,7 +50,7 @@ impl FlowStats {
         if stamp.seq < *next {
             self.reordered += 1;
         } else {
-            *next = stamp.seq + 1;
+            *next = stamp.seq.saturating_add(1);
         }
     }
 
@@ -187,7 +187,11 @@ mod tests {
         }
         s.count_payload(b"not ours", now);
         assert_eq!((s.packets, s.reordered, s.foreign, s.flows()), (6, 1, 1, 2));
-        assert_eq!(s.inner_bytes, 6 * 64);
+        // The last sequence number a stamp can carry (found by the fuzzer: it overflowed).
+        s.count_payload(&stamp(3, u64::MAX), now);
+        s.count_payload(&stamp(3, u64::MAX), now);
+        assert_eq!((s.packets, s.reordered), (8, 1), "a repeat of the last is not counted twice");
+        assert_eq!(s.inner_bytes, 8 * 64);
     }
 
     fn session(now: Instant) -> (Arc<Keypair>, Keypair) {
