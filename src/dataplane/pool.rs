@@ -64,8 +64,9 @@ pub struct CryptoPool {
     bells: Vec<Arc<Doorbell>>,
     parked: Vec<AtomicBool>,
     mode: ParallelCrypto,
-    /// Jobs done by a worker other than their owner.
+    /// Jobs done by a worker other than their owner, and jobs handed to the pool at all.
     helped: AtomicU64,
+    shared: AtomicU64,
 }
 
 impl CryptoPool {
@@ -74,7 +75,7 @@ impl CryptoPool {
         let (jobs_tx, jobs_rx) = unbounded();
         let parked = bells.iter().map(|_| AtomicBool::new(false)).collect();
         let mode = if bells.len() > 1 { mode } else { ParallelCrypto::Off };
-        CryptoPool { jobs_tx, jobs_rx, bells, parked, mode, helped: AtomicU64::new(0) }
+        CryptoPool { jobs_tx, jobs_rx, bells, parked, mode, helped: AtomicU64::new(0), shared: AtomicU64::new(0) }
     }
 
     pub fn mode(&self) -> ParallelCrypto {
@@ -108,6 +109,12 @@ impl CryptoPool {
         self.helped.load(Ordering::Relaxed)
     }
 
+    /// Jobs handed to the pool so far (whoever ran them: which worker takes one is the
+    /// scheduler's choice).
+    pub fn jobs_shared(&self) -> u64 {
+        self.shared.load(Ordering::Relaxed)
+    }
+
     /// Worker `me` is about to wait on its I/O. False if there is work queued (do not wait).
     /// The store and the check are ordered against `submit`'s send and load, so a job is
     /// either seen here or its submitter sees this worker parked and rings it.
@@ -128,6 +135,7 @@ impl CryptoPool {
     }
 
     pub(super) fn submit(&self, job: Job, from: usize) {
+        self.shared.fetch_add(1, Ordering::Relaxed);
         let _ = self.jobs_tx.send(job);
         std::sync::atomic::fence(Ordering::SeqCst);
         // Wake one parked worker; a busy one finds the job when its round ends.
