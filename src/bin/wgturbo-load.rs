@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wgturbo::io::unix::process_cpu_time;
-use wgturbo::io::{BatchSender, OsSocket, SendBatch, Socket};
+use wgturbo::io::{BatchSender, Network, SendBatch, Socket};
 use wgturbo::keys::PublicKey;
 use wgturbo::load::counters::{DownloadCounter, FlowStats};
 use wgturbo::load::run::{self, IDLE_END};
@@ -183,8 +183,11 @@ fn config(args: &[String]) -> Result<Report, Fail> {
         .text("gateway_address", &plan.gateway_address().to_string()))
 }
 
-fn bind(port: u16, gro: bool) -> Result<Socket, Fail> {
-    OsSocket::bind(port, 0, gro).map(Socket::Os).map_err(|e| Fail(format!("cannot bind UDP port {port}: {e}")))
+/// One kernel UDP socket through the I/O seam (port 0: a free one).
+fn bind(port: u16, gro: bool) -> Result<Arc<Socket>, Fail> {
+    let bound =
+        Network::Os { gro }.bind(port, 0, 1, None).map_err(|e| Fail(format!("cannot bind UDP port {port}: {e}")))?;
+    bound.sockets.into_iter().next().ok_or_else(|| Fail(format!("cannot bind UDP port {port}")))
 }
 
 fn peers(args: &[String]) -> Result<Report, Fail> {
@@ -266,7 +269,6 @@ fn peers(args: &[String]) -> Result<Report, Fail> {
     run::confirm_sessions(&socket, &keypairs, gateway);
     std::thread::sleep(Duration::from_millis(100));
 
-    let socket = Arc::new(socket);
     let stop = Arc::new(AtomicBool::new(false));
     let duration = Duration::from_secs_f64(seconds);
     let receiver = download.then(|| {

@@ -7,12 +7,9 @@
 //! point into the worker's batches, so `send_udp` and `write_tun` return only after every one
 //! of their operations completed.
 //!
-//! When `io_uring_enter` fails while sends or writes are in flight (or still queued, not yet
-//! submitted), the backend keeps entering and reaping, a pause between tries, until every one
-//! completed; only then does the caller get its batch back. If it keeps failing, the ring is
-//! broken: the batch's memory is kept here (never returned, never freed while the kernel may
-//! still read it), every later call fails, and `broken` tells the worker, which stops the
-//! device rather than run on a ring it cannot trust.
+//! A failed `io_uring_enter` with writes queued or in flight is retried, reaping, until they
+//! complete; if it keeps failing the ring is broken: the batch's memory stays here (the kernel
+//! may still read it), later calls fail, and the worker stops the device (`broken`).
 //!
 //! The TUN fd is left blocking: the ring then arms a poll for it instead of handing the read
 //! to an io-wq thread. Plain `IORING_OP_READ` is used, since multishot reads on a TUN fd fail
@@ -39,8 +36,7 @@ const UDP_RECVS_IN_FLIGHT: usize = 32;
 /// Sends or TUN writes submitted together before waiting for them.
 const WRITE_CHUNK: usize = 256;
 const RING_ENTRIES: u32 = 1024;
-/// Failed `io_uring_enter`s in a row while writes are in flight before the ring is taken as
-/// broken, and the pause between tries (a second in all).
+/// Failed enters in a row with writes in flight before the ring is broken (a second in all).
 const MAX_ENTER_FAILURES: u32 = 100;
 const ENTER_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
@@ -229,11 +225,7 @@ impl UringIo {
             self.inject_enter_failures -= 1;
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        if want == 0 {
-            self.ring.submit()
-        } else {
-            self.ring.submit_and_wait(want)
-        }
+        self.ring.submit_and_wait(want) // 0: submit only
     }
 
     /// Queues one submission, submitting first if the queue is full.
@@ -257,8 +249,7 @@ impl UringIo {
         }
     }
 
-    /// After a failed write call: settles what is in flight, or keeps the batch's memory for
-    /// good when the ring broke.
+    /// After a failed write: settles what is in flight, or keeps the batch's memory (broken).
     fn settle_tun_batch(&mut self, batch: &mut TunWriteBatch) {
         if self.complete_writes().is_err() {
             self.held.extend(batch.take_packets());
@@ -359,9 +350,8 @@ impl UringIo {
         let _ = self.arm_udp_recv(i, buf);
     }
 
-    /// Submits what is queued and waits until `writes_pending` is zero. A failed enter is
-    /// tried again (the writes may still be queued or in flight, and their memory the
-    /// caller's); after `MAX_ENTER_FAILURES` in a row the ring is broken.
+    /// Submits what is queued and waits until `writes_pending` is zero; a failed enter is
+    /// tried again, and after `MAX_ENTER_FAILURES` in a row the ring is broken.
     fn complete_writes(&mut self) -> io::Result<()> {
         self.refuse_if_broken()?;
         let mut failures = 0;
