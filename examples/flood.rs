@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use wgturbo::io::syscalls::BatchSender;
 use wgturbo::io::udp::OsSocket;
+use wgturbo::io::SocketBatcher;
 use wgturbo::io::{SendBatch, Socket};
 use wgturbo::keys::PublicKey;
 use wgturbo::noise::messages::INITIATION_LEN;
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         })
         .collect();
     let mut batch = SendBatch::new(1, BATCH, true);
-    let mut sender = BatchSender::default();
+    let mut batcher = SocketBatcher::default();
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut sent: u64 = 0;
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
             msg.copy_from_slice(&pool[(sent as usize + i) % POOL]);
             batch.commit(INITIATION_LEN, target);
         }
-        if sockets[(sent / BATCH as u64) as usize % ports].send_batch(&mut sender, &mut batch).is_err() {
+        if sockets[(sent / BATCH as u64) as usize % ports].send_batch(&mut batcher, &mut batch).is_err() {
             errors += 1;
         }
         sent += due as u64;

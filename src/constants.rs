@@ -35,3 +35,11 @@ pub const PADDING_MULTIPLE: usize = 16;
 /// The TUN's MTU until configured: 1500 less the outer IPv6 and UDP headers and WireGuard's
 /// own 32 bytes, as wg-quick and wireguard-go use.
 pub const DEFAULT_MTU: u32 = 1420;
+
+/// Capacity of the control thread's handshake queue (the kernel's MAX_QUEUED_INCOMING_HANDSHAKES).
+pub const HANDSHAKE_QUEUE: usize = 4096;
+/// "Under load" from this many queued handshake messages, 1/8 of the queue, as the kernel
+/// decides.
+pub const UNDER_LOAD_QUEUED: usize = HANDSHAKE_QUEUE / 8;
+/// How long the device stays under load after the last sign of it (the kernel: one second).
+pub const UNDER_LOAD_STICKY: Duration = Duration::from_secs(1);

@@ -57,7 +57,8 @@ fn before_tests(text: &str) -> &str {
     let mut offset = 0;
     let mut previous = "";
     for line in text.split_inclusive('\n') {
-        if previous.trim() == "#[cfg(test)]" && line.trim_start().starts_with("mod tests") {
+        let line_trimmed = line.trim_start().trim_start_matches("pub(crate) ").trim_start_matches("pub(super) ");
+        if previous.trim() == "#[cfg(test)]" && line_trimmed.starts_with("mod tests") {
             return &text[..offset - previous.len()];
         }
         offset += line.len();
@@ -380,7 +381,8 @@ fn imports_run_one_way() {
     let found = circles(&edges);
     let mut report = String::new();
     for component in &found {
-        report.push_str("circle:\n");
+        let names: Vec<&str> = component.iter().map(|&v| krate.files[v].path.as_str()).collect();
+        report.push_str(&format!("circle of {}:\n", names.join(", ")));
         for &v in component {
             for (u, path) in &edges[v] {
                 if component.contains(u) {

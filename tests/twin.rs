@@ -449,3 +449,36 @@ fn checksum_fails(p: &[u8]) -> bool {
     pseudo.extend_from_slice(&p[20..]);
     checksum(&pseudo) != 0
 }
+
+/// The side path on the twins, steered as the kernel steers a port's group: handshake
+/// messages and garbage reach the side socket's reader (not a worker), the tunnel comes up
+/// through it, every kind of garbage (empty datagrams too) is counted as malformed, and the
+/// worker sees only transport messages.
+#[test]
+fn steered_handshakes_and_garbage_take_the_side_path() {
+    let net = TwinNet::new();
+    net.steering.store(true, Ordering::Relaxed);
+    let (a, b) = pair(&net, false, false);
+    assert!(b.dev.shared.side_socket.load().is_some(), "a steered group has a side socket");
+    establish(&a, &b);
+    for i in 0..20u32 {
+        let to_b = udp_packet(1, 2, &i.to_be_bytes().repeat(100));
+        a.host.send.send(to_b.clone()).unwrap();
+        assert_eq!(recv(&b.host), to_b);
+    }
+    let b_addr = TwinNet::address(b.port);
+    let garbage: [&[u8]; 5] = [b"x", &[9u8; 40], &[0u8; 3], &[], &[1, 0, 0, 0]];
+    for g in garbage {
+        net.inject(TwinNet::address(60_001), b_addr, g);
+    }
+    let shared = &b.dev.shared;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shared.drops.malformed.load(Ordering::Relaxed) < garbage.len() as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(shared.drops.malformed.load(Ordering::Relaxed), garbage.len() as u64, "{}", shared.drops.summary());
+    assert_eq!(shared.handshakes.initiations_received.load(Ordering::Relaxed), 1, "the side reader counted it");
+    let inbound = shared.workers[0].udp_datagrams.load(Ordering::Relaxed);
+    assert!((21..=22).contains(&inbound), "the worker got the transport messages only: {inbound}");
+}

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wgturbo::io::unix::process_cpu_time;
-use wgturbo::io::{BatchSender, Network, SendBatch, Socket};
+use wgturbo::io::{Network, SendBatch, Socket, SocketBatcher};
 use wgturbo::keys::PublicKey;
 use wgturbo::load::counters::{DownloadCounter, FlowStats};
 use wgturbo::load::run::{self, IDLE_END};
@@ -350,7 +350,7 @@ fn source(args: &[String]) -> Result<Report, Fail> {
     let from = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
     // Single datagrams, each to its own host, as traffic from many hosts arrives: no GSO.
     let mut batch = SendBatch::new(4, 1024, false);
-    let mut sender = BatchSender::default();
+    let mut batcher = SocketBatcher::default();
     let mut sizes = size.schedule();
     let mut seqs = vec![0u64; n as usize * flows as usize];
     let (mut peer, mut flow_in_peer) = (0u32, 0u32);
@@ -385,7 +385,7 @@ fn source(args: &[String]) -> Result<Report, Fail> {
             }
         }
         sent += batch.datagram_count() as u64;
-        if socket.send_batch(&mut sender, &mut batch).is_err() {
+        if socket.send_batch(&mut batcher, &mut batch).is_err() {
             errors += 1;
         }
     }

@@ -9,13 +9,34 @@ use super::{ConfigError, DeviceChange, DeviceStatus, PeerChange};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::routing::IpNet;
 
-/// errno values as wireguard-go returns them (negative, as wg(8) expects).
-pub const ERRNO_IO: i32 = -libc_errno::EIO;
-pub const ERRNO_PROTOCOL: i32 = -libc_errno::EPROTO;
-pub const ERRNO_INVALID: i32 = -libc_errno::EINVAL;
-pub const ERRNO_PORT_IN_USE: i32 = -libc_errno::EADDRINUSE;
-/// More peers than a device may have (the kernel's answer at MAX_PEERS_PER_DEVICE).
-pub const ERRNO_TOO_MANY_PEERS: i32 = -libc_errno::ENOSPC;
+/// The errors a UAPI reply can carry, as wireguard-go and the kernel name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Errno {
+    /// The request could not be carried out (a socket could not be bound, the device did
+    /// not answer).
+    Io,
+    /// Not a `get` or a `set`.
+    Protocol,
+    /// A `set` with a line that does not parse.
+    Invalid,
+    /// The listen port is taken.
+    PortInUse,
+    /// More peers than a device may have (the kernel's answer at MAX_PEERS_PER_DEVICE).
+    TooManyPeers,
+}
+
+impl Errno {
+    /// The value on the `errno=` line: negative, as wg(8) expects.
+    pub fn code(self) -> i32 {
+        -match self {
+            Errno::Io => libc_errno::EIO,
+            Errno::Protocol => libc_errno::EPROTO,
+            Errno::Invalid => libc_errno::EINVAL,
+            Errno::PortInUse => libc_errno::EADDRINUSE,
+            Errno::TooManyPeers => libc_errno::ENOSPC,
+        }
+    }
+}
 
 /// Linux errno numbers, kept here so the pure core does not need libc.
 mod libc_errno {
@@ -24,6 +45,32 @@ mod libc_errno {
     pub const EINVAL: i32 = 22;
     pub const EPROTO: i32 = 71;
     pub const EADDRINUSE: i32 = 98;
+}
+
+/// The answer to one request.
+pub enum Reply {
+    /// A `get`'s lines (`format_get`).
+    Got(Zeroizing<String>),
+    /// A `set` applied, or why not.
+    Set(Result<(), Errno>),
+    /// A request that was not carried out.
+    Failed(Errno),
+}
+
+impl Reply {
+    /// The reply as it goes on the socket, ending with its `errno=` line and a blank line.
+    /// Wiped when dropped (a `get` holds keys).
+    pub fn text(&self) -> Zeroizing<String> {
+        let (body, errno) = match self {
+            Reply::Got(body) => (body.as_str(), None),
+            Reply::Set(result) => ("", result.err()),
+            Reply::Failed(errno) => ("", Some(*errno)),
+        };
+        let mut text = Zeroizing::new(String::with_capacity(body.len() + 12));
+        text.push_str(body);
+        let _ = write!(text, "errno={}\n\n", errno.map_or(0, Errno::code));
+        text
+    }
 }
 
 /// A request read off the socket.
@@ -42,10 +89,10 @@ pub enum UapiError {
 }
 
 impl UapiError {
-    pub fn errno(&self) -> i32 {
+    pub fn errno(&self) -> Errno {
         match self {
-            UapiError::UnknownOperation(_) => ERRNO_PROTOCOL,
-            UapiError::Invalid(_) => ERRNO_INVALID,
+            UapiError::UnknownOperation(_) => Errno::Protocol,
+            UapiError::Invalid(_) => Errno::Invalid,
         }
     }
 }
@@ -303,13 +350,13 @@ mod tests {
         ];
         for (text, line, what) in cases {
             let err = parse_request(text).unwrap_err();
-            assert_eq!(err.errno(), ERRNO_INVALID, "{text}");
+            assert_eq!(err.errno(), Errno::Invalid, "{text}");
             let UapiError::Invalid(e) = err else { panic!() };
             assert_eq!(e.line, line, "{text}");
             assert!(e.reason.contains(what), "{text}: {}", e.reason);
         }
-        assert_eq!(parse_request("frob=1\n").unwrap_err().errno(), ERRNO_PROTOCOL);
-        assert_eq!(parse_request("").unwrap_err().errno(), ERRNO_PROTOCOL);
+        assert_eq!(parse_request("frob=1\n").unwrap_err().errno(), Errno::Protocol);
+        assert_eq!(parse_request("").unwrap_err().errno(), Errno::Protocol);
     }
 
     #[test]
@@ -354,5 +401,24 @@ mod tests {
             .collect();
         let c = parse_set(settable.lines()).unwrap();
         assert_eq!(c.peers[0].allowed_ips, status.peers[0].allowed_ips);
+    }
+
+    /// The errno lines wg(8) reads: 0 for success, the negated Linux errno otherwise (the
+    /// values wireguard-go's ipc package sends).
+    #[test]
+    fn replies_end_with_the_errno_wg_expects() {
+        assert_eq!(Reply::Set(Ok(())).text().as_str(), "errno=0\n\n");
+        assert_eq!(Reply::Got(Zeroizing::new("listen_port=1\n".into())).text().as_str(), "listen_port=1\nerrno=0\n\n");
+        let codes = [
+            (Errno::Io, -5),
+            (Errno::Invalid, -22),
+            (Errno::TooManyPeers, -28),
+            (Errno::Protocol, -71),
+            (Errno::PortInUse, -98),
+        ];
+        for (errno, code) in codes {
+            assert_eq!(Reply::Set(Err(errno)).text().as_str(), format!("errno={code}\n\n"));
+            assert_eq!(Reply::Failed(errno).text().as_str(), format!("errno={code}\n\n"));
+        }
     }
 }

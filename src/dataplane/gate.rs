@@ -13,28 +13,17 @@
 //! (it checks mac2 again under load), so a flood buys no DH work either way.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tracing::debug;
-
-use super::shared::{bump, HandshakeCounters, HandshakePacket, Shared, WorkerCounters};
-use super::thinning::SideFilter;
-use crate::constants::MAC_LEN;
-use crate::io::syscalls::{BatchReceiver, BatchSender};
-use crate::io::{Buf, SendBatch, Socket, UDP_RECV_BATCH};
+use super::shared::{bump, HandshakeCounters, HandshakePacket, Screening, Shared, WorkerCounters};
+use crate::constants::{MAC_LEN, UNDER_LOAD_QUEUED};
+use crate::io::SendBatch;
 use crate::noise::messages::{
     Initiation, Response, COOKIE_REPLY_LEN, INITIATION_LEN, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
     RESPONSE_LEN,
 };
 use crate::noise::ratelimiter::{Over, ReplyCaps, TokenBucket};
 use crate::noise::CookieChecker;
-
-/// Capacity of the control thread's handshake queue (the kernel's MAX_QUEUED_INCOMING_HANDSHAKES).
-pub const HANDSHAKE_QUEUE: usize = 4096;
-/// "Under load" from this many queued messages, 1/8 of the queue, as the kernel decides.
-pub const UNDER_LOAD_QUEUED: usize = HANDSHAKE_QUEUE / 8;
-/// How long the device stays under load after the last sign of it (the kernel: one second).
-pub const UNDER_LOAD_STICKY: Duration = Duration::from_secs(1);
 
 /// The exact size of a handshake message of type `t`, None for other types.
 fn handshake_len(t: u32) -> Option<usize> {
@@ -60,120 +49,6 @@ pub fn take_handshake(shared: &Shared, gate: &mut Gate, datagram: &[u8], src: So
     if shared.handshake_tx.try_send(msg).is_err() {
         bump(&shared.drops.handshake_queue_full);
     }
-}
-
-/// How long the side socket's reader waits after a failed receive.
-const ERROR_PAUSE: Duration = Duration::from_millis(10);
-/// How long it waits after a round that did not fill its batch (a handshake waits that much
-/// more, at most).
-const GATHER_PAUSE: Duration = Duration::from_millis(1);
-const NO_SIDE_SOCKET_WAIT: Duration = Duration::from_millis(200);
-
-/// The reader of the side socket (`Shared::side_socket`), where the kernel steers every
-/// datagram that is not a transport message: handshake messages through a `Gate` of its own
-/// to the control thread, cookie replies back from the same socket. Runs until the device
-/// stops; where there is no side socket the workers take handshake messages themselves.
-pub fn serve_side(shared: &Shared) {
-    let mut gate = Gate::new(true);
-    let mut receiver = BatchReceiver::default();
-    let mut sender = BatchSender::default();
-    let mut bufs: Vec<Buf> = Vec::new();
-    // Set after a round that refused anything (over the budget or a source's cap): the next
-    // receive then skims (see below).
-    let mut refusing = false;
-    let mut filter = SideFilter::default();
-    while !shared.stopping() {
-        let Some(socket) = shared.side_socket.load_full() else {
-            std::thread::sleep(NO_SIDE_SOCKET_WAIT);
-            continue;
-        };
-        let Socket::Os(os) = &*socket else {
-            std::thread::sleep(NO_SIDE_SOCKET_WAIT);
-            continue;
-        };
-        // After a refusing round, most of what is read is refused anyway: take only the first
-        // datagram of each GRO train (a train is one source's) and let the kernel drop the rest
-        // uncopied. A flood sent with GSO then costs this thread one small copy per 64 KiB; a
-        // real peer's lone message is read whole as before.
-        let received = if refusing {
-            receiver.skim(os, &mut bufs, true, INITIATION_LEN)
-        } else {
-            receiver.recv(os, &mut bufs, true)
-        };
-        if let Err(e) = received {
-            debug!("side socket: receive failed: {e}");
-            std::thread::sleep(ERROR_PAUSE);
-        }
-        let now = Instant::now();
-        let received = bufs.len();
-        if received == 0 {
-            continue;
-        }
-        for b in bufs.iter_mut() {
-            let Some(src) = b.src else { continue };
-            if b.len == 0 {
-                continue;
-            }
-            let stride = b.stride.max(1);
-            if b.cut > 0 {
-                // Whole datagrams only; a partly copied one is discarded with the rest.
-                let whole = b.len - b.len % stride;
-                gate.count_refused((b.cut + b.len - whole).div_ceil(stride) as u64);
-                b.len = whole;
-            }
-            let datagrams = b.len.div_ceil(stride);
-            for (i, datagram) in b.filled_mut().chunks(stride).enumerate() {
-                if !gate.has_room() {
-                    send_replies(&socket, &mut sender, &mut gate);
-                }
-                // A transport message lands here only if it was too short for the kernel's
-                // steering to read its index; `take_handshake` counts it malformed.
-                if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
-                    bump(&shared.drops.malformed);
-                    continue;
-                }
-                take_handshake(shared, &mut gate, datagram, src, now);
-                if let Some(over) = gate.take_source_capped() {
-                    filter.note_capped(src, over, now);
-                    // The rest of a GRO train comes from the same source: capped as well.
-                    gate.count_limited((datagrams - i - 1) as u64);
-                    break;
-                }
-            }
-        }
-        receiver.recycle(&mut bufs);
-        refusing = gate.refusing(now);
-        gate.flush_counts(shared);
-        filter.after_round(shared, &socket, os, now);
-        // No pause after a refused round: a real peer's message waits in the same queue as
-        // the flood, and a queue left full would drop it; refusing costs a comparison.
-        send_replies(&socket, &mut sender, &mut gate);
-        // A round that did not fill the batch waits a moment before the next, so a trickle
-        // (a paced flood, or many peers' handshakes) wakes this thread at most ~1,000 times a
-        // second instead of once per datagram; a full round goes on at once.
-        if received < UDP_RECV_BATCH {
-            std::thread::sleep(GATHER_PAUSE);
-        }
-    }
-}
-
-fn send_replies(socket: &Socket, sender: &mut BatchSender, gate: &mut Gate) {
-    if !gate.replies.is_empty() {
-        if let Err(e) = socket.send_batch(sender, &mut gate.replies) {
-            debug!("side socket: sending cookie replies failed: {e}");
-        }
-    }
-}
-
-/// How far a handshake message was checked before it reached the control thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Screening {
-    /// Not at all (not counted either).
-    Unchecked,
-    /// Counted, and its mac1 is valid.
-    Mac1,
-    /// Counted, its mac1 is valid, and so is its mac2 (the device was under load).
-    Mac1AndMac2,
 }
 
 /// Where mac1 and mac2 of a handshake message of type `kind` sit, and its sender index.
@@ -259,7 +134,7 @@ pub fn queue_reply(replies: &mut SendBatch, reply: &[u8; COOKIE_REPLY_LEN], dst:
 /// behind such a flood is answered at once (the `test-dos.sh` case; 50,000/s left it one
 /// chance in three per attempt).
 const UNDER_LOAD_PER_SECOND: u64 = 200_000;
-const UNDER_LOAD_BURST: u64 = 4_096;
+pub(super) const UNDER_LOAD_BURST: u64 = 4_096;
 const UNDER_LOAD_COST_NS: u64 = 1_000_000_000 / UNDER_LOAD_PER_SECOND;
 const UNDER_LOAD_MAX_NS: u64 = UNDER_LOAD_COST_NS * UNDER_LOAD_BURST;
 
@@ -471,14 +346,16 @@ impl Gate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::constants::{HANDSHAKE_QUEUE, UNDER_LOAD_STICKY};
     use crate::dataplane::shared::{HandshakePacket, TestChannels};
     use crate::keys::{PrivateKey, PublicKey};
     use crate::noise::messages::CookieReply;
     use crate::noise::CookieGenerator;
+    use std::time::Duration;
 
-    fn initiation(generator: &mut CookieGenerator, sender: u32, now: Instant) -> [u8; INITIATION_LEN] {
+    pub(crate) fn initiation(generator: &mut CookieGenerator, sender: u32, now: Instant) -> [u8; INITIATION_LEN] {
         let mut msg = [7u8; INITIATION_LEN];
         msg[..4].copy_from_slice(&MESSAGE_INITIATION.to_le_bytes());
         msg[4..8].copy_from_slice(&sender.to_le_bytes());
@@ -487,86 +364,11 @@ mod tests {
     }
 
     /// A device with a key, a fresh gate, and the device's public key.
-    fn keyed() -> (Shared, TestChannels, Gate, PublicKey) {
+    pub(crate) fn keyed() -> (Shared, TestChannels, Gate, PublicKey) {
         let us = PrivateKey::generate().public_key();
         let (shared, channels) = Shared::for_tests();
         shared.cookies.store(Some(std::sync::Arc::new(CookieChecker::new(&us))));
         (shared, channels, Gate::new(true), us)
-    }
-
-    /// The side socket's reader end to end on loopback, under a flood of GSO trains from one
-    /// endpoint: it answers up to the endpoint's cap, skims and skips the rest, has the kernel
-    /// thin the endpoint, answers a real peer at another port in the middle of it, and
-    /// accounts for every datagram sent: answered, capped, refused, or in a train the kernel
-    /// dropped.
-    #[test]
-    fn the_side_reader_caps_skims_and_thins_a_flood_and_answers_a_peer() {
-        use crate::io::syscalls::BatchSender;
-        use crate::io::udp::OsSocket;
-        const TRAIN: usize = 60;
-        // Enough, fast enough, to use up the leftover budget too (200,000 a second): then
-        // the endpoint is capped and thinned.
-        const TRAINS: usize = 800;
-        let (shared, _channels, _, us) = keyed();
-        let side = OsSocket::bind(0, 0, true).expect("bind the side socket");
-        let to = SocketAddr::from(([127, 0, 0, 1], side.local_port().unwrap()));
-        let side = std::sync::Arc::new(Socket::Os(side));
-        shared.side_socket.store(Some(side.clone()));
-        let flooder = OsSocket::bind(0, 0, false).expect("bind the flooder");
-        if !flooder.supports_gso() {
-            eprintln!("no UDP GSO on this kernel; skipped");
-            return;
-        }
-        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut generator = CookieGenerator::new(&us);
-        let start = Instant::now();
-        shared.mark_under_load(shared.stamp(start));
-        let msg = initiation(&mut generator, 1, start);
-        std::thread::scope(|scope| {
-            scope.spawn(|| serve_side(&shared));
-            let mut batch = SendBatch::new(1, 64, true);
-            let mut sender = BatchSender::default();
-            for train in 0..TRAINS {
-                // Under load throughout, however slowly a loaded machine runs this.
-                shared.mark_under_load(shared.stamp(Instant::now()));
-                for _ in 0..TRAIN {
-                    let (_, space) = batch.reserve(msg.len());
-                    space[..msg.len()].copy_from_slice(&msg);
-                    batch.commit(msg.len(), to);
-                }
-                sender.send(&flooder, &mut batch).expect("send a train");
-                if train % 40 == 39 {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                if train == TRAINS / 2 {
-                    let lone = initiation(&mut generator, 77, Instant::now());
-                    peer.send_to(&lone, to).unwrap();
-                }
-            }
-            let mut reply = [0u8; 128];
-            let (n, _) = peer.recv_from(&mut reply).expect("the peer's cookie reply");
-            assert_eq!((n, reply[0]), (COOKIE_REPLY_LEN, 3));
-            assert_eq!(u32::from_le_bytes([reply[4], reply[5], reply[6], reply[7]]), 77, "to the peer's index");
-            std::thread::sleep(Duration::from_millis(100));
-            shared.fail();
-            if let Socket::Os(os) = &*side {
-                os.shutdown();
-            }
-        });
-        let elapsed = start.elapsed().as_secs_f64();
-        let answered = value(&shared.handshakes.cookie_replies_sent);
-        let capped = value(&shared.handshakes.rate_limited);
-        let refused = value(&shared.drops.handshake_queue_full);
-        let thinned = value(&shared.drops.handshake_dropped_by_kernel);
-        eprintln!("{elapsed:.2} s: answered {answered}, capped {capped}, refused {refused}, trains dropped {thinned}");
-        // The endpoint's burst and rate, what the budget had left over beyond its reserve,
-        // and the peer.
-        let bound = 501.0 + 5_000.0 * elapsed + 60.0 + (UNDER_LOAD_BURST / 2) as f64 + 200_000.0 * elapsed;
-        assert!(answered >= 501 && answered as f64 <= bound, "{answered}");
-        assert!(capped > 0);
-        assert!(thinned > 0, "the kernel thinned the flooder");
-        assert_eq!(answered + capped + refused + TRAIN as u64 * thinned, (TRAIN * TRAINS) as u64 + 1);
     }
 
     /// While the control thread keeps up, everything with a good mac1 passes; once its queue
@@ -862,7 +664,7 @@ mod tests {
         assert_eq!(value(&shared.handshakes.initiations_received), 0);
     }
 
-    fn value(c: &std::sync::atomic::AtomicU64) -> u64 {
+    pub(crate) fn value(c: &std::sync::atomic::AtomicU64) -> u64 {
         c.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

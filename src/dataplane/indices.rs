@@ -1,8 +1,7 @@
-//! The receiver-index table: which keypair of which peer a transport message's receiver index
-//! names. Workers look an index up per datagram without a lock; the control thread inserts
-//! and removes one entry in O(1), never copying the table (it used to copy a `HashMap` of every
-//! index on each handshake, which at 100,000 peers rekeying every two minutes is a copy of
-//! 100,000 entries 800 times a second).
+//! The receiver-index table: which entry (a keypair and its peer) a transport message's
+//! receiver index names. Workers look an index up per datagram without a lock; the control
+//! thread inserts and removes one entry in O(1), never copying the table (a copied map would
+//! cost, at 100,000 peers rekeying every two minutes, 100,000 entries 800 times a second).
 //!
 //! Inside, an index is a slot in a two-level array (chunks allocated on first use) in its low
 //! 22 bits and a tag in its high 10: random at a slot's first use, then one more at each
@@ -23,7 +22,10 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::{ArcSwapOption, Guard};
 use rand::Rng;
 
-use super::shared::IndexEntry;
+/// What the table holds: anything that knows the wire index it was published under.
+pub trait Indexed {
+    fn index(&self) -> u32;
+}
 
 const SLOT_BITS: u32 = 22;
 const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
@@ -33,7 +35,7 @@ const CHUNKS: usize = 1 << (SLOT_BITS - CHUNK_BITS);
 const TAG_MASK: u32 = (1 << (32 - SLOT_BITS)) - 1;
 
 /// `CHUNK_SLOTS` slots, allocated the first time one of them is used.
-type Chunk = Box<[ArcSwapOption<IndexEntry>]>;
+type Chunk<E> = Box<[ArcSwapOption<E>]>;
 
 /// A keyed permutation of 32-bit words: a four-round balanced Feistel network whose round
 /// function is the murmur3 finaliser of the half-word, the round and a round key. Not a
@@ -79,28 +81,28 @@ impl IndexCipher {
 }
 
 /// The table the workers read.
-pub struct IndexTable {
-    chunks: Box<[OnceLock<Chunk>]>,
+pub struct IndexTable<E> {
+    chunks: Box<[OnceLock<Chunk<E>>]>,
     cipher: IndexCipher,
 }
 
-impl Default for IndexTable {
+impl<E> Default for IndexTable<E> {
     fn default() -> Self {
         IndexTable { chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(), cipher: IndexCipher::random() }
     }
 }
 
-impl IndexTable {
+impl<E: Indexed> IndexTable<E> {
     /// The entry for the wire index `index`, if it is live. Lock-free: a few multiplies, then
     /// an atomic load or two.
-    pub fn get(&self, index: u32) -> Option<Guard<Option<Arc<IndexEntry>>>> {
+    pub fn get(&self, index: u32) -> Option<Guard<Option<Arc<E>>>> {
         let slot = (self.cipher.decrypt(index) & SLOT_MASK) as usize;
         let chunk = self.chunks.get(slot >> CHUNK_BITS)?.get()?;
         let entry = chunk.get(slot & (CHUNK_SLOTS - 1))?.load();
-        entry.as_ref().is_some_and(|e| e.keypair.local_index == index).then_some(entry)
+        entry.as_ref().is_some_and(|e| e.index() == index).then_some(entry)
     }
 
-    fn slot(&self, slot: usize) -> &ArcSwapOption<IndexEntry> {
+    fn slot(&self, slot: usize) -> &ArcSwapOption<E> {
         let chunk =
             self.chunks[slot >> CHUNK_BITS].get_or_init(|| (0..CHUNK_SLOTS).map(|_| ArcSwapOption::empty()).collect());
         &chunk[slot & (CHUNK_SLOTS - 1)]
@@ -108,8 +110,8 @@ impl IndexTable {
 }
 
 /// The control thread's side: which slots are taken and by which index.
-pub struct IndexAllocator {
-    table: Arc<IndexTable>,
+pub struct IndexAllocator<E> {
+    table: Arc<IndexTable<E>>,
     /// The (wire) index holding each slot ever used (0: free), grown as slots are first used.
     owners: Vec<u32>,
     /// The tag each slot was last given.
@@ -118,12 +120,12 @@ pub struct IndexAllocator {
     live: usize,
 }
 
-impl IndexAllocator {
-    pub fn new(table: Arc<IndexTable>) -> IndexAllocator {
+impl<E: Indexed> IndexAllocator<E> {
+    pub fn new(table: Arc<IndexTable<E>>) -> IndexAllocator<E> {
         IndexAllocator { table, owners: Vec::new(), tags: Vec::new(), free: VecDeque::new(), live: 0 }
     }
 
-    pub fn table(&self) -> &Arc<IndexTable> {
+    pub fn table(&self) -> &Arc<IndexTable<E>> {
         &self.table
     }
 
@@ -171,9 +173,9 @@ impl IndexAllocator {
         index != 0 && self.owners.get(self.slot_of(index)) == Some(&index)
     }
 
-    /// Publishes `entry` under its keypair's index, which `allocate` gave. False otherwise.
-    pub fn insert(&mut self, entry: IndexEntry) -> bool {
-        let index = entry.keypair.local_index;
+    /// Publishes `entry` under its index, which `allocate` gave. False otherwise.
+    pub fn insert(&mut self, entry: E) -> bool {
+        let index = entry.index();
         if !self.is_taken(index) {
             return false;
         }
@@ -199,28 +201,26 @@ impl IndexAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::shared::PeerShared;
-    use crate::keys::PrivateKey;
-    use crate::noise::SessionKeys;
-    use crate::session::Keypair;
-    use std::time::Instant;
 
-    fn entry(index: u32) -> IndexEntry {
-        thread_local! {
-            static PEER: Arc<PeerShared> = Arc::new(PeerShared::new(PrivateKey::generate().public_key()));
+    /// An entry that is only its index.
+    struct Entry(u32);
+    impl Indexed for Entry {
+        fn index(&self) -> u32 {
+            self.0
         }
-        let keys =
-            SessionKeys { local_index: index, remote_index: 1, send: [1; 32], recv: [2; 32], is_initiator: true };
-        IndexEntry { keypair: Arc::new(Keypair::new(&keys, Instant::now())), peer: PEER.with(Arc::clone) }
+    }
+
+    fn entry(index: u32) -> Entry {
+        Entry(index)
     }
 
     #[test]
     fn insert_get_release_and_stale_indices_miss() {
-        let mut a = IndexAllocator::new(Arc::new(IndexTable::default()));
+        let mut a = IndexAllocator::<Entry>::new(Arc::new(IndexTable::default()));
         let i = a.allocate().unwrap();
         assert!(a.table().get(i).is_none(), "reserved, not yet published");
         assert!(a.insert(entry(i)));
-        assert_eq!(a.table().get(i).unwrap().as_ref().unwrap().keypair.local_index, i);
+        assert_eq!(a.table().get(i).unwrap().as_ref().unwrap().0, i);
         let c = a.table().cipher;
         let other_tag = c.encrypt(c.decrypt(i) ^ (1 << 31));
         assert!(a.table().get(other_tag).is_none(), "same slot, other tag");
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn freed_slots_are_reused_oldest_first_with_new_tags() {
-        let mut a = IndexAllocator::new(Arc::new(IndexTable::default()));
+        let mut a = IndexAllocator::<Entry>::new(Arc::new(IndexTable::default()));
         let first: Vec<u32> = (0..10).map(|_| a.allocate().unwrap()).collect();
         for &i in &first {
             a.insert(entry(i));
@@ -294,7 +294,7 @@ mod tests {
     /// index; with it, about as often as a random word does (N in 2^32).
     #[test]
     fn probes_aimed_at_live_slots_miss() {
-        let mut a = IndexAllocator::new(Arc::new(IndexTable::default()));
+        let mut a = IndexAllocator::<Entry>::new(Arc::new(IndexTable::default()));
         let live: Vec<u32> = (0..10_000).map(|_| a.allocate().unwrap()).collect();
         for &i in &live {
             assert!(a.insert(entry(i)));

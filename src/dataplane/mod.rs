@@ -11,6 +11,7 @@ pub mod pool;
 pub mod rx;
 pub mod seal;
 pub mod shared;
+pub mod side;
 pub mod thinning;
 pub mod tx;
 pub mod worker;

@@ -8,30 +8,15 @@ use std::sync::Arc;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use super::rx::OpenJob;
-use super::seal::SealJob;
 use crate::io::Doorbell;
 
-/// A unit of crypto work and the way back to its owner.
-pub enum Job {
-    Seal(SealJob),
-    Open(OpenJob),
-}
-
-impl Job {
-    fn owner(&self) -> usize {
-        match self {
-            Job::Seal(j) => j.owner(),
-            Job::Open(j) => j.owner(),
-        }
-    }
-
-    fn run(self) {
-        match self {
-            Job::Seal(j) => j.run(),
-            Job::Open(j) => j.run(),
-        }
-    }
+/// A unit of crypto work (a chunk of one worker's round) that carries its own way back to the
+/// worker that owns it. Boxed: one allocation per chunk of packets, not per packet.
+pub trait Job: Send {
+    /// The worker the results go back to.
+    fn owner(&self) -> usize;
+    /// Does the work and hands the results to the owner.
+    fn run(self: Box<Self>);
 }
 
 /// When a worker asks the others to seal or open part of its round.
@@ -59,8 +44,8 @@ impl ParallelCrypto {
 
 /// The device's queue of crypto jobs, and how to wake the workers parked on their I/O.
 pub struct CryptoPool {
-    jobs_tx: Sender<Job>,
-    jobs_rx: Receiver<Job>,
+    jobs_tx: Sender<Box<dyn Job>>,
+    jobs_rx: Receiver<Box<dyn Job>>,
     bells: Vec<Arc<Doorbell>>,
     parked: Vec<AtomicBool>,
     mode: ParallelCrypto,
@@ -134,7 +119,7 @@ impl CryptoPool {
         }
     }
 
-    pub(super) fn submit(&self, job: Job, from: usize) {
+    pub(super) fn submit(&self, job: Box<dyn Job>, from: usize) {
         self.shared.fetch_add(1, Ordering::Relaxed);
         let _ = self.jobs_tx.send(job);
         std::sync::atomic::fence(Ordering::SeqCst);

@@ -15,10 +15,10 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use tracing::error;
 
 use super::gate::{take_handshake, Gate};
-use super::indices::IndexTable;
 use super::ip;
 use super::pool::{CryptoPool, Job};
-use super::shared::{bump, ControlMsg, PeerShared, Shared};
+use super::shared::Indices;
+use super::shared::{bump, PeerShared, Shared, WorkerMsg};
 use crate::io::{Buf, UDP_BUF};
 use crate::noise::messages::{TransportHeader, MESSAGE_TRANSPORT, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
 use crate::routing::AllowedIps;
@@ -26,7 +26,7 @@ use crate::session::SessionError;
 
 pub struct RxRound<'a> {
     pub shared: &'a Shared,
-    pub indices: &'a IndexTable,
+    pub indices: &'a Indices,
     pub routing: &'a AllowedIps<Arc<PeerShared>>,
     pub now: Instant,
     pub stamp: u64,
@@ -46,7 +46,7 @@ pub enum Decrypted {
 }
 
 /// Decrypts one datagram if it is a transport message of an index in `indices`.
-fn decrypt(indices: &IndexTable, datagram: &mut [u8], now: Instant) -> Decrypted {
+fn decrypt(indices: &Indices, datagram: &mut [u8], now: Instant) -> Decrypted {
     if datagram.len() < TRANSPORT_MIN_LEN || datagram[..4] != MESSAGE_TRANSPORT.to_le_bytes() {
         return Decrypted::Untouched;
     }
@@ -69,24 +69,24 @@ pub struct OpenJob {
     slot: usize,
     buf: Buf,
     results: Vec<Decrypted>,
-    indices: Arc<IndexTable>,
+    indices: Arc<Indices>,
     now: Instant,
     reply: Sender<OpenJob>,
 }
 
-impl OpenJob {
-    pub(super) fn owner(&self) -> usize {
+impl Job for OpenJob {
+    fn owner(&self) -> usize {
         self.owner
     }
 
-    pub(super) fn run(mut self) {
+    fn run(mut self: Box<Self>) {
         decrypt_all(&self.indices, &mut self.buf, &mut self.results, self.now);
         let reply = self.reply.clone();
-        let _ = reply.send(self);
+        let _ = reply.send(*self);
     }
 }
 
-fn decrypt_all(indices: &IndexTable, buf: &mut Buf, results: &mut Vec<Decrypted>, now: Instant) {
+fn decrypt_all(indices: &Indices, buf: &mut Buf, results: &mut Vec<Decrypted>, now: Instant) {
     results.clear();
     let stride = buf.stride.max(1);
     for datagram in buf.filled_mut().chunks_mut(stride) {
@@ -122,14 +122,7 @@ impl Opener {
     /// train go to the pool, the rest are done here, and every one is back in its place on
     /// return (nothing goes to the pool unless `share`). `result(i, k)` then says what was
     /// done to datagram k of receive i.
-    pub fn decrypt(
-        &mut self,
-        pool: &CryptoPool,
-        share: bool,
-        indices: &Arc<IndexTable>,
-        bufs: &mut [Buf],
-        now: Instant,
-    ) {
+    pub fn decrypt(&mut self, pool: &CryptoPool, share: bool, indices: &Arc<Indices>, bufs: &mut [Buf], now: Instant) {
         self.round = self.round.wrapping_add(1);
         self.results.resize_with(bufs.len(), Vec::new);
         self.handed.clear();
@@ -147,7 +140,7 @@ impl Opener {
                     now,
                     reply: self.reply_tx.clone(),
                 };
-                pool.submit(Job::Open(job), self.worker);
+                pool.submit(Box::new(job), self.worker);
                 self.handed[slot] = true;
                 self.out += 1;
             }
@@ -252,7 +245,7 @@ impl RxRound<'_> {
         if keypairs.next.as_ref().is_some_and(|n| Arc::ptr_eq(n, &entry.keypair)) {
             let used = entry.keypair.clone();
             peer.keypairs.rcu(|cur| cur.confirmed(&used).map(Arc::new).unwrap_or_else(|| cur.clone()));
-            let _ = self.shared.control_tx.try_send(ControlMsg::Confirmed(peer.clone()));
+            let _ = self.shared.control_tx.try_send(WorkerMsg::Confirmed(peer.clone()));
         }
         peer.set_endpoint_if_changed(src);
         peer.rx_bytes.fetch_add(wire_len, Ordering::Relaxed);
@@ -263,7 +256,7 @@ impl RxRound<'_> {
         if keypairs.current.as_ref().is_some_and(|current| current.wants_lastminute_handshake(self.now))
             && !peer.handshake_requested.swap(true, Ordering::Relaxed)
         {
-            let _ = self.shared.control_tx.try_send(ControlMsg::WantHandshake(peer.clone()));
+            let _ = self.shared.control_tx.try_send(WorkerMsg::WantHandshake(peer.clone()));
         }
         if len == 0 {
             return None; // keepalive
@@ -308,7 +301,7 @@ mod tests {
     fn a_late_reply_from_an_earlier_round_is_dropped() {
         let bells: Vec<Arc<Doorbell>> = (0..2).map(|_| Arc::new(Doorbell::twin())).collect();
         let pool = CryptoPool::new(bells, ParallelCrypto::Always);
-        let indices = Arc::new(IndexTable::default());
+        let indices = Arc::new(Indices::default());
         let mut opener = Opener::new(0);
         let now = Instant::now();
         let mut bufs = vec![train(1), train(10)];

@@ -98,16 +98,16 @@ pub struct SealJob {
     reply: Sender<SealJob>,
 }
 
-impl SealJob {
-    pub(super) fn owner(&self) -> usize {
+impl Job for SealJob {
+    fn owner(&self) -> usize {
         self.owner
     }
 
-    pub(super) fn run(mut self) {
+    fn run(mut self: Box<Self>) {
         self.failed = self.work.seal(&mut self.chunk);
         let reply = self.reply.clone();
         // The owner holds its receiver until every job it sent came back.
-        let _ = reply.send(self);
+        let _ = reply.send(*self);
     }
 }
 
@@ -188,7 +188,7 @@ impl Sealer {
             reply: self.reply_tx.clone(),
         };
         self.out[index] = true;
-        pool.submit(Job::Seal(job), self.worker);
+        pool.submit(Box::new(job), self.worker);
     }
 
     /// Seals everything framed since the last call and brings every chunk home: after this

@@ -4,21 +4,18 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_channel::Sender;
-use zeroize::Zeroizing;
 
-use super::gate::{Screening, UNDER_LOAD_STICKY};
-use super::indices::IndexTable;
+use super::indices::{IndexTable, Indexed};
 use super::pool::CryptoPool;
-use crate::config::uapi::Request;
-use crate::constants::MAX_STAGED_PACKETS;
+use crate::constants::{MAX_STAGED_PACKETS, UNDER_LOAD_STICKY};
 use crate::io::Socket;
 use crate::keys::PublicKey;
 use crate::noise::CookieChecker;
-use crate::routing::{AllowedIps, IpNet};
+use crate::routing::AllowedIps;
 use crate::session::{Keypair, Keypairs};
 
 /// Nanoseconds since the device's epoch, 0 meaning "never".
@@ -127,6 +124,26 @@ pub struct IndexEntry {
     pub peer: Arc<PeerShared>,
 }
 
+impl Indexed for IndexEntry {
+    fn index(&self) -> u32 {
+        self.keypair.local_index
+    }
+}
+
+/// The receiver indices the workers look transport messages up in.
+pub type Indices = IndexTable<IndexEntry>;
+
+/// How far a handshake message was checked before it reached the control thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Screening {
+    /// Not at all (not counted either).
+    Unchecked,
+    /// Counted, and its mac1 is valid.
+    Mac1,
+    /// Counted, its mac1 is valid, and so is its mac2 (the device was under load).
+    Mac1AndMac2,
+}
+
 /// Messages for the control thread that carry handshake work (bounded: its fill level is
 /// the "under load" signal).
 pub struct HandshakePacket {
@@ -136,33 +153,18 @@ pub struct HandshakePacket {
     pub screening: Screening,
 }
 
-pub enum ControlMsg {
+/// What the workers tell the control thread (the device's own requests, UAPI and metrics,
+/// travel on a channel of the device's).
+pub enum WorkerMsg {
     /// Packets for a peer without a usable session were staged: start a handshake.
     Staged(Arc<PeerShared>),
     /// The current keypair is due for renewal (REKEY_AFTER_TIME / _MESSAGES).
     WantHandshake(Arc<PeerShared>),
     /// A responder's `next` keypair got its first packet and is now current.
     Confirmed(Arc<PeerShared>),
-    /// A UAPI request and where its reply goes (wiped when dropped: a `get` holds keys).
-    Uapi(Request, Sender<Zeroizing<String>>),
-    /// A metrics scrape wants the peers (no secrets in the answer).
-    Report(Sender<DeviceReport>),
     /// Look at the device's state now, not at the next tick: it is stopping (its interface
     /// was deleted), and a new daemon for the same name may be waiting for this one to go.
     Wake,
-}
-
-/// What a metrics scrape needs from the control thread: pointers and plain values, O(peers),
-/// and never a key but public ones. Counters are read from `PeerShared` when rendered.
-pub struct DeviceReport {
-    pub public_key: Option<PublicKey>,
-    pub peers: Vec<PeerReport>,
-}
-
-pub struct PeerReport {
-    pub shared: Arc<PeerShared>,
-    pub allowed_ips: Vec<IpNet>,
-    pub last_handshake: Option<SystemTime>,
 }
 
 /// Per-reason drop counters, kept per device (the workers bump them; `/metrics` and
@@ -271,14 +273,14 @@ impl WorkerCounters {
 pub struct Shared {
     pub epoch: Instant,
     pub routing: ArcSwap<AllowedIps<Arc<PeerShared>>>,
-    pub indices: Arc<IndexTable>,
+    pub indices: Arc<Indices>,
     pub sockets: ArcSwap<Vec<Arc<Socket>>>,
     /// The socket the kernel steers every non-transport datagram to (handshake messages,
     /// garbage), read by its own thread; None where steering is not available.
     pub side_socket: ArcSwapOption<Socket>,
     pub mtu: AtomicUsize,
     pub handshake_tx: Sender<HandshakePacket>,
-    pub control_tx: Sender<ControlMsg>,
+    pub control_tx: Sender<WorkerMsg>,
     /// Peers whose stamps moved, for the control thread's timers (unbounded, but each peer is
     /// in it at most once).
     pub active_tx: Sender<Arc<PeerShared>>,
@@ -306,13 +308,13 @@ impl Shared {
         workers: usize,
         crypto_pool: CryptoPool,
         handshake_tx: Sender<HandshakePacket>,
-        control_tx: Sender<ControlMsg>,
+        control_tx: Sender<WorkerMsg>,
         active_tx: Sender<Arc<PeerShared>>,
     ) -> Shared {
         Shared {
             epoch: Instant::now(),
             routing: ArcSwap::from_pointee(AllowedIps::default()),
-            indices: Arc::new(IndexTable::default()),
+            indices: Arc::new(Indices::default()),
             sockets: ArcSwap::from_pointee(Vec::new()),
             side_socket: ArcSwapOption::empty(),
             mtu: AtomicUsize::new(crate::constants::DEFAULT_MTU as usize),
@@ -376,7 +378,7 @@ impl Shared {
     pub fn interface_deleted(&self) {
         self.interface_gone.store(true, Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.control_tx.try_send(ControlMsg::Wake);
+        let _ = self.control_tx.try_send(WorkerMsg::Wake);
     }
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
@@ -386,7 +388,7 @@ impl Shared {
 #[cfg(test)]
 pub struct TestChannels {
     pub handshake: crossbeam_channel::Receiver<HandshakePacket>,
-    pub control: crossbeam_channel::Receiver<ControlMsg>,
+    pub control: crossbeam_channel::Receiver<WorkerMsg>,
     pub active: crossbeam_channel::Receiver<Arc<PeerShared>>,
 }
 

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::shared::{Shared, WorkerCounters};
-use crate::io::udp::OsSocket;
 use crate::io::Socket;
 
 use crate::io::thin::{Source, Spare, MAX_THINNED};
@@ -98,19 +97,19 @@ impl SideFilter {
 
     /// After each round: follows a new socket, rebuilds the filter when due, and adds the
     /// kernel's new drops to `handshake_dropped_by_kernel`.
-    pub fn after_round(&mut self, shared: &Shared, socket: &Arc<Socket>, os: &OsSocket, now: Instant) {
+    pub fn after_round(&mut self, shared: &Shared, socket: &Arc<Socket>, now: Instant) {
         if !self.socket.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket)) {
             self.socket = Some(socket.clone());
             self.thinning = Thinning::default();
-            self.drops_seen = os.kernel_drops().unwrap_or(0);
+            self.drops_seen = socket.kernel_drops().unwrap_or(0);
         }
         if let Some(list) = self.thinning.due(now) {
-            match os.thin_sources(&list, KEEP_ONE_IN, &SPARES) {
+            match socket.thin_sources(&list, KEEP_ONE_IN, &SPARES) {
                 Ok(()) => debug!("side socket: {} source(s) over their cookie cap thinned in the kernel", list.len()),
                 Err(e) => debug!("side socket: cannot thin sources in the kernel: {e}"),
             }
         }
-        if let Ok(drops) = os.kernel_drops() {
+        if let Ok(drops) = socket.kernel_drops() {
             let new = drops.wrapping_sub(self.drops_seen);
             self.drops_seen = drops;
             if new > 0 {

@@ -12,7 +12,7 @@ use super::ip;
 use super::offload::{complete_checksum, GsoSplit};
 use super::pool::CryptoPool;
 use super::seal::Sealer;
-use super::shared::{bump, ControlMsg, PeerShared, Shared};
+use super::shared::{bump, PeerShared, Shared, WorkerMsg};
 use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::io::{SendBatch, TunWriteBatch, WorkerIo};
 use crate::noise::messages::TRANSPORT_HEADER_LEN;
@@ -152,7 +152,7 @@ impl TxRound<'_> {
         peer.last_data_sent.store(self.stamp, Ordering::Relaxed);
         peer.mark_active(&self.shared.active_tx);
         if keypair.wants_rekey_on_send(self.now) && !peer.handshake_requested.swap(true, Ordering::Relaxed) {
-            let _ = self.shared.control_tx.try_send(ControlMsg::WantHandshake(peer.clone()));
+            let _ = self.shared.control_tx.try_send(WorkerMsg::WantHandshake(peer.clone()));
         }
     }
 
@@ -168,7 +168,7 @@ impl TxRound<'_> {
                 .collect(),
             None => vec![pkt.to_vec()],
         };
-        if peer.stage(packets) && self.shared.control_tx.try_send(ControlMsg::Staged(peer.clone())).is_err() {
+        if peer.stage(packets) && self.shared.control_tx.try_send(WorkerMsg::Staged(peer.clone())).is_err() {
             peer.stage_notice_lost();
         }
     }

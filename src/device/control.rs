@@ -1,106 +1,70 @@
-//! The control thread: applies configuration, runs handshakes and timers, publishes the
-//! routing snapshot, index table and keypairs the workers read.
+//! The control thread's state and its loop: it takes the workers' messages, handshake
+//! messages and the device's requests, and publishes the routing snapshot, index table and
+//! keypairs the workers read. Its work is split as the kernel splits it: handshake dispatch
+//! and cookie replies (`handshakes.rs`, the kernel's receive.c/cookie.c part), timers and
+//! staged sending (`timers.rs`, timers.c/send.c), applying a configuration (`apply.rs`,
+//! netlink.c); each is an `impl Control` of its own.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
-use rand::Rng;
-use tracing::{debug, info, warn};
-use zeroize::Zeroizing;
+use tracing::{debug, warn};
 
-use crate::config::uapi::{self, Request, ERRNO_IO, ERRNO_PORT_IN_USE, ERRNO_TOO_MANY_PEERS};
-use crate::config::{DeviceChange, DeviceStatus, PeerStatus};
-use crate::constants::REKEY_TIMEOUT;
-use crate::dataplane::gate::{check_mac1, cookie_unless_mac2, queue_reply, Screening, UNDER_LOAD_QUEUED};
+use super::requests::DeviceRequest;
+use crate::config::uapi::{Reply, Request};
 use crate::dataplane::indices::IndexAllocator;
-use crate::dataplane::shared::{
-    bump, ControlMsg, DeviceReport, HandshakePacket, IndexEntry, PeerReport, PeerShared, Shared,
-};
-use crate::io::syscalls::BatchSender;
-use crate::io::{Network, SendBatch, Socket};
-use crate::keys::{PresharedKey, PublicKey};
-use crate::noise::messages::{Initiation, Response, MESSAGE_TRANSPORT, TRANSPORT_HEADER_LEN};
+use crate::dataplane::shared::{HandshakePacket, IndexEntry, PeerShared, Shared, WorkerMsg};
+use crate::io::{Network, SendBatch, Socket, SocketBatcher};
+use crate::keys::PublicKey;
 use crate::noise::ratelimiter::RateLimiter;
-use crate::noise::{consume_initiation, CookieChecker, Handshake, Packet, StaticIdentity, Tai64N};
-use crate::peer::{TimerAction, Timers};
-use crate::routing::{AllowedIps, IpNet};
+use crate::noise::StaticIdentity;
+use crate::peer::PeerState;
+use crate::routing::AllowedIps;
 use crate::session::{Keypair, Keypairs};
 
 /// Peers one device may have: the kernel's MAX_PEERS_PER_DEVICE.
 pub const MAX_PEERS: usize = 1 << 20;
 /// Handshake messages handled per wake-up, and cookie replies per batched send (64 bytes
 /// each: one 64 KiB chunk).
-const COOKIE_BATCH: usize = 1024;
-/// When a peer whose stamps moved is looked at again (one timer tick).
-const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Last values of a peer's worker-written stamps that the timers have seen.
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
-struct Seen {
-    sent: u64,
-    received: u64,
-    data_sent: u64,
-    data_received: u64,
-}
-
-struct PeerState {
-    shared: Arc<PeerShared>,
-    /// This peer's allowed IPs in the order given (the kernel's per-peer list), so removing a
-    /// peer or replacing its prefixes costs its own prefixes, and `get` lists them without
-    /// walking the table.
-    allowed_ips: Vec<IpNet>,
-    /// Receiver indices of this peer in the index table (at most its three slots plus one
-    /// just displaced), so pruning after a handshake does not scan the table.
-    indices: Vec<u32>,
-    handshake: Handshake,
-    timers: Timers,
-    last_handshake: Option<SystemTime>,
-    seen: Seen,
-    handshake_requested_at: Option<Instant>,
-    /// The local index of our initiation in flight, also in `Control::pending`.
-    pending_index: Option<u32>,
-    /// The deadline this peer's live entry in `Control::deadlines` has.
-    scheduled: Option<Instant>,
-    /// The index of the responder keypair a worker has yet to see confirmed (promote from
-    /// `next` to `current` on its first packet).
-    awaiting_confirmation: Option<u32>,
-}
+pub(super) const COOKIE_BATCH: usize = 1024;
 
 pub struct Control {
-    shared: Arc<Shared>,
-    identity: Option<StaticIdentity>,
-    listen_port: u16,
-    fwmark: u32,
-    network: Network,
-    workers: usize,
-    peers: HashMap<PublicKey, PeerState>,
-    allowed: AllowedIps<Arc<PeerShared>>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) identity: Option<StaticIdentity>,
+    pub(super) listen_port: u16,
+    pub(super) fwmark: u32,
+    pub(super) network: Network,
+    pub(super) workers: usize,
+    pub(super) peers: HashMap<PublicKey, PeerState>,
+    pub(super) allowed: AllowedIps<Arc<PeerShared>>,
     /// Local indices of initiations in flight.
-    pending: HashMap<u32, PublicKey>,
+    pub(super) pending: HashMap<u32, PublicKey>,
     /// The receiver indices: which are taken, in the table the workers read.
-    indices: IndexAllocator,
-    ratelimiter: RateLimiter,
+    pub(super) indices: IndexAllocator<IndexEntry>,
+    pub(super) ratelimiter: RateLimiter,
     /// `MAX_PEERS`, lowered by tests.
     pub(super) peer_limit: usize,
-    handshake_rx: Receiver<HandshakePacket>,
-    control_rx: Receiver<ControlMsg>,
+    pub(super) handshake_rx: Receiver<HandshakePacket>,
+    pub(super) worker_rx: Receiver<WorkerMsg>,
+    pub(super) requests_rx: Receiver<DeviceRequest>,
     /// Peers the workers stamped since the last tick.
-    active_rx: Receiver<Arc<PeerShared>>,
+    pub(super) active_rx: Receiver<Arc<PeerShared>>,
     /// Peers by the time their timers next need a look. A peer has at most one entry that
     /// matches its `scheduled`; others are stale and skipped. A wake-up that comes early
     /// finds nothing due and reschedules.
-    deadlines: BinaryHeap<Reverse<(Instant, PublicKey)>>,
+    pub(super) deadlines: BinaryHeap<Reverse<(Instant, PublicKey)>>,
     /// Peers whose timers this thread changed since the last tick.
-    touched: Vec<PublicKey>,
+    pub(super) touched: Vec<PublicKey>,
     /// Cookie replies of the handshake messages being drained, sent together (a flood from
     /// one source becomes a few GSO sends, not a syscall per reply).
-    cookie_replies: SendBatch,
-    sender: BatchSender,
+    pub(super) cookie_replies: SendBatch,
+    /// Staged packets sealed at the end of a handshake, sent as one batch.
+    pub(super) staged_out: SendBatch,
+    pub(super) batcher: SocketBatcher,
 }
 
 impl Control {
@@ -109,7 +73,8 @@ impl Control {
         network: Network,
         workers: usize,
         handshake_rx: Receiver<HandshakePacket>,
-        control_rx: Receiver<ControlMsg>,
+        worker_rx: Receiver<WorkerMsg>,
+        requests_rx: Receiver<DeviceRequest>,
         active_rx: Receiver<Arc<PeerShared>>,
     ) -> Self {
         let table = shared.indices.clone();
@@ -127,12 +92,14 @@ impl Control {
             ratelimiter: RateLimiter::default(),
             peer_limit: MAX_PEERS,
             handshake_rx,
-            control_rx,
+            worker_rx,
+            requests_rx,
             active_rx,
             deadlines: BinaryHeap::new(),
             touched: Vec::new(),
             cookie_replies: SendBatch::new(1, COOKIE_BATCH, true),
-            sender: BatchSender::default(),
+            staged_out: SendBatch::new(1, COOKIE_BATCH, true),
+            batcher: SocketBatcher::default(),
         }
     }
 
@@ -145,7 +112,8 @@ impl Control {
             }
             crossbeam_channel::select! {
                 recv(self.handshake_rx) -> msg => if let Ok(msg) = msg { self.on_handshake_burst(msg) },
-                recv(self.control_rx) -> msg => if let Ok(msg) = msg { self.on_control(msg) },
+                recv(self.worker_rx) -> msg => if let Ok(msg) = msg { self.on_worker_msg(msg) },
+                recv(self.requests_rx) -> msg => if let Ok(msg) = msg { self.on_request(msg) },
                 default(deadline - now) => return,
             }
             if self.shared.stopping() {
@@ -154,12 +122,57 @@ impl Control {
         }
     }
 
-    fn socket(&self) -> Option<Arc<Socket>> {
+    pub(super) fn on_worker_msg(&mut self, msg: WorkerMsg) {
+        let now = Instant::now();
+        match msg {
+            WorkerMsg::Wake => {}
+            WorkerMsg::Staged(peer) => {
+                let pk = peer.public_key;
+                // Packets staged from now on ask again (and retry the initiation, rate-limited
+                // by the timers, as the kernel retries on every packet it stages).
+                peer.stage_notice_lost();
+                let Some(state) = self.peers.get_mut(&pk) else { return };
+                // A session may have appeared since the worker looked.
+                let ready = state.shared.keypairs.load().current.as_ref().is_some_and(|k| k.usable_for_receive(now));
+                if ready {
+                    self.send_staged(&pk, false, now);
+                } else {
+                    self.send_initiation(&pk, false, now);
+                }
+            }
+            WorkerMsg::WantHandshake(peer) => {
+                let pk = peer.public_key;
+                if let Some(state) = self.peers.get_mut(&pk) {
+                    state.handshake_requested_at = Some(now);
+                }
+                self.send_initiation(&pk, false, now);
+                self.touch(&pk);
+            }
+            WorkerMsg::Confirmed(peer) => self.confirm_if_promoted(&peer.public_key, now),
+        }
+    }
+
+    pub(super) fn on_request(&mut self, request: DeviceRequest) {
+        match request {
+            DeviceRequest::Uapi(request, reply) => {
+                let answer = match request {
+                    Request::Get => Reply::Got(crate::config::uapi::format_get(&self.status())),
+                    Request::Set(change) => Reply::Set(self.apply(change, Instant::now())),
+                };
+                let _ = reply.send(answer);
+            }
+            DeviceRequest::Report(reply) => {
+                let _ = reply.send(self.report());
+            }
+        }
+    }
+
+    pub(super) fn socket(&self) -> Option<Arc<Socket>> {
         self.shared.sockets.load().first().cloned()
     }
 
     /// True if the datagram went out.
-    fn send_to_peer(&self, peer: &PeerShared, bytes: &[u8], now: Instant) -> bool {
+    pub(super) fn send_to_peer(&self, peer: &PeerShared, bytes: &[u8], now: Instant) -> bool {
         let Some(endpoint) = peer.endpoint.load_full() else {
             debug!("peer {}: no endpoint, not sending", peer.public_key);
             return false;
@@ -178,14 +191,14 @@ impl Control {
         }
     }
 
-    fn publish_routing(&self) {
+    pub(super) fn publish_routing(&self) {
         self.shared.routing.store(Arc::new(self.allowed.clone()));
     }
 
     /// Puts a new keypair in the peer's slots and the index table, and forgets the indices of
     /// this peer's keypairs that are no longer in a slot (displaced now, or rotated out by a
     /// worker confirming a `next`). `rcu` because a worker may rotate the slots concurrently.
-    fn install_keypair(&mut self, pk: &PublicKey, keypair: Arc<Keypair>) {
+    pub(super) fn install_keypair(&mut self, pk: &PublicKey, keypair: Arc<Keypair>) {
         let Some(peer) = self.peers.get_mut(pk) else { return };
         peer.shared.keypairs.rcu(|cur| Arc::new(cur.with_new(keypair.clone())));
         peer.shared.handshake_requested.store(false, Ordering::Relaxed);
@@ -200,7 +213,7 @@ impl Control {
     }
 
     /// Frees the peer's indices whose keypair left its slots.
-    fn prune_indices(&mut self, pk: &PublicKey) {
+    pub(super) fn prune_indices(&mut self, pk: &PublicKey) {
         let Some(peer) = self.peers.get_mut(pk) else { return };
         let slots = peer.shared.keypairs.load();
         let table = self.indices.table().clone();
@@ -218,7 +231,7 @@ impl Control {
     }
 
     /// Forgets the peer's keypairs, its handshake and the indices of both.
-    fn clear_keypairs(&mut self, pk: &PublicKey) {
+    pub(super) fn clear_keypairs(&mut self, pk: &PublicKey) {
         let Some(peer) = self.peers.get_mut(pk) else { return };
         peer.shared.keypairs.store(Arc::new(Keypairs::default()));
         peer.handshake.clear();
@@ -230,673 +243,21 @@ impl Control {
             self.indices.release(i);
         }
     }
-
-    fn send_initiation(&mut self, pk: &PublicKey, retry: bool, now: Instant) {
-        let Some(identity) = self.identity.clone() else { return };
-        let Some(peer) = self.peers.get_mut(pk) else { return };
-        if peer.shared.endpoint.load().is_none() {
-            return;
-        }
-        if !peer.timers.permit_initiation(retry, now) {
-            return;
-        }
-        let Some(index) = self.indices.allocate() else {
-            warn!("peer {pk}: no receiver index left");
-            return;
-        };
-        let msg = match peer.handshake.create_initiation(&identity, index, Tai64N::now(), now) {
-            Ok(m) => m,
-            Err(e) => {
-                warn!("peer {pk}: cannot create initiation: {e}");
-                self.indices.release(index);
-                return;
-            }
-        };
-        if let Some(old) = peer.pending_index.replace(index) {
-            self.pending.remove(&old);
-            self.indices.release(old);
-        }
-        self.pending.insert(index, *pk);
-        peer.timers.handshake_initiated(now);
-        debug!("peer {pk}: sending handshake initiation (retry: {retry})");
-        let shared = peer.shared.clone();
-        if self.send_to_peer(&shared, &msg, now) {
-            bump(&self.shared.handshakes.initiations_sent);
-        }
-        self.touch(pk);
-    }
-
-    /// Seals and sends whatever waited for a session; a keepalive if nothing did.
-    fn send_staged(&mut self, pk: &PublicKey, keepalive_if_empty: bool, now: Instant) {
-        let Some(peer) = self.peers.get_mut(pk) else { return };
-        let keypairs = peer.shared.keypairs.load_full();
-        let Some(keypair) = keypairs.current.clone() else { return };
-        let mut packets = peer.shared.take_staged();
-        let data = !packets.is_empty();
-        if packets.is_empty() && keepalive_if_empty {
-            packets.push_back(Vec::new());
-        }
-        let mtu = self.shared.mtu.load(Ordering::Relaxed);
-        let shared = peer.shared.clone();
-        for p in packets {
-            let Some(counter) = keypair.reserve_counters(1, now) else { return };
-            let mut buf = vec![0u8; Keypair::sealed_len(p.len(), mtu)];
-            buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + p.len()].copy_from_slice(&p);
-            if let Ok(n) = keypair.seal_padded(counter, &mut buf, p.len(), mtu) {
-                self.send_to_peer(&shared, &buf[..n], now);
-            }
-        }
-        if data {
-            shared.last_data_sent.store(self.shared.stamp(now), Ordering::Relaxed);
-        }
-        self.touch(pk);
-    }
-
-    fn send_keepalive(&mut self, pk: &PublicKey, now: Instant) {
-        let Some(peer) = self.peers.get(pk) else { return };
-        let usable = peer.shared.keypairs.load().current.as_ref().is_some_and(|k| k.usable_for_receive(now));
-        if usable {
-            self.send_staged(pk, true, now);
-        } else {
-            self.send_initiation(pk, false, now);
-        }
-    }
-
-    /// The kernel's rule: a backed-up queue is load (and so is a flood a worker saw, `gate`).
-    fn under_load(&self, now: Instant) -> bool {
-        let stamp = self.shared.stamp(now);
-        if self.handshake_rx.len() >= UNDER_LOAD_QUEUED {
-            self.shared.mark_under_load(stamp);
-        }
-        self.shared.under_load(stamp)
-    }
-
-    /// Handles `first` and whatever else waits in the handshake queue (up to a batch), then
-    /// sends the cookie replies they earned together. A flood is drained in bursts: one wake-up
-    /// and one send per burst.
-    fn on_handshake_burst(&mut self, first: HandshakePacket) {
-        self.on_handshake_packet(first);
-        for _ in 1..COOKIE_BATCH {
-            match self.handshake_rx.try_recv() {
-                Ok(msg) => self.on_handshake_packet(msg),
-                Err(_) => break,
-            }
-        }
-        self.flush_cookie_replies();
-    }
-
-    fn flush_cookie_replies(&mut self) {
-        if self.cookie_replies.is_empty() {
-            return;
-        }
-        match self.socket() {
-            Some(sock) => {
-                if let Err(e) = sock.send_batch(&mut self.sender, &mut self.cookie_replies) {
-                    debug!("cookie replies: {e}");
-                }
-            }
-            None => self.cookie_replies.clear(),
-        }
-    }
-
-    fn on_handshake_packet(&mut self, msg: HandshakePacket) {
-        let now = Instant::now();
-        let (Some(identity), Some(checker)) = (self.identity.clone(), self.shared.cookies.load_full()) else { return };
-        let bytes = &msg.packet;
-        let counters = &self.shared.handshakes;
-        let packet = match Packet::parse(bytes) {
-            Ok(p) => p,
-            Err(e) => {
-                bump(&self.shared.drops.malformed);
-                debug!("from {}: {e}", msg.src);
-                return;
-            }
-        };
-        if let Packet::CookieReply(c) = &packet {
-            bump(&counters.cookie_replies_received);
-            // It may answer our initiation (a pending index) or our response (the index of
-            // the keypair that response made), as the kernel looks up both.
-            let owner = self.pending.get(&c.receiver).copied().or_else(|| {
-                let entry = self.indices.table().get(c.receiver)?;
-                entry.as_ref().map(|e| e.peer.public_key)
-            });
-            if let Some(peer) = owner.and_then(|pk| self.peers.get_mut(&pk)) {
-                let pk = peer.shared.public_key;
-                match peer.handshake.cookies.consume_reply(c, now) {
-                    Ok(()) => debug!("peer {pk}: got a cookie reply"),
-                    Err(e) => {
-                        bump(&counters.rejected);
-                        debug!("peer {pk}: {e}")
-                    }
-                }
-            } else {
-                bump(&counters.rejected);
-            }
-            return;
-        }
-        // mac1 first (cheap, proves the sender knows our public key), then the cookie under
-        // load; the worker that received it did what it could (`gate`).
-        if msg.screening == Screening::Unchecked && !check_mac1(&checker, counters, bytes) {
-            debug!("from {}: handshake message with invalid mac1", msg.src);
-            return;
-        }
-        let under_load = self.under_load(now);
-        if under_load && msg.screening != Screening::Mac1AndMac2 {
-            if let Some(reply) = cookie_unless_mac2(&checker, bytes, &msg.src, now) {
-                if !self.cookie_replies.has_room(reply.len()) {
-                    self.flush_cookie_replies();
-                }
-                queue_reply(&mut self.cookie_replies, &reply, msg.src);
-                bump(&self.shared.handshakes.cookie_replies_sent);
-                debug!("from {}: under load, sent a cookie reply", msg.src);
-                return;
-            }
-        }
-        // Under load even a source that proved its address gets a bounded share of DH work.
-        if under_load && !self.ratelimiter.allow(msg.src.ip(), now) {
-            bump(&counters.rate_limited);
-            debug!("from {}: handshake rate limited", msg.src);
-            return;
-        }
-        match packet {
-            Packet::Initiation(init) => self.on_initiation(&identity, &init, msg.src, now),
-            Packet::Response(resp) => self.on_response(&identity, &resp, msg.src, now),
-            _ => {}
-        }
-    }
-
-    fn on_initiation(&mut self, identity: &StaticIdentity, init: &Initiation, src: SocketAddr, now: Instant) {
-        let rejected = &self.shared.handshakes.rejected;
-        let for_us = match consume_initiation(identity, init) {
-            Ok(f) => f,
-            Err(e) => {
-                bump(rejected);
-                debug!("from {src}: {e}");
-                return;
-            }
-        };
-        let pk = for_us.remote_static;
-        let Some(peer) = self.peers.get_mut(&pk) else {
-            bump(rejected);
-            debug!("from {src}: initiation from unknown peer {pk}");
-            return;
-        };
-        peer.handshake.ensure_static_static(identity);
-        if let Err(e) = peer.handshake.consume_initiation(for_us, now) {
-            bump(rejected);
-            debug!("peer {pk} at {src}: {e}");
-            return;
-        }
-        let Some(index) = self.indices.allocate() else {
-            warn!("peer {pk}: no receiver index left");
-            return;
-        };
-        let (response, keys) = match peer.handshake.create_response(index, now) {
-            Ok(r) => r,
-            Err(e) => {
-                debug!("peer {pk}: {e}");
-                self.indices.release(index);
-                return;
-            }
-        };
-        peer.shared.set_endpoint_if_changed(src);
-        peer.shared.last_received.store(self.shared.stamp(now), Ordering::Relaxed);
-        peer.timers.session_derived(now);
-        let shared = peer.shared.clone();
-        self.install_keypair(&pk, Arc::new(Keypair::new(&keys, now)));
-        debug!("peer {pk}: answered handshake initiation from {src}");
-        if let Some(peer) = self.peers.get_mut(&pk) {
-            peer.timers.response_sent(now);
-        }
-        if self.send_to_peer(&shared, &response, now) {
-            bump(&self.shared.handshakes.responses_sent);
-        }
-        self.touch(&pk);
-    }
-
-    fn on_response(&mut self, identity: &StaticIdentity, resp: &Response, src: SocketAddr, now: Instant) {
-        let rejected = &self.shared.handshakes.rejected;
-        let Some(pk) = self.pending.get(&resp.receiver).copied() else {
-            bump(rejected);
-            debug!("from {src}: response to no initiation of ours");
-            return;
-        };
-        let Some(peer) = self.peers.get_mut(&pk) else { return };
-        let keys = match peer.handshake.consume_response(identity, resp) {
-            Ok(k) => k,
-            Err(e) => {
-                bump(rejected);
-                debug!("peer {pk} at {src}: {e}");
-                return;
-            }
-        };
-        self.pending.remove(&resp.receiver);
-        peer.pending_index = None;
-        peer.shared.set_endpoint_if_changed(src);
-        peer.shared.last_received.store(self.shared.stamp(now), Ordering::Relaxed);
-        peer.timers.handshake_complete(now);
-        peer.timers.session_derived(now);
-        peer.last_handshake = Some(SystemTime::now());
-        bump(&self.shared.handshakes.completed_as_initiator);
-        self.install_keypair(&pk, Arc::new(Keypair::new(&keys, now)));
-        info!("peer {pk}: handshake complete (we initiated), endpoint {src}");
-        // The initiator confirms the session at once: staged packets, or a keepalive.
-        self.send_staged(&pk, true, now);
-    }
-
-    fn on_control(&mut self, msg: ControlMsg) {
-        let now = Instant::now();
-        match msg {
-            ControlMsg::Wake => {}
-            ControlMsg::Staged(peer) => {
-                let pk = peer.public_key;
-                // Packets staged from now on ask again (and retry the initiation, rate-limited
-                // by the timers, as the kernel retries on every packet it stages).
-                peer.stage_notice_lost();
-                let Some(state) = self.peers.get_mut(&pk) else { return };
-                // A session may have appeared since the worker looked.
-                let ready = state.shared.keypairs.load().current.as_ref().is_some_and(|k| k.usable_for_receive(now));
-                if ready {
-                    self.send_staged(&pk, false, now);
-                } else {
-                    self.send_initiation(&pk, false, now);
-                }
-            }
-            ControlMsg::WantHandshake(peer) => {
-                let pk = peer.public_key;
-                if let Some(state) = self.peers.get_mut(&pk) {
-                    state.handshake_requested_at = Some(now);
-                }
-                self.send_initiation(&pk, false, now);
-                self.touch(&pk);
-            }
-            ControlMsg::Confirmed(peer) => self.confirm_if_promoted(&peer.public_key, now),
-            ControlMsg::Uapi(request, reply) => {
-                let text = match request {
-                    Request::Get => {
-                        let mut text = uapi::format_get(&self.status());
-                        text.push_str("errno=0\n\n");
-                        text
-                    }
-                    Request::Set(change) => Zeroizing::new(match self.apply(change, now) {
-                        Ok(()) => "errno=0\n\n".to_string(),
-                        Err(errno) => format!("errno={errno}\n\n"),
-                    }),
-                };
-                let _ = reply.send(text);
-            }
-            ControlMsg::Report(reply) => {
-                let _ = reply.send(self.report());
-            }
-        }
-    }
-
-    /// Runs the timers of the peers that need it: those the workers stamped, those this
-    /// thread changed, and those whose deadline passed. Idle peers cost nothing.
-    pub fn run_timers(&mut self) {
-        let now = Instant::now();
-        let mut due = std::mem::take(&mut self.touched);
-        while let Ok(peer) = self.active_rx.try_recv() {
-            peer.clear_active();
-            due.push(peer.public_key);
-        }
-        while let Some(Reverse((at, pk))) = self.deadlines.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.deadlines.pop();
-            if let Some(peer) = self.peers.get_mut(&pk) {
-                if peer.scheduled == Some(at) {
-                    peer.scheduled = None;
-                    due.push(pk);
-                }
-            }
-        }
-        due.sort_unstable();
-        due.dedup();
-        for pk in due {
-            self.run_peer_timers(&pk, now);
-        }
-    }
-
-    /// A worker promoted the responder keypair we installed (its first packet arrived): the
-    /// handshake is complete. Called for the worker's message and again from the timers (the
-    /// message may have been lost to a full channel); it acts once.
-    fn confirm_if_promoted(&mut self, pk: &PublicKey, now: Instant) {
-        let Some(state) = self.peers.get_mut(pk) else { return };
-        let Some(index) = state.awaiting_confirmation else { return };
-        let promoted = state.shared.keypairs.load().current.as_ref().is_some_and(|k| k.local_index == index);
-        if !promoted {
-            return;
-        }
-        state.awaiting_confirmation = None;
-        state.timers.handshake_complete(now);
-        state.last_handshake = Some(SystemTime::now());
-        bump(&self.shared.handshakes.completed_as_responder);
-        info!("peer {pk}: handshake complete (they initiated)");
-        self.prune_indices(pk);
-        self.send_staged(pk, false, now);
-        self.touch(pk);
-    }
-
-    /// A change to a peer's timers made here: look at it at the next tick.
-    fn touch(&mut self, pk: &PublicKey) {
-        self.touched.push(*pk);
-    }
-
-    /// Feeds the workers' stamps to one peer's timers, fires what is due, and schedules the
-    /// next look.
-    fn run_peer_timers(&mut self, pk: &PublicKey, now: Instant) {
-        let (actions, moved, lost_request) = {
-            let Some(peer) = self.peers.get_mut(pk) else { return };
-            let s = &peer.shared;
-            let cur = Seen {
-                sent: s.last_sent.load(Ordering::Relaxed),
-                received: s.last_received.load(Ordering::Relaxed),
-                data_sent: s.last_data_sent.load(Ordering::Relaxed),
-                data_received: s.last_data_received.load(Ordering::Relaxed),
-            };
-            let at = |stamp| self.shared.instant(stamp).unwrap_or(now);
-            if cur.data_sent != peer.seen.data_sent {
-                peer.timers.data_sent(at(cur.data_sent));
-            }
-            if cur.sent != peer.seen.sent {
-                peer.timers.any_authenticated_packet_sent(at(cur.sent));
-                peer.timers.any_authenticated_packet_traversal(at(cur.sent));
-            }
-            if cur.data_received != peer.seen.data_received {
-                peer.timers.data_received(at(cur.data_received));
-            }
-            if cur.received != peer.seen.received {
-                peer.timers.any_authenticated_packet_received(at(cur.received));
-                peer.timers.any_authenticated_packet_traversal(at(cur.received));
-            }
-            let moved = cur != peer.seen;
-            peer.seen = cur;
-            // A worker's request for a handshake may be repeated after REKEY_TIMEOUT.
-            if peer.handshake_requested_at.is_some_and(|t| now.saturating_duration_since(t) >= REKEY_TIMEOUT) {
-                peer.handshake_requested_at = None;
-                peer.shared.handshake_requested.store(false, Ordering::Relaxed);
-            }
-            // A worker asked for a handshake but its message never came (the channel was
-            // full): the flag it set is the request.
-            let lost_request =
-                peer.handshake_requested_at.is_none() && peer.shared.handshake_requested.load(Ordering::Relaxed);
-            if lost_request {
-                peer.handshake_requested_at = Some(now);
-            }
-            (peer.timers.handle_timeout(now), moved, lost_request)
-        };
-        if lost_request {
-            self.send_initiation(pk, false, now);
-        }
-        self.confirm_if_promoted(pk, now);
-        for action in actions {
-            match action {
-                TimerAction::SendInitiation { retry } => self.send_initiation(pk, retry, now),
-                TimerAction::SendKeepalive => self.send_keepalive(pk, now),
-                TimerAction::GiveUp => {
-                    if let Some(peer) = self.peers.get_mut(pk) {
-                        debug!(
-                            "peer {pk}: handshake did not complete after {} attempts",
-                            peer.timers.handshake_attempts()
-                        );
-                        peer.shared.take_staged();
-                    }
-                }
-                TimerAction::ZeroKeyMaterial => {
-                    debug!("peer {pk}: zeroing keys after 3 x REJECT_AFTER_TIME");
-                    self.clear_keypairs(pk);
-                }
-            }
-        }
-        // Stamps that moved may have raced with a worker's relaxed `mark_active`: look once
-        // more a tick later; a peer that stays still is not looked at again.
-        let recheck = moved.then(|| now + RECHECK_AFTER);
-        self.schedule(pk, recheck);
-    }
-
-    /// Queues the peer's next look: its timers' next deadline, a pending handshake request's
-    /// expiry, or `extra`, whichever is first.
-    fn schedule(&mut self, pk: &PublicKey, extra: Option<Instant>) {
-        let Some(peer) = self.peers.get_mut(pk) else { return };
-        let requested = peer.handshake_requested_at.map(|t| t + REKEY_TIMEOUT);
-        let Some(next) = [peer.timers.next_deadline(), requested, extra].into_iter().flatten().min() else { return };
-        if peer.scheduled.is_some_and(|s| s <= next) {
-            return; // an earlier look is queued; it reschedules
-        }
-        peer.scheduled = Some(next);
-        self.deadlines.push(Reverse((next, *pk)));
-    }
-
-    pub fn status(&self) -> DeviceStatus {
-        let peers = self
-            .peers
-            .values()
-            .map(|p| PeerStatus {
-                public_key: p.shared.public_key,
-                preshared_key: p.handshake.preshared_key().clone(),
-                endpoint: p.shared.endpoint.load().as_deref().copied(),
-                last_handshake: p
-                    .last_handshake
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map(|d| (d.as_secs(), d.subsec_nanos())),
-                tx_bytes: p.shared.tx_bytes.load(Ordering::Relaxed),
-                rx_bytes: p.shared.rx_bytes.load(Ordering::Relaxed),
-                persistent_keepalive: p.timers.persistent_keepalive_interval(),
-                allowed_ips: p.allowed_ips.clone(),
-            })
-            .collect();
-        DeviceStatus {
-            private_key: self.identity.as_ref().map(|i| i.private.clone()),
-            listen_port: self.listen_port,
-            fwmark: self.fwmark,
-            peers,
-        }
-    }
-
-    /// The peers for a metrics scrape: pointers and public values only.
-    pub fn report(&self) -> DeviceReport {
-        DeviceReport {
-            public_key: self.identity.as_ref().map(|i| i.public),
-            peers: self
-                .peers
-                .values()
-                .map(|p| PeerReport {
-                    shared: p.shared.clone(),
-                    allowed_ips: p.allowed_ips.clone(),
-                    last_handshake: p.last_handshake,
-                })
-                .collect(),
-        }
-    }
-
-    fn rebind(&mut self, port: u16) -> Result<(), i32> {
-        // Transport messages (type 4) spread over the workers by receiver index; handshake
-        // messages and anything else to a socket of their own (`dataplane::gate::serve_side`),
-        // so a flood cannot fill the socket a tunnel is received on.
-        let bound = self.network.bind(port, self.fwmark, self.workers, Some(MESSAGE_TRANSPORT as u8)).map_err(|e| {
-            warn!("cannot listen on UDP port {port}: {e}");
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                ERRNO_PORT_IN_USE
-            } else {
-                ERRNO_IO
-            }
-        })?;
-        self.listen_port = bound.sockets.first().and_then(|s| s.local_port().ok()).ok_or(ERRNO_IO)?;
-        let old = self.shared.sockets.swap(Arc::new(bound.sockets));
-        for s in old.iter() {
-            s.shutdown();
-        }
-        if let Some(old) = self.shared.side_socket.swap(bound.side) {
-            old.shutdown();
-        }
-        info!("listening on UDP port {}", self.listen_port);
-        Ok(())
-    }
-
-    fn remove_peer(&mut self, pk: &PublicKey) {
-        self.clear_keypairs(pk);
-        if let Some(mut peer) = self.peers.remove(pk) {
-            self.remove_allowed_ips(&mut peer);
-            debug!("peer {pk}: removed");
-        }
-    }
-
-    /// Takes a peer's prefixes out of the table: its own, not a walk of the table.
-    fn remove_allowed_ips(&mut self, peer: &mut PeerState) {
-        for net in peer.allowed_ips.drain(..) {
-            self.allowed.remove(net);
-        }
-    }
-
-    /// Gives `net` to peer `pk`; a peer that had it loses it from its list (the kernel moves
-    /// a prefix the same way).
-    fn add_allowed_ip(&mut self, pk: &PublicKey, net: IpNet) {
-        let Some(peer) = self.peers.get_mut(pk) else { return };
-        let previous = self.allowed.insert(net, peer.shared.clone());
-        match previous {
-            Some(owner) if Arc::ptr_eq(&owner, &peer.shared) => {}
-            Some(owner) => {
-                peer.allowed_ips.push(net);
-                if let Some(old) = self.peers.get_mut(&owner.public_key) {
-                    if let Some(at) = old.allowed_ips.iter().position(|n| *n == net) {
-                        old.allowed_ips.remove(at);
-                    }
-                }
-            }
-            None => peer.allowed_ips.push(net),
-        }
-    }
-
-    /// Applies a `set`: the checks that can fail first (the peer cap, then the port), so a
-    /// refused request leaves the device as it was; then everything else.
-    pub fn apply(&mut self, change: DeviceChange, now: Instant) -> Result<(), i32> {
-        let kept = if change.replace_peers { 0 } else { self.peers.len() };
-        let new: std::collections::HashSet<&PublicKey> = change
-            .peers
-            .iter()
-            .filter(|p| {
-                !p.remove && !p.update_only && (change.replace_peers || !self.peers.contains_key(&p.public_key))
-            })
-            .map(|p| &p.public_key)
-            .collect();
-        if kept + new.len() > self.peer_limit {
-            warn!("refused: {} peers would exceed the limit of {}", kept + new.len(), self.peer_limit);
-            return Err(ERRNO_TOO_MANY_PEERS);
-        }
-        if let Some(port) = change.listen_port {
-            if port != self.listen_port || port == 0 {
-                self.rebind(port)?;
-            }
-        }
-        if let Some(mark) = change.fwmark {
-            self.fwmark = mark;
-            for s in self.shared.sockets.load().iter() {
-                if let Err(e) = s.set_fwmark(mark) {
-                    warn!("cannot set fwmark {mark}: {e}");
-                }
-            }
-        }
-        if let Some(key) = change.private_key {
-            let new_identity = key.map(StaticIdentity::new);
-            let same = match (&self.identity, &new_identity) {
-                (Some(a), Some(b)) => a.private == b.private,
-                (None, None) => true,
-                _ => false,
-            };
-            if !same {
-                self.identity = new_identity;
-                self.shared.cookies.store(self.identity.as_ref().map(|i| Arc::new(CookieChecker::new(&i.public))));
-                let keys: Vec<PublicKey> = self.peers.keys().copied().collect();
-                for pk in keys {
-                    self.clear_keypairs(&pk);
-                    if let Some(peer) = self.peers.get_mut(&pk) {
-                        peer.handshake.identity_changed();
-                    }
-                }
-                // A peer with our own public key cannot exist (the kernel removes it too).
-                if let Some(own) = self.identity.as_ref().map(|i| i.public) {
-                    self.remove_peer(&own);
-                }
-            }
-        }
-        if change.replace_peers {
-            let keys: Vec<PublicKey> = self.peers.keys().copied().collect();
-            for pk in keys {
-                self.remove_peer(&pk);
-            }
-        }
-        for pc in change.peers {
-            let pk = pc.public_key;
-            self.touch(&pk);
-            if pc.remove {
-                self.remove_peer(&pk);
-                continue;
-            }
-            if self.identity.as_ref().is_some_and(|i| i.public == pk) {
-                debug!("ignoring peer with our own public key");
-                continue;
-            }
-            if let std::collections::hash_map::Entry::Vacant(slot) = self.peers.entry(pk) {
-                if pc.update_only {
-                    continue;
-                }
-                slot.insert(PeerState {
-                    shared: Arc::new(PeerShared::new(pk)),
-                    handshake: Handshake::new_lazy(pk, PresharedKey::default()),
-                    timers: Timers::new(rand::thread_rng().gen()),
-                    last_handshake: None,
-                    seen: Seen::default(),
-                    handshake_requested_at: None,
-                    pending_index: None,
-                    scheduled: None,
-                    awaiting_confirmation: None,
-                    allowed_ips: Vec::new(),
-                    indices: Vec::new(),
-                });
-                debug!("peer {pk}: added");
-            }
-            let Some(peer) = self.peers.get_mut(&pk) else { continue };
-            if let Some(psk) = pc.preshared_key {
-                peer.handshake.set_preshared_key(psk);
-            }
-            if let Some(ep) = pc.endpoint {
-                peer.shared.endpoint.store(Some(Arc::new(crate::addr::canonical(ep))));
-            }
-            if pc.replace_allowed_ips {
-                let mut nets = std::mem::take(&mut peer.allowed_ips);
-                for net in nets.drain(..) {
-                    self.allowed.remove(net);
-                }
-                if let Some(peer) = self.peers.get_mut(&pk) {
-                    peer.allowed_ips = nets; // keeps the allocation
-                }
-            }
-            for net in pc.allowed_ips {
-                self.add_allowed_ip(&pk, net);
-            }
-            if let Some(interval) = pc.persistent_keepalive {
-                let Some(peer) = self.peers.get_mut(&pk) else { continue };
-                let was = peer.timers.persistent_keepalive_interval();
-                peer.timers.set_persistent_keepalive(interval, now);
-                if was == interval && interval > 0 {
-                    // Unchanged: no need for the immediate keepalive a new interval gets.
-                    peer.timers.any_authenticated_packet_traversal(now);
-                }
-            }
-        }
-        self.publish_routing();
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::{Device, DeviceIo};
     use super::*;
+    use crate::config::uapi;
+    use crate::constants::{REKEY_TIMEOUT, UNDER_LOAD_QUEUED};
+    use crate::dataplane::shared::Screening;
     use crate::io::twin::TwinNet;
+    use crate::keys::PresharedKey;
     use crate::keys::PrivateKey;
+    use crate::noise::messages::{Initiation, Response};
+    use crate::noise::{CookieChecker, Handshake, Tai64N};
+    use std::net::SocketAddr;
 
     /// A device "B" on a twin network with one peer "A" whose keys the test holds, and A's
     /// address (nothing listens there; what B sends is recorded).

@@ -1,6 +1,10 @@
 //! The daemon: TUN, UDP, the UAPI socket, the workers and the control thread.
 
+mod apply;
 pub mod control;
+mod handshakes;
+pub mod requests;
+mod timers;
 pub mod uapi_server;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,15 +14,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
-use crate::dataplane::gate::HANDSHAKE_QUEUE;
+use crate::config::uapi::{Errno, Reply};
+use crate::constants::HANDSHAKE_QUEUE;
 use crate::dataplane::pool::{CryptoPool, ParallelCrypto};
-use crate::dataplane::shared::{ControlMsg, Shared};
+use crate::dataplane::shared::Shared;
 use crate::dataplane::worker::{self, WorkerConfig};
 use crate::io::tun::{self, Tun};
 use crate::io::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
 use crate::io::{Backend, Doorbell, Network, TunQueue, WorkerIoConfig};
 use crate::metrics::{DeviceInfo, Metrics, CONTENT_TYPE};
 use control::Control;
+use requests::DeviceRequest;
 
 pub use crate::constants::DEFAULT_MTU;
 /// When workers help seal and open one another's flows unless told otherwise (perf/README.md).
@@ -167,7 +173,7 @@ impl DeviceIo {
 pub struct Device {
     pub shared: Arc<Shared>,
     control: Control,
-    control_tx: Sender<ControlMsg>,
+    requests_tx: Sender<DeviceRequest>,
     /// The backend each worker runs, and the engaged offloads, for the start-up line.
     pub summary: String,
     /// The same, as labels for `wgturbo_info` (device and TUN offloads filled in by the caller).
@@ -181,16 +187,17 @@ impl Device {
         let bells: Vec<Arc<Doorbell>> =
             io.queues.iter().map(|q| q.doorbell().map(Arc::new)).collect::<Result<_, _>>().map_err(DeviceError::Tun)?;
         let (handshake_tx, handshake_rx) = crossbeam_channel::bounded(HANDSHAKE_QUEUE);
-        let (control_tx, control_rx) = crossbeam_channel::bounded(4096);
+        let (worker_tx, worker_rx) = crossbeam_channel::bounded(4096);
+        let (requests_tx, requests_rx) = crossbeam_channel::bounded(64);
         let (active_tx, active_rx) = crossbeam_channel::unbounded();
         let pool = CryptoPool::new(bells.clone(), io.parallel_crypto);
-        let shared = Arc::new(Shared::new(workers, pool, handshake_tx, control_tx.clone(), active_tx));
+        let shared = Arc::new(Shared::new(workers, pool, handshake_tx, worker_tx, active_tx));
         let mut control =
-            Control::new(shared.clone(), io.network.clone(), workers, handshake_rx, control_rx, active_rx);
+            Control::new(shared.clone(), io.network.clone(), workers, handshake_rx, worker_rx, requests_rx, active_rx);
         let bind = crate::config::DeviceChange { listen_port: Some(0), ..Default::default() };
         control
             .apply(bind, Instant::now())
-            .map_err(|errno| DeviceError::Udp(std::io::Error::from_raw_os_error(-errno)))?;
+            .map_err(|errno| DeviceError::Udp(std::io::Error::from_raw_os_error(-errno.code())))?;
         let sockets = shared.sockets.load_full();
         let gso = io.gso && sockets.first().is_some_and(|s| s.supports_gso());
         let cores = if io.pin_workers { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
@@ -220,7 +227,7 @@ impl Device {
         let side = shared.clone();
         std::thread::Builder::new()
             .name("wg-handshake".into())
-            .spawn(move || crate::dataplane::gate::serve_side(&side))
+            .spawn(move || crate::dataplane::side::serve_side(&side))
             .map_err(DeviceError::Thread)?;
         let mut names: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
         names.dedup();
@@ -244,11 +251,12 @@ impl Device {
             tun_offloads: String::new(),
             parallel_crypto: shared.crypto_pool.mode().name(),
         };
-        Ok(Device { shared, control, control_tx, summary, info })
+        Ok(Device { shared, control, requests_tx, summary, info })
     }
 
-    pub fn control_sender(&self) -> Sender<ControlMsg> {
-        self.control_tx.clone()
+    /// Where the device's own threads (UAPI, metrics) send their requests.
+    pub fn requests(&self) -> Sender<DeviceRequest> {
+        self.requests_tx.clone()
     }
 
     /// Handles control messages for one timer tick, then runs the timers.
@@ -263,11 +271,16 @@ impl Device {
     }
 }
 
+/// How a metrics scrape asks this device's control thread for its report.
+fn ask_report(requests: Sender<DeviceRequest>) -> crate::metrics::AskReport {
+    Box::new(move |reply, wait| requests.send_timeout(DeviceRequest::Report(reply), wait).is_ok())
+}
+
 /// A device whose control loop runs on a thread of its own: for tests and benchmarks over
 /// the in-memory twins. Dropping it stops the device.
 pub struct BackgroundDevice {
     pub shared: Arc<Shared>,
-    control_tx: Sender<ControlMsg>,
+    requests_tx: Sender<DeviceRequest>,
     info: DeviceInfo,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -276,7 +289,7 @@ impl BackgroundDevice {
     pub fn spawn(io: DeviceIo) -> Result<BackgroundDevice, DeviceError> {
         let mut device = Device::start(io)?;
         let shared = device.shared.clone();
-        let control_tx = device.control_sender();
+        let requests_tx = device.requests();
         let info = DeviceInfo { device: "twin".into(), tun_offloads: "twin".into(), ..device.info.clone() };
         let thread = std::thread::Builder::new()
             .name("control".into())
@@ -286,12 +299,12 @@ impl BackgroundDevice {
                 }
             })
             .map_err(DeviceError::Thread)?;
-        Ok(BackgroundDevice { shared, control_tx, info, thread: Some(thread) })
+        Ok(BackgroundDevice { shared, requests_tx, info, thread: Some(thread) })
     }
 
     /// The device's metrics, as `/metrics` serves them (device label "twin").
     pub fn metrics(&self) -> Metrics {
-        Metrics::new(self.shared.clone(), self.info.clone(), self.control_tx.clone())
+        Metrics::new(self.shared.clone(), self.info.clone(), ask_report(self.requests_tx.clone()))
     }
 
     /// Sends a UAPI request (`get=1` or `set=1` and its lines) and returns the reply text.
@@ -299,15 +312,14 @@ impl BackgroundDevice {
         match crate::config::uapi::parse_request(request) {
             Ok(req) => {
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                if self.control_tx.send(ControlMsg::Uapi(req, tx)).is_err() {
-                    return "errno=-5\n\n".to_string();
+                if self.requests_tx.send(DeviceRequest::Uapi(req, tx)).is_err() {
+                    return Reply::Failed(Errno::Io).text().as_str().to_owned();
                 }
                 // For tests and benchmarks: the reply leaves its wiped buffer as a plain string.
-                rx.recv_timeout(Duration::from_secs(10))
-                    .map(|r| r.as_str().to_owned())
-                    .unwrap_or_else(|_| "errno=-5\n\n".to_string())
+                let reply = rx.recv_timeout(Duration::from_secs(10)).unwrap_or(Reply::Failed(Errno::Io));
+                reply.text().as_str().to_owned()
             }
-            Err(e) => format!("errno={}\n\n", e.errno()),
+            Err(e) => Reply::Failed(e.errno()).text().as_str().to_owned(),
         }
     }
 }
@@ -383,7 +395,7 @@ pub fn run(iface: &str, settings: Settings, ready: impl FnOnce()) -> Result<(), 
     uapi_server::ensure_free(iface).map_err(DeviceError::Uapi)?;
     // Bound before the interface exists, so a port in use leaves nothing behind.
     let metrics_endpoint = match settings.metrics {
-        Some(addr) => Some(crate::io::http::bind(addr).map_err(|e| DeviceError::Metrics(addr, e))?),
+        Some(addr) => Some(crate::metrics::http::bind(addr).map_err(|e| DeviceError::Metrics(addr, e))?),
         None => None,
     };
     let OpenedTun { queues, vnet, uso, engaged: tun_offloads } = open_tun(iface, settings.workers, settings.offloads)?;
@@ -403,17 +415,17 @@ pub fn run(iface: &str, settings: Settings, ready: impl FnOnce()) -> Result<(), 
         pin_workers: settings.pin_workers,
     };
     let mut device = Device::start(io)?;
-    let control_tx = device.control_sender();
+    let requests_tx = device.requests();
     std::thread::Builder::new()
         .name("uapi".into())
-        .spawn(move || uapi_server::serve(listener, control_tx))
+        .spawn(move || uapi_server::serve(listener, requests_tx))
         .map_err(DeviceError::Thread)?;
     let metrics_line = match metrics_endpoint {
         Some(endpoint) => {
             let info =
                 DeviceInfo { device: iface.clone(), tun_offloads: tun_offloads.to_string(), ..device.info.clone() };
             let line = format!("; metrics at http://{}/metrics", endpoint.local_addr());
-            let metrics = Metrics::new(device.shared.clone(), info, device.control_sender());
+            let metrics = Metrics::new(device.shared.clone(), info, ask_report(device.requests()));
             let shared = device.shared.clone();
             std::thread::Builder::new()
                 .name("metrics".into())
@@ -495,11 +507,11 @@ pub fn run(iface: &str, settings: Settings, ready: impl FnOnce()) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::uapi::{parse_request, Request, ERRNO_TOO_MANY_PEERS};
+    use crate::config::uapi::{parse_request, Errno, Request};
     use crate::io::twin::TwinNet;
     use crate::keys::PrivateKey;
 
-    fn set(device: &mut Device, text: &str) -> Result<(), i32> {
+    fn set(device: &mut Device, text: &str) -> Result<(), Errno> {
         match parse_request(text) {
             Ok(Request::Set(change)) => device.control.apply(change, Instant::now()),
             other => panic!("not a set: {other:?}"),
@@ -521,7 +533,7 @@ mod tests {
         device.control.peer_limit = 3;
         set(&mut device, &format!("set=1\n{}", peers(3))).unwrap();
         let before = device.control.status();
-        assert_eq!(set(&mut device, &format!("set=1\nlisten_port=5999\n{}", peers(1))), Err(ERRNO_TOO_MANY_PEERS));
+        assert_eq!(set(&mut device, &format!("set=1\nlisten_port=5999\n{}", peers(1))), Err(Errno::TooManyPeers));
         let after = device.control.status();
         assert_eq!(after.peers.len(), 3);
         assert_eq!(after.listen_port, before.listen_port, "nothing of the refused request was applied");

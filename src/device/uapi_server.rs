@@ -9,8 +9,9 @@ use crossbeam_channel::Sender;
 use tracing::{debug, warn};
 use zeroize::Zeroizing;
 
+use super::requests::DeviceRequest;
 use crate::config::uapi::parse_request;
-use crate::dataplane::shared::ControlMsg;
+use crate::config::uapi::{Errno, Reply};
 
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 
@@ -67,7 +68,7 @@ pub fn bind(iface: &str) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub fn serve(listener: UnixListener, control: Sender<ControlMsg>) {
+pub fn serve(listener: UnixListener, control: Sender<DeviceRequest>) {
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
@@ -124,7 +125,7 @@ pub fn read_request(reader: &mut impl BufRead) -> Framed {
 }
 
 /// Serves requests on one connection until the client closes it.
-fn handle(stream: UnixStream, control: Sender<ControlMsg>) {
+fn handle(stream: UnixStream, control: Sender<DeviceRequest>) {
     let Ok(mut writer) = stream.try_clone() else { return };
     let mut reader = BufReader::new(stream);
     loop {
@@ -133,14 +134,14 @@ fn handle(stream: UnixStream, control: Sender<ControlMsg>) {
             Framed::End => return,
             Framed::LineTooLong => {
                 warn!("UAPI: a line longer than {MAX_LINE} bytes; closing the connection");
-                let _ = writer.write_all(format!("errno={}\n\n", crate::config::uapi::ERRNO_INVALID).as_bytes());
+                let _ = writer.write_all(Reply::Failed(Errno::Invalid).text().as_bytes());
                 return;
             }
         };
         let reply = match parse_request(&request) {
             Ok(req) => {
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                if control.send(ControlMsg::Uapi(req, tx)).is_err() {
+                if control.send(DeviceRequest::Uapi(req, tx)).is_err() {
                     return;
                 }
                 match rx.recv() {
@@ -150,10 +151,10 @@ fn handle(stream: UnixStream, control: Sender<ControlMsg>) {
             }
             Err(e) => {
                 warn!("UAPI: {e}");
-                Zeroizing::new(format!("errno={}\n\n", e.errno()))
+                Reply::Failed(e.errno())
             }
         };
-        if writer.write_all(reply.as_bytes()).is_err() || eof {
+        if writer.write_all(reply.text().as_bytes()).is_err() || eof {
             return;
         }
     }

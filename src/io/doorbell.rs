@@ -77,7 +77,7 @@ impl Doorbell {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::syscalls::poll_readable;
+    use crate::io::poll_readable;
     use std::time::{Duration, Instant};
 
     #[test]

@@ -11,12 +11,15 @@
 
 pub mod batch;
 pub mod doorbell;
-pub mod http;
+mod mmsg;
+mod poll;
+mod socket;
 pub mod syscalls;
 pub mod systemd;
 pub mod thin;
 pub mod tun;
 pub mod twin;
+mod twin_io;
 pub mod udp;
 pub mod unix;
 pub mod uring;
@@ -24,15 +27,15 @@ pub mod vnet;
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use batch::{Buf, SendBatch, TunWriteBatch};
 pub use doorbell::Doorbell;
-pub use syscalls::{BatchReceiver, BatchSender};
+pub use poll::poll_readable;
+pub use socket::{Socket, SocketBatcher};
 pub use tun::Tun;
-pub use udp::OsSocket;
+use udp::OsSocket;
 
 /// TUN packets a worker reads per round, and UDP receives (each up to 64 KiB with GRO).
 pub const TUN_READ_BATCH: usize = 64;
@@ -104,84 +107,6 @@ impl fmt::Display for Backend {
     }
 }
 
-/// A UDP socket of the device: the kernel's, or the twin's.
-pub enum Socket {
-    Os(OsSocket),
-    Twin(twin::TwinSocket),
-}
-
-impl Socket {
-    pub fn send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
-        match self {
-            Socket::Os(s) => s.send_to(buf, addr),
-            Socket::Twin(s) => s.send_to(buf, addr),
-        }
-    }
-
-    pub fn local_port(&self) -> io::Result<u16> {
-        match self {
-            Socket::Os(s) => s.local_port(),
-            Socket::Twin(s) => Ok(s.port()),
-        }
-    }
-
-    pub fn set_fwmark(&self, mark: u32) -> io::Result<()> {
-        match self {
-            Socket::Os(s) => s.set_fwmark(mark),
-            Socket::Twin(_) => Ok(()),
-        }
-    }
-
-    /// Wakes the worker blocked on this socket once it is replaced.
-    pub fn shutdown(&self) {
-        match self {
-            Socket::Os(s) => s.shutdown(),
-            Socket::Twin(s) => s.shutdown(),
-        }
-    }
-
-    /// Sends every datagram of `batch` (GSO groups where the batch made them) and clears it:
-    /// for senders outside the workers, such as the control thread's cookie replies.
-    pub fn send_batch(&self, sender: &mut syscalls::BatchSender, batch: &mut SendBatch) -> io::Result<()> {
-        match self {
-            Socket::Os(s) => sender.send(s, batch),
-            Socket::Twin(s) => {
-                let mut result = Ok(());
-                for g in batch.groups() {
-                    for d in batch.datagrams(g) {
-                        if let Err(e) = s.send_to(d, g.addr) {
-                            result = Err(e);
-                        }
-                    }
-                }
-                batch.clear();
-                result
-            }
-        }
-    }
-
-    /// Receives what the socket has into `out` (each buffer a datagram or a GRO train with its
-    /// stride): for readers outside the workers, such as a load generator or a sink. With
-    /// `wait`, blocks until one datagram arrives or half a second passes.
-    pub fn recv_batch(&self, receiver: &mut BatchReceiver, out: &mut Vec<Buf>, wait: bool) -> io::Result<()> {
-        match self {
-            Socket::Os(s) => receiver.recv(s, out, wait),
-            Socket::Twin(s) => {
-                s.recv_into(out, UDP_RECV_BATCH, wait.then_some(Duration::from_millis(500)));
-                Ok(())
-            }
-        }
-    }
-
-    /// Whether a send may carry several datagrams (UDP GSO).
-    pub fn supports_gso(&self) -> bool {
-        match self {
-            Socket::Os(s) => s.supports_gso(),
-            Socket::Twin(_) => true,
-        }
-    }
-}
-
 /// Where sockets come from: the kernel (with or without UDP GRO), or a twin network.
 #[derive(Clone)]
 pub enum Network {
@@ -232,8 +157,9 @@ impl Network {
                 Ok(Bound { sockets, side })
             }
             Network::Twin(net) => {
-                let sockets = net.bind_group(port, count)?.into_iter().map(|s| Arc::new(Socket::Twin(s))).collect();
-                Ok(Bound { sockets, side: None })
+                let (sockets, side) = net.bind_steered(port, count, steer)?;
+                let sockets = sockets.into_iter().map(|s| Arc::new(Socket::Twin(s))).collect();
+                Ok(Bound { sockets, side: side.map(|s| Arc::new(Socket::Twin(s))) })
             }
         }
     }
@@ -277,7 +203,7 @@ pub fn worker_io(
     config: &WorkerIoConfig,
 ) -> io::Result<(Box<dyn WorkerIo>, Option<String>)> {
     match tun {
-        TunQueue::Twin(t) => Ok((Box::new(twin::TwinIo::new(t, socket, bell)), None)),
+        TunQueue::Twin(t) => Ok((Box::new(twin_io::TwinIo::new(t, socket, bell)), None)),
         TunQueue::Os(t) => {
             if config.backend == Backend::Uring {
                 return match uring::probe() {
@@ -296,7 +222,7 @@ pub fn worker_io(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::UdpSocket;
+    use std::net::{SocketAddr, UdpSocket};
 
     /// A port another daemon's SO_REUSEPORT group holds is refused, not joined.
     #[test]
@@ -339,7 +265,7 @@ mod tests {
             sender.send_to(&transport, to).unwrap();
         }
         std::thread::sleep(Duration::from_millis(100));
-        let mut receiver = syscalls::BatchReceiver::default();
+        let mut receiver = mmsg::BatchReceiver::default();
         let mut received = |socket: &Socket| -> Vec<Vec<u8>> {
             let Socket::Os(os) = socket else { unreachable!() };
             let mut bufs = Vec::new();
@@ -374,7 +300,7 @@ mod tests {
             return;
         }
         let mut batch = SendBatch::new(1, 64, true);
-        let mut sender = syscalls::BatchSender::default();
+        let mut sender = mmsg::BatchSender::default();
         for round in 0..2u8 {
             for i in 0..10u8 {
                 let (_, space) = batch.reserve(148);
@@ -384,7 +310,7 @@ mod tests {
             sender.send(&sender_socket, &mut batch).expect("send a GSO train");
         }
         std::thread::sleep(Duration::from_millis(50));
-        let mut receiver = syscalls::BatchReceiver::default();
+        let mut receiver = mmsg::BatchReceiver::default();
         let mut bufs = Vec::new();
         receiver.skim(&receiver_socket, &mut bufs, false, 148).unwrap();
         let first = &mut bufs[0];
@@ -434,7 +360,7 @@ mod tests {
             m[147] = 9;
             m
         };
-        let mut receiver = syscalls::BatchReceiver::default();
+        let mut receiver = mmsg::BatchReceiver::default();
         let mut drain = |expect: &str| -> Vec<(SocketAddr, u8)> {
             std::thread::sleep(Duration::from_millis(30));
             let mut bufs = Vec::new();

@@ -1,4 +1,5 @@
-//! In-memory twins of the TUN and of UDP (wireguard-go's tuntest and bindtest), so whole
+//! In-memory twins of the TUN and of UDP (wireguard-go's tuntest and bindtest; the worker
+//! backend over them is `twin_io`), so whole
 //! devices run in one process without root, and faults a real kernel will not produce on
 //! demand (GSO refused, a full receive queue) can be injected.
 //!
@@ -8,30 +9,88 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Select, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
-use super::batch::{Buf, SendBatch, TunWriteBatch};
-use super::doorbell::Doorbell;
-use super::syscalls::tun_frame;
-use super::{Backend, Socket, WorkerIo, TUN_BUF, TUN_READ_BATCH, UDP_BUF, UDP_RECV_BATCH};
+use super::batch::Buf;
+use super::thin::{Source, Spare};
 
 /// Datagrams a twin socket holds before it drops, like a full socket buffer.
 pub const TWIN_SOCKET_QUEUE: usize = 8192;
 /// Packets the twin TUN holds each way.
 pub const TWIN_TUN_QUEUE: usize = 8192;
 
-type Datagram = (Vec<u8>, SocketAddr);
+pub(super) type Datagram = (Vec<u8>, SocketAddr);
+
+/// The sockets bound to one port.
+#[derive(Default)]
+struct Group {
+    members: Vec<Member>,
+    /// With steering (`bind_steered`): where datagrams that do not start with `bulk` go, and
+    /// the byte; datagrams that do are spread by the word at bytes 4..8, as the kernel's
+    /// reuseport program spreads them.
+    side: Option<Member>,
+    bulk: u8,
+}
+
+#[derive(Clone)]
+struct Member {
+    tx: Sender<Datagram>,
+    state: Arc<SocketState>,
+}
+
+/// What a socket's receive path knows besides its queue: its filter and its drop count.
+#[derive(Default)]
+struct SocketState {
+    filter: Mutex<Option<Thinner>>,
+    drops: AtomicU32,
+}
+
+/// The twin of `thin::thin_program`: keep one datagram in `keep_one_in` from each listed
+/// source (a counter where the kernel draws a random number), and every spare.
+struct Thinner {
+    sources: Vec<Source>,
+    keep_one_in: u32,
+    spares: Vec<Spare>,
+    seen: u32,
+}
+
+impl Thinner {
+    fn keeps(&mut self, bytes: &[u8], from: SocketAddr) -> bool {
+        let word = |at: u32| bytes.get(at as usize..at as usize + 4).is_some_and(|w| w != [0; 4]);
+        if self.spares.iter().any(|s| bytes.first() == Some(&s.first_byte) && (word(s.words.0) || word(s.words.1))) {
+            return true;
+        }
+        let from = crate::addr::canonical(from);
+        let listed = self.sources.iter().any(|s| {
+            let (a, b) = (s.ip.to_canonical(), from.ip());
+            let prefix_matches = match (a, b) {
+                (IpAddr::V4(a), IpAddr::V4(b)) => a == b,
+                (IpAddr::V6(a), IpAddr::V6(b)) => {
+                    let n = usize::from(s.words) * 4;
+                    a.octets()[..n] == b.octets()[..n]
+                }
+                _ => false,
+            };
+            prefix_matches && s.port.is_none_or(|p| p == from.port())
+        });
+        if !listed {
+            return true;
+        }
+        self.seen = self.seen.wrapping_add(1);
+        self.keep_one_in != 0 && self.seen.is_multiple_of(self.keep_one_in)
+    }
+}
 
 /// A network of twin sockets.
 #[derive(Default)]
 pub struct TwinNet {
     /// The sockets on each port: several share one with SO_REUSEPORT semantics (a source
     /// always lands on the same one).
-    ports: Mutex<HashMap<u16, Vec<Sender<Datagram>>>>,
+    ports: Mutex<HashMap<u16, Group>>,
     /// Fault injection: every GSO send fails with EIO, as on some NICs.
     pub refuse_gso: AtomicBool,
     /// Datagrams dropped because the receiver's queue was full or nobody listened.
@@ -40,6 +99,10 @@ pub struct TwinNet {
     pub gso_sends: AtomicU64,
     /// While on, every datagram delivered is also kept here (from, to, bytes), up to a bound.
     pub recording: AtomicBool,
+    /// Steering as the kernel's reuseport program does it (`bind_steered`): off by default,
+    /// because each twin TUN queue has a host side of its own, and tests that read one queue
+    /// rely on a source always reaching the same worker.
+    pub steering: AtomicBool,
     /// UDP GRO on the receiving side: consecutive datagrams of one source and size (the last
     /// may be shorter) come up as one receive, as the kernel coalesces them.
     pub gro: AtomicBool,
@@ -47,7 +110,7 @@ pub struct TwinNet {
 }
 
 /// Datagrams one GRO receive coalesces, at most (the kernel's UDP_GRO_CNT_MAX is 64).
-const MAX_GRO_SEGMENTS: usize = 64;
+pub(super) const MAX_GRO_SEGMENTS: usize = 64;
 /// Datagrams kept while recording, at most.
 const RECORD_MAX: usize = 100_000;
 
@@ -60,7 +123,7 @@ impl TwinNet {
         SocketAddr::from((Ipv4Addr::LOCALHOST, port))
     }
 
-    fn ports(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Vec<Sender<Datagram>>>> {
+    fn ports(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Group>> {
         self.ports.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -72,6 +135,18 @@ impl TwinNet {
     /// `count` sockets sharing `port`, as SO_REUSEPORT siblings: datagrams from one source
     /// always go to the same one.
     pub fn bind_group(self: &Arc<Self>, port: u16, count: usize) -> io::Result<Vec<TwinSocket>> {
+        Ok(self.bind_steered(port, count, None)?.0)
+    }
+
+    /// As `bind_group`, and with `steer = Some(byte)` (and `steering` on) one more socket that
+    /// receives every datagram not starting with `byte`, the others spread by the word at
+    /// bytes 4..8 (the kernel's steered group, `Network::bind`).
+    pub fn bind_steered(
+        self: &Arc<Self>,
+        port: u16,
+        count: usize,
+        steer: Option<u8>,
+    ) -> io::Result<(Vec<TwinSocket>, Option<TwinSocket>)> {
         let mut ports = self.ports();
         let port = if port == 0 {
             (40_000..=u16::MAX).find(|p| !ports.contains_key(p)).ok_or(io::ErrorKind::AddrInUse)?
@@ -80,14 +155,21 @@ impl TwinNet {
         } else {
             port
         };
-        let sockets: Vec<TwinSocket> = (0..count.max(1))
-            .map(|_| {
-                let (tx, rx) = bounded(TWIN_SOCKET_QUEUE);
-                TwinSocket { net: self.clone(), port, tx, rx }
-            })
-            .collect();
-        ports.insert(port, sockets.iter().map(|s| s.tx.clone()).collect());
-        Ok(sockets)
+        let socket = || {
+            let (tx, rx) = bounded(TWIN_SOCKET_QUEUE);
+            TwinSocket { net: self.clone(), port, tx, rx, state: Arc::default() }
+        };
+        let sockets: Vec<TwinSocket> = (0..count.max(1)).map(|_| socket()).collect();
+        let steer = steer.filter(|_| self.steering.load(Ordering::Relaxed));
+        let side = steer.map(|_| socket());
+        let member = |s: &TwinSocket| Member { tx: s.tx.clone(), state: s.state.clone() };
+        let group = Group {
+            members: sockets.iter().map(member).collect(),
+            side: side.as_ref().map(member),
+            bulk: steer.unwrap_or(0),
+        };
+        ports.insert(port, group);
+        Ok((sockets, side))
     }
 
     /// The datagrams recorded so far (see `recording`).
@@ -104,18 +186,37 @@ impl TwinNet {
             }
         }
         let target = self.ports().get(&to.port()).and_then(|group| {
+            let spread = group.members.len().max(1);
+            if let Some(side) = &group.side {
+                if bytes.first() != Some(&group.bulk) || bytes.len() < 8 {
+                    return Some(side.clone());
+                }
+                let word = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+                return group.members.get(word % spread).cloned();
+            }
             let ip = match from.ip() {
                 IpAddr::V4(v4) => u32::from(v4),
                 IpAddr::V6(v6) => v6.octets().iter().fold(0u32, |h, b| h.rotate_left(5) ^ u32::from(*b)),
             };
             let hash = (ip ^ u32::from(from.port())) as usize;
-            group.get(hash % group.len().max(1)).cloned()
+            group.members.get(hash % spread).cloned()
         });
         let delivered = match target {
-            Some(tx) if to.ip() == Ipv4Addr::LOCALHOST => match tx.try_send((bytes.to_vec(), from)) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-            },
+            Some(member) if to.ip() == Ipv4Addr::LOCALHOST => {
+                let filter = &mut *member.state.filter.lock().unwrap_or_else(|e| e.into_inner());
+                if filter.as_mut().is_some_and(|f| !f.keeps(bytes, from)) {
+                    member.state.drops.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                match member.tx.try_send((bytes.to_vec(), from)) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) => {
+                        member.state.drops.fetch_add(1, Ordering::Relaxed);
+                        false
+                    }
+                    Err(TrySendError::Disconnected(_)) => false,
+                }
+            }
             _ => false,
         };
         if !delivered {
@@ -125,10 +226,11 @@ impl TwinNet {
 }
 
 pub struct TwinSocket {
-    net: Arc<TwinNet>,
+    pub(super) net: Arc<TwinNet>,
     port: u16,
     tx: Sender<Datagram>,
-    rx: Receiver<Datagram>,
+    pub(super) rx: Receiver<Datagram>,
+    state: Arc<SocketState>,
 }
 
 impl TwinSocket {
@@ -156,12 +258,32 @@ impl TwinSocket {
         }
     }
 
+    /// Datagrams this socket's filter dropped or its full queue refused.
+    pub fn drops(&self) -> u32 {
+        self.state.drops.load(Ordering::Relaxed)
+    }
+
+    /// The twin of `OsSocket::thin_sources`.
+    pub fn thin_sources(&self, sources: &[Source], keep_one_in: u32, spares: &[Spare]) -> io::Result<()> {
+        let thinner = (!sources.is_empty()).then(|| Thinner {
+            sources: sources.to_vec(),
+            keep_one_in,
+            spares: spares.to_vec(),
+            seen: 0,
+        });
+        *self.state.filter.lock().unwrap_or_else(|e| e.into_inner()) = thinner;
+        Ok(())
+    }
+
     /// Closes the port (a socket rebound on it since keeps it).
     pub fn shutdown(&self) {
         let mut ports = self.net.ports();
         if let Some(group) = ports.get_mut(&self.port) {
-            group.retain(|tx| !tx.same_channel(&self.tx));
-            if group.is_empty() {
+            group.members.retain(|m| !m.tx.same_channel(&self.tx));
+            if group.side.as_ref().is_some_and(|m| m.tx.same_channel(&self.tx)) {
+                group.side = None;
+            }
+            if group.members.is_empty() && group.side.is_none() {
                 ports.remove(&self.port);
             }
         }
@@ -174,16 +296,16 @@ impl Drop for TwinSocket {
     }
 }
 
-fn datagram_buf((bytes, src): Datagram) -> Buf {
+pub(super) fn datagram_buf((bytes, src): Datagram) -> Buf {
     let len = bytes.len();
     Buf { data: bytes.into_boxed_slice(), len, src: Some(src), stride: len, cut: 0 }
 }
 
 /// The device's side of a twin TUN queue.
 pub struct TwinTun {
-    vnet: bool,
-    from_host: Receiver<Vec<u8>>,
-    to_host: Sender<Vec<u8>>,
+    pub(super) vnet: bool,
+    pub(super) from_host: Receiver<Vec<u8>>,
+    pub(super) to_host: Sender<Vec<u8>>,
 }
 
 /// The host's side: what the kernel's network stack would send into and read from the TUN.
@@ -203,161 +325,5 @@ pub fn twin_tun(vnet: bool) -> (TwinTun, TwinHost) {
 impl TwinTun {
     pub fn has_vnet_hdr(&self) -> bool {
         self.vnet
-    }
-}
-
-pub struct TwinIo {
-    tun: TwinTun,
-    socket: Arc<Socket>,
-    bell: Arc<Doorbell>,
-    /// A datagram taken from the socket that did not fit the last GRO train.
-    pending: Option<Datagram>,
-    free_tun: Vec<Buf>,
-    free_udp: Vec<Buf>,
-}
-
-fn recycle(free: &mut Vec<Buf>, bufs: &mut Vec<Buf>) {
-    for b in bufs.drain(..) {
-        if free.len() < FREE_BUFS && !b.data.is_empty() {
-            free.push(b);
-        }
-    }
-}
-
-impl TwinIo {
-    pub fn new(tun: TwinTun, socket: Arc<Socket>, bell: Arc<Doorbell>) -> TwinIo {
-        TwinIo { tun, socket, bell, pending: None, free_tun: Vec::new(), free_udp: Vec::new() }
-    }
-
-    fn socket(&self) -> io::Result<&TwinSocket> {
-        match &*self.socket {
-            Socket::Twin(s) => Ok(s),
-            Socket::Os(_) => Err(io::Error::new(io::ErrorKind::InvalidInput, "a kernel socket on the twin backend")),
-        }
-    }
-}
-
-/// Buffers a twin keeps for reuse, as the kernel backends do (at most).
-const FREE_BUFS: usize = 256;
-
-/// A buffer holding `data`: a recycled one when it is large enough, else a new one.
-fn fill(free: &mut Vec<Buf>, data: &[u8], size: usize) -> Buf {
-    let mut b = match free.pop() {
-        Some(b) if b.data.len() >= data.len() => b,
-        _ => Buf::new(size.max(data.len())),
-    };
-    b.data[..data.len()].copy_from_slice(data);
-    b.len = data.len();
-    b.stride = data.len();
-    b.cut = 0;
-    b.src = None;
-    b
-}
-
-impl WorkerIo for TwinIo {
-    fn backend(&self) -> Backend {
-        Backend::Twin
-    }
-
-    fn wait(&mut self, timeout: Duration) -> io::Result<()> {
-        let sock = self.socket()?;
-        if !self.tun.from_host.is_empty() || !sock.rx.is_empty() {
-            return Ok(());
-        }
-        let mut sel = Select::new();
-        sel.recv(&self.tun.from_host);
-        sel.recv(&sock.rx);
-        if let Some(bell) = self.bell.receiver() {
-            if !bell.is_empty() {
-                self.bell.clear();
-                return Ok(());
-            }
-            sel.recv(bell);
-        }
-        if sel.ready_timeout(timeout) == Ok(2) {
-            self.bell.clear();
-        }
-        Ok(())
-    }
-
-    fn read_tun(&mut self, out: &mut Vec<Buf>) -> io::Result<()> {
-        for _ in 0..TUN_READ_BATCH {
-            let Ok(p) = self.tun.from_host.try_recv() else { break };
-            out.push(fill(&mut self.free_tun, &p, TUN_BUF));
-        }
-        Ok(())
-    }
-
-    fn recv_udp(&mut self, out: &mut Vec<Buf>) -> io::Result<()> {
-        let socket = self.socket.clone();
-        let Socket::Twin(sock) = &*socket else { return Err(io::ErrorKind::InvalidInput.into()) };
-        let gro = sock.net.gro.load(Ordering::Relaxed);
-        for _ in 0..UDP_RECV_BATCH {
-            let Some((first, src)) = self.pending.take().or_else(|| sock.rx.try_recv().ok()) else { break };
-            let mut b = fill(&mut self.free_udp, &first, UDP_BUF);
-            b.src = Some(src);
-            let stride = first.len();
-            let mut count = 1;
-            while gro && count < MAX_GRO_SEGMENTS {
-                let Ok((next, from)) = sock.rx.try_recv() else { break };
-                if from != src || next.len() > stride || next.is_empty() || b.len + next.len() > b.data.len() {
-                    self.pending = Some((next, from));
-                    break;
-                }
-                b.data[b.len..b.len + next.len()].copy_from_slice(&next);
-                b.len += next.len();
-                count += 1;
-                if next.len() < stride {
-                    break; // a shorter datagram ends the train
-                }
-            }
-            out.push(b);
-        }
-        Ok(())
-    }
-
-    fn recycle_tun(&mut self, bufs: &mut Vec<Buf>) {
-        recycle(&mut self.free_tun, bufs);
-    }
-
-    fn recycle_udp(&mut self, bufs: &mut Vec<Buf>) {
-        recycle(&mut self.free_udp, bufs);
-    }
-
-    fn send_udp(&mut self, batch: &mut SendBatch) -> io::Result<()> {
-        let socket = self.socket.clone();
-        let Socket::Twin(sock) = &*socket else { return Err(io::ErrorKind::InvalidInput.into()) };
-        let net = &sock.net;
-        let mut result = Ok(());
-        for g in batch.groups().to_vec() {
-            if g.count > 1 {
-                if net.refuse_gso.load(Ordering::Relaxed) {
-                    batch.disable_gso();
-                    result = Err(io::Error::from_raw_os_error(libc::EIO));
-                } else {
-                    net.gso_sends.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            for d in batch.datagrams(&g) {
-                sock.send_to(d, g.addr)?;
-            }
-        }
-        batch.clear();
-        result
-    }
-
-    fn write_tun(&mut self, batch: &mut TunWriteBatch) -> io::Result<()> {
-        let mut result = Ok(());
-        for p in batch.packets() {
-            if self.tun.to_host.try_send(tun_frame(p, self.tun.vnet).to_vec()).is_err() && result.is_ok() {
-                result = Err(io::Error::from_raw_os_error(libc::ENOBUFS));
-            }
-        }
-        batch.clear();
-        result
-    }
-
-    fn set_socket(&mut self, socket: Arc<Socket>) {
-        self.socket = socket;
     }
 }

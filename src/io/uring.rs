@@ -25,8 +25,9 @@ use socket2::SockAddr;
 
 use super::batch::{Buf, SendBatch, TunWriteBatch};
 use super::doorbell::Doorbell;
-use super::syscalls::{gso_refused, send_one_by_one, tun_frame};
+use super::mmsg::{gso_refused, send_one_by_one};
 use super::udp::{from_storage, gro_segment_size, set_segment_cmsg, OsSocket, CMSG_ROOM};
+use super::vnet::tun_frame;
 use super::{Backend, Socket, Tun, WorkerIo, TUN_BUF, UDP_BUF};
 
 /// TUN reads and UDP receives kept in flight (Lightway found a few outstanding TUN reads beat

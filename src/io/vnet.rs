@@ -55,3 +55,12 @@ impl VnetHdr {
         b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
     }
 }
+
+/// The TUN write for one framed packet: with or without its virtio_net_hdr.
+pub fn tun_frame(framed: &[u8], vnet: bool) -> &[u8] {
+    if vnet {
+        framed
+    } else {
+        &framed[VNET_HDR_LEN.min(framed.len())..]
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::initiator::Initiators;
 use super::upload::{keepalive, Uploader};
-use crate::io::{BatchReceiver, BatchSender, Buf, SendBatch, Socket};
+use crate::io::{Buf, SendBatch, Socket, SocketBatcher};
 use crate::noise::messages::INITIATION_LEN;
 use crate::session::Keypair;
 
@@ -39,8 +39,7 @@ pub fn handshakes(
     mut progress: impl FnMut(usize, usize, Duration),
 ) -> HandshakeOutcome {
     let start = Instant::now();
-    let mut sender = BatchSender::default();
-    let mut receiver = BatchReceiver::default();
+    let mut batcher = SocketBatcher::default();
     let mut batch = SendBatch::new(1, BATCH_MESSAGES, false);
     let mut due: Vec<(usize, [u8; INITIATION_LEN])> = Vec::new();
     let mut bufs: Vec<Buf> = Vec::new();
@@ -50,7 +49,7 @@ pub fn handshakes(
         initiators.poll(now, window, &mut due);
         for (_, msg) in due.drain(..) {
             if !batch.has_room(INITIATION_LEN) {
-                let _ = socket.send_batch(&mut sender, &mut batch);
+                let _ = socket.send_batch(&mut batcher, &mut batch);
             }
             let (_, space) = batch.reserve(INITIATION_LEN);
             space.copy_from_slice(&msg);
@@ -58,9 +57,9 @@ pub fn handshakes(
         }
         if !batch.is_empty() {
             // A refused send (no route yet) is retried with the try.
-            let _ = socket.send_batch(&mut sender, &mut batch);
+            let _ = socket.send_batch(&mut batcher, &mut batch);
         }
-        if socket.recv_batch(&mut receiver, &mut bufs, true).is_ok() {
+        if socket.recv_batch(&mut batcher, &mut bufs, true).is_ok() {
             let now = Instant::now();
             for b in &bufs {
                 for d in b.data[..b.len].chunks(b.stride.max(1)) {
@@ -68,7 +67,7 @@ pub fn handshakes(
                 }
             }
         }
-        receiver.recycle(&mut bufs);
+        Socket::recycle(&mut batcher, &mut bufs);
         if last_progress.elapsed() >= Duration::from_millis(200) {
             last_progress = Instant::now();
             progress(initiators.established(), initiators.len(), start.elapsed());
@@ -87,19 +86,19 @@ pub fn handshakes(
 /// Sends one keepalive on each session, as an initiator with nothing to send does: a
 /// responder may only send on a session once it has heard on it.
 pub fn confirm_sessions(socket: &Socket, keypairs: &[Arc<Keypair>], gateway: SocketAddr) {
-    let mut sender = BatchSender::default();
+    let mut batcher = SocketBatcher::default();
     let mut batch = SendBatch::new(1, BATCH_MESSAGES, false);
     let now = Instant::now();
     for k in keypairs {
         let Some(msg) = keepalive(k, now) else { continue };
         if !batch.has_room(msg.len()) {
-            let _ = socket.send_batch(&mut sender, &mut batch);
+            let _ = socket.send_batch(&mut batcher, &mut batch);
         }
         let (_, space) = batch.reserve(msg.len());
         space.copy_from_slice(&msg);
         batch.commit(msg.len(), gateway);
     }
-    let _ = socket.send_batch(&mut sender, &mut batch);
+    let _ = socket.send_batch(&mut batcher, &mut batch);
 }
 
 /// What a sender did.
@@ -141,7 +140,7 @@ pub fn upload(
         ahead.push_back(b);
     }
     out.sealed_ahead = planned;
-    let mut sender = BatchSender::default();
+    let mut batcher = SocketBatcher::default();
     let mut spare = SendBatch::new(1, BATCH_MESSAGES, true);
     let start = Instant::now();
     let deadline = start + duration;
@@ -162,14 +161,14 @@ pub fn upload(
             Some(mut b) => {
                 let n = b.datagram_count() as u64;
                 sealed_ahead_left -= n;
-                (n, socket.send_batch(&mut sender, &mut b))
+                (n, socket.send_batch(&mut batcher, &mut b))
             }
             None => {
                 if uploader.fill(&mut spare, per_batch, now) == 0 {
                     break;
                 }
                 let n = spare.datagram_count() as u64;
-                (n, socket.send_batch(&mut sender, &mut spare))
+                (n, socket.send_batch(&mut batcher, &mut spare))
             }
         };
         if result.is_err() {
@@ -185,7 +184,7 @@ pub fn upload(
 /// Receives until `hard_end`, or until traffic that had started pauses for `IDLE_END`, or
 /// `stop` is set; gives each datagram (GRO trains cut at their stride) to `count`.
 pub fn receive(socket: &Socket, hard_end: Instant, stop: &AtomicBool, mut count: impl FnMut(&mut [u8], Instant)) {
-    let mut receiver = BatchReceiver::default();
+    let mut batcher = SocketBatcher::default();
     let mut bufs: Vec<Buf> = Vec::new();
     let mut last_traffic: Option<Instant> = None;
     loop {
@@ -196,7 +195,7 @@ pub fn receive(socket: &Socket, hard_end: Instant, stop: &AtomicBool, mut count:
         if last_traffic.is_some_and(|t| now.saturating_duration_since(t) >= IDLE_END) {
             break;
         }
-        if socket.recv_batch(&mut receiver, &mut bufs, true).is_err() {
+        if socket.recv_batch(&mut batcher, &mut bufs, true).is_err() {
             std::thread::sleep(Duration::from_millis(1));
         }
         if !bufs.is_empty() {
@@ -209,6 +208,6 @@ pub fn receive(socket: &Socket, hard_end: Instant, stop: &AtomicBool, mut count:
                 }
             }
         }
-        receiver.recycle(&mut bufs);
+        Socket::recycle(&mut batcher, &mut bufs);
     }
 }

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
 use prometheus_client::collector::Collector;
@@ -16,12 +16,33 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet}
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::dataplane::shared::{ControlMsg, DeviceReport, Shared, WorkerCounters};
+use crate::dataplane::shared::{PeerShared, Shared, WorkerCounters};
+use crate::keys::PublicKey;
+use crate::routing::IpNet;
+
+pub mod http;
 
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// How long a scrape waits for the control thread's peer list before it answers without it.
 const CONTROL_ANSWER: Duration = Duration::from_secs(3);
+
+/// What a scrape needs from the control thread: pointers and plain values, O(peers), and
+/// never a key but public ones. Counters are read from `PeerShared` when rendered.
+pub struct DeviceReport {
+    pub public_key: Option<PublicKey>,
+    pub peers: Vec<PeerReport>,
+}
+
+pub struct PeerReport {
+    pub shared: Arc<PeerShared>,
+    pub allowed_ips: Vec<IpNet>,
+    pub last_handshake: Option<SystemTime>,
+}
+
+/// How a scrape asks the control thread for its report: hands it where the answer goes, and
+/// how long it may wait to hand it over; false if it could not.
+pub type AskReport = Box<dyn Fn(Sender<DeviceReport>, Duration) -> bool + Send + Sync>;
 
 /// What the daemon settled on at start-up, for `wgturbo_info`.
 #[derive(Debug, Clone)]
@@ -38,7 +59,7 @@ pub struct DeviceInfo {
 pub struct DeviceCollector {
     shared: Arc<Shared>,
     info: DeviceInfo,
-    control: Sender<ControlMsg>,
+    ask: AskReport,
 }
 
 impl fmt::Debug for DeviceCollector {
@@ -53,9 +74,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(shared: Arc<Shared>, info: DeviceInfo, control: Sender<ControlMsg>) -> Metrics {
+    pub fn new(shared: Arc<Shared>, info: DeviceInfo, ask: AskReport) -> Metrics {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(DeviceCollector { shared, info, control }));
+        registry.register_collector(Box::new(DeviceCollector { shared, info, ask }));
         Metrics { registry }
     }
 
@@ -74,7 +95,9 @@ impl DeviceCollector {
     /// still has every device counter, and says so in `wgturbo_control_responsive`).
     fn report(&self) -> Option<DeviceReport> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.control.send_timeout(ControlMsg::Report(tx), CONTROL_ANSWER).ok()?;
+        if !(self.ask)(tx, CONTROL_ANSWER) {
+            return None;
+        }
         rx.recv_timeout(CONTROL_ANSWER).ok()
     }
 }

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use super::{covers, home_depth, octet, octets_under, prefix_index, Child, Leaf, Node, Top, Trie};
+use super::node::{covers, home_depth, octet, octets_under, prefix_index, Child, Leaf, Node, Top};
 
 /// How many entries make a trie wide.
 pub(super) const WIDE_AT: usize = 262_144;
@@ -214,7 +214,7 @@ impl<V: Clone> Wide<V> {
                     above
                 }
             }
-            Below::Node(next) => Trie::walk(next, rest << 16, key, above),
+            Below::Node(next) => Node::walk(next, rest << 16, key, above),
         }
     }
 
@@ -226,7 +226,7 @@ impl<V: Clone> Wide<V> {
             Place::Cell(o1, o2) => match &self.rows[o1].cells[o2].child {
                 Below::Empty => None,
                 Below::Leaf(leaf) => leaf.is(key, len).then_some(&leaf.value),
-                Below::Node(next) => Trie::exact_in(next, d + 2, key, len),
+                Below::Node(next) => Node::exact_in(next, d + 2, key, len),
             },
         }
     }
@@ -262,7 +262,7 @@ impl<V: Clone> Wide<V> {
                         cell.child = Below::Leaf(Leaf::new(key, len, value));
                         None
                     }
-                    Below::Node(node) => Trie::insert_at(node, d + 2, key, len, value),
+                    Below::Node(node) => Node::insert_at(node, d + 2, key, len, value),
                     Below::Leaf(leaf) if leaf.is(key, len) => Some(std::mem::replace(&mut leaf.value, value)),
                     Below::Leaf(leaf) => {
                         cell.child = Below::Node(Node::of_two(leaf, d + 2, key, len, value));
@@ -299,8 +299,8 @@ impl<V: Clone> Wide<V> {
                         _ => None,
                     },
                     Below::Node(node) => {
-                        let removed = Trie::remove_at(node, d + 2, key, len);
-                        cell.child.compact(key & super::mask(8 * (d as u8 + 2)), d + 2);
+                        let removed = Node::remove_at(node, d + 2, key, len);
+                        cell.child.compact(key & super::super::mask(8 * (d as u8 + 2)), d + 2);
                         removed
                     }
                     _ => None,
@@ -332,7 +332,7 @@ impl<V: Clone> Wide<V> {
                     }
                     Below::Empty | Below::Leaf(_) => {}
                     Below::Node(node) => {
-                        removed += Trie::retain_at(node, d + 2, path, keep);
+                        removed += Node::retain_at(node, d + 2, path, keep);
                         cell.child.compact(path, d + 2);
                     }
                 }
@@ -346,15 +346,15 @@ impl<V: Clone> Wide<V> {
     /// Every (key, len, value), with the root at `top`.
     pub(super) fn entries(&self, top: Top, out: &mut Vec<(u128, u8, V)>) {
         let d = top.depth;
-        Trie::prefixes_at(&self.top, d, top.path, out);
+        Node::prefixes_at(&self.top, d, top.path, out);
         for (o1, row) in self.rows.iter().enumerate() {
             let row_path = top.path | ((o1 as u128) << (120 - 8 * d));
-            Trie::prefixes_at(&row.mid, d + 1, row_path, out);
+            Node::prefixes_at(&row.mid, d + 1, row_path, out);
             for (o2, cell) in row.cells.iter().enumerate() {
                 match &cell.child {
                     Below::Empty => {}
                     Below::Leaf(leaf) => out.push((leaf.key(), leaf.len, leaf.value.clone())),
-                    Below::Node(node) => Trie::entries_at(node, d + 2, row_path | ((o2 as u128) << (112 - 8 * d)), out),
+                    Below::Node(node) => Node::entries_at(node, d + 2, row_path | ((o2 as u128) << (112 - 8 * d)), out),
                 }
             }
         }

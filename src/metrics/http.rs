@@ -19,7 +19,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::syscalls::poll_readable;
+use crate::io::poll_readable;
 
 /// Connections served at once, at most.
 pub const MAX_CONNECTIONS: usize = 8;
