@@ -93,7 +93,7 @@ impl Ours {
         let mut buf = vec![0u8; TRANSPORT_HEADER_LEN + padded + 16];
         buf[16..16 + plaintext.len()].copy_from_slice(plaintext);
         let counter = kp.reserve_counters(1, Instant::now()).unwrap();
-        let n = kp.seal(counter, &mut buf, padded).unwrap();
+        let n = kp.seal_padded(counter, &mut buf, plaintext.len(), 65535).unwrap();
         buf.truncate(n);
         buf
     }

@@ -2,7 +2,7 @@
 //! into the GRO coalescer: split, checksum and coalesce must never panic or overrun.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use wgturbo::dataplane::offload::{complete_checksum, Coalescer, GsoSplit};
+use wgturbo::dataplane::packet::offload::{complete_checksum, Coalescer, GsoSplit};
 use wgturbo::io::vnet::VnetHdr;
 use wgturbo::io::TunWriteBatch;
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use wgturbo::dataplane::gate::{check_mac1, cookie_unless_mac2};
-use wgturbo::dataplane::ip;
+use wgturbo::dataplane::packet::ip;
 use wgturbo::dataplane::shared::HandshakeCounters;
 use wgturbo::keys::PrivateKey;
 use wgturbo::noise::{CookieChecker, CookieReply, Initiation, Packet, Response, TransportHeader};

@@ -7,9 +7,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use wgturbo::io::http::{route, Route};
 use wgturbo::load::traffic::{parse_udp4, Stamp};
 use wgturbo::load::{DownloadCounter, FlowStats};
+use wgturbo::metrics::http::{route, Route};
 use wgturbo::noise::SessionKeys;
 use wgturbo::session::Keypair;
 

@@ -2,11 +2,9 @@
 //! the I/O seam. They read the published routing snapshot, index table and keypairs through
 //! atomics and never take a lock. `shared` holds that state, below both `device` and here.
 
-pub mod checksum;
 pub mod gate;
 pub mod indices;
-pub mod ip;
-pub mod offload;
+pub mod packet;
 pub mod pool;
 pub mod rx;
 pub mod seal;

@@ -15,7 +15,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use tracing::error;
 
 use super::gate::{take_handshake, Gate};
-use super::ip;
+use super::packet::ip;
 use super::pool::{CryptoPool, Job};
 use super::shared::Indices;
 use super::shared::{bump, PeerShared, Shared, WorkerMsg};

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use tracing::error;
 
-use super::offload::PendingChecksum;
+use super::packet::offload::PendingChecksum;
 use super::pool::{CryptoPool, Job};
 use crate::io::SendBatch;
 use crate::noise::messages::TRANSPORT_HEADER_LEN;

@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use tracing::{debug, info};
 
-use super::ip;
-use super::offload::{complete_checksum, GsoSplit};
+use super::packet::ip;
+use super::packet::offload::{complete_checksum, GsoSplit};
 use super::pool::CryptoPool;
 use super::seal::Sealer;
 use super::shared::{bump, PeerShared, Shared, WorkerMsg};
-use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
+use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::io::{SendBatch, TunWriteBatch, WorkerIo};
 use crate::noise::messages::TRANSPORT_HEADER_LEN;
 use crate::routing::AllowedIps;
@@ -86,7 +86,7 @@ impl TxRound<'_> {
             }
             return;
         };
-        let split = match hdr.gso_type & 0x7f {
+        let split = match hdr.gso_type & !GSO_ECN {
             GSO_TCPV4 | GSO_TCPV6 | GSO_UDP_L4 => match GsoSplit::new(pkt, &hdr) {
                 Ok(s) => Some(s),
                 Err(_) => {

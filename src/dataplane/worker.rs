@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error};
 
 use super::gate::Gate;
-use super::offload::Coalescer;
+use super::packet::offload::Coalescer;
 use super::rx::{Opener, RxRound};
 use super::seal::Sealer;
 use super::shared::{bump, Shared, WorkerCounters};

@@ -19,8 +19,7 @@ use crate::constants::HANDSHAKE_QUEUE;
 use crate::dataplane::pool::{CryptoPool, ParallelCrypto};
 use crate::dataplane::shared::Shared;
 use crate::dataplane::worker::{self, WorkerConfig};
-use crate::io::tun::{self, Tun};
-use crate::io::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
+use crate::io::tun::{self, OpenedTun};
 use crate::io::{Backend, Doorbell, Network, TunQueue, WorkerIoConfig};
 use crate::metrics::{DeviceInfo, Metrics, CONTENT_TYPE};
 use control::Control;
@@ -333,61 +332,6 @@ impl Drop for BackgroundDevice {
     }
 }
 
-/// The TUN as opened: its queues, whether they carry a virtio_net_hdr, whether USO engaged,
-/// and what to say about it.
-struct OpenedTun {
-    queues: Vec<Tun>,
-    vnet: bool,
-    uso: bool,
-    engaged: &'static str,
-}
-
-/// Opens the TUN: one queue per worker with vnet_hdr offloads where the kernel allows.
-fn open_tun(iface: &str, workers: usize, offloads: bool) -> Result<OpenedTun, DeviceError> {
-    let first = match Tun::open(iface, workers > 1, offloads) {
-        Ok(t) => t,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            warn!("multi-queue/vnet_hdr TUN refused ({e}); falling back to one plain queue and one worker");
-            Tun::open(iface, false, false).map_err(DeviceError::Tun)?
-        }
-        Err(e) => return Err(DeviceError::Tun(e)),
-    };
-    let mut vnet = first.has_vnet_hdr();
-    let mut uso = false;
-    let mut engaged = "TUN offloads off";
-    if vnet {
-        let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
-        match first.set_offload(tso | TUN_F_USO4 | TUN_F_USO6) {
-            Ok(()) => {
-                uso = true;
-                engaged = "TUN checksum+TSO4+TSO6+USO4+USO6, TCP and UDP GRO";
-            }
-            Err(e) => {
-                warn!("TUN USO refused ({e}); inner UDP goes packet by packet");
-                match first.set_offload(tso) {
-                    Ok(()) => engaged = "TUN checksum+TSO4+TSO6, TCP GRO (no USO)",
-                    Err(e) => {
-                        warn!("TUN offloads refused ({e}); packets come one by one");
-                        engaged = "TUN vnet_hdr without TSO";
-                    }
-                }
-            }
-        }
-    }
-    let mut queues = vec![first];
-    for _ in 1..workers {
-        match queues[0].open_queue() {
-            Ok(q) => queues.push(q),
-            Err(e) => {
-                warn!("cannot open another TUN queue ({e}); running {} worker(s)", queues.len());
-                break;
-            }
-        }
-    }
-    vnet &= queues.iter().all(|q| q.has_vnet_hdr());
-    Ok(OpenedTun { queues, vnet, uso, engaged })
-}
-
 /// Creates the interface and the UAPI socket, calls `ready`, then runs until the interface is
 /// deleted, the socket file removed, or SIGINT/SIGTERM arrives.
 pub fn run(iface: &str, settings: Settings, ready: impl FnOnce()) -> Result<(), DeviceError> {
@@ -398,7 +342,8 @@ pub fn run(iface: &str, settings: Settings, ready: impl FnOnce()) -> Result<(), 
         Some(addr) => Some(crate::metrics::http::bind(addr).map_err(|e| DeviceError::Metrics(addr, e))?),
         None => None,
     };
-    let OpenedTun { queues, vnet, uso, engaged: tun_offloads } = open_tun(iface, settings.workers, settings.offloads)?;
+    let OpenedTun { queues, vnet, uso, engaged: tun_offloads } =
+        tun::open_queues(iface, settings.workers, settings.offloads).map_err(DeviceError::Tun)?;
     let iface = queues[0].name().to_string();
     if let Err(e) = tun::set_mtu(&iface, DEFAULT_MTU) {
         warn!("cannot set MTU {DEFAULT_MTU} on {iface}: {e}");

@@ -31,8 +31,10 @@ impl Buf {
     }
 }
 
-/// Most datagrams one UDP GSO send may carry (UDP_MAX_SEGMENTS on older kernels).
-pub const MAX_GSO_SEGMENTS: usize = 64;
+/// Segments one offloaded packet holds at most, the kernel's limit both ways: datagrams in a
+/// UDP GSO send (UDP_MAX_SEGMENTS on older kernels) or a GRO receive (UDP_GRO_CNT_MAX), and
+/// the segments of a `GSO_UDP_L4` packet written to the TUN.
+pub const MAX_SEGMENTS: usize = 64;
 /// Largest GSO send: the UDP length field's limit, less room for headers.
 const MAX_GSO_BYTES: usize = 65_000;
 
@@ -128,7 +130,7 @@ impl SendBatch {
                     && g.addr == addr
                     && !g.closed
                     && len <= g.segment
-                    && g.count < MAX_GSO_SEGMENTS
+                    && g.count < MAX_SEGMENTS
                     && g.len + len <= MAX_GSO_BYTES
                 {
                     g.len += len;
@@ -149,11 +151,6 @@ impl SendBatch {
         if let Some(g) = self.groups.last_mut() {
             g.closed = true;
         }
-    }
-
-    /// The chunk datagrams are being written into.
-    pub fn current_chunk(&self) -> usize {
-        self.current
     }
 
     /// Moves chunk `i` out (to be sealed on another thread); `put_chunk` must bring it back

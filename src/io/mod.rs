@@ -30,7 +30,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use batch::{Buf, SendBatch, TunWriteBatch};
+pub use batch::{Buf, SendBatch, TunWriteBatch, MAX_SEGMENTS};
 pub use doorbell::Doorbell;
 pub use poll::poll_readable;
 pub use socket::{Socket, SocketBatcher};

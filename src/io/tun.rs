@@ -5,6 +5,8 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use super::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
+
 const IFNAMSIZ: usize = 16;
 
 /// struct ifreq with the union as flags or an int (MTU); 40 bytes as in <linux/if.h>.
@@ -168,4 +170,62 @@ pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The TUN as opened: its queues, whether they carry a virtio_net_hdr, whether USO engaged,
+/// and what to say about it.
+pub struct OpenedTun {
+    pub queues: Vec<Tun>,
+    pub vnet: bool,
+    pub uso: bool,
+    pub engaged: &'static str,
+}
+
+/// Opens the TUN `iface`: `queues` queues with vnet_hdr offloads where the kernel allows,
+/// falling back step by step (no USO, then no TSO, then no vnet_hdr and one queue), each step
+/// logged once.
+pub fn open_queues(iface: &str, queues: usize, offloads: bool) -> io::Result<OpenedTun> {
+    let first = match Tun::open(iface, queues > 1, offloads) {
+        Ok(t) => t,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!("multi-queue/vnet_hdr TUN refused ({e}); falling back to one plain queue and one worker");
+            Tun::open(iface, false, false)?
+        }
+        Err(e) => return Err(e),
+    };
+    let mut vnet = first.has_vnet_hdr();
+    let mut uso = false;
+    let mut engaged = "TUN offloads off";
+    if vnet {
+        let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+        match first.set_offload(tso | TUN_F_USO4 | TUN_F_USO6) {
+            Ok(()) => {
+                uso = true;
+                engaged = "TUN checksum+TSO4+TSO6+USO4+USO6, TCP and UDP GRO";
+            }
+            Err(e) => {
+                tracing::warn!("TUN USO refused ({e}); inner UDP goes packet by packet");
+                match first.set_offload(tso) {
+                    Ok(()) => engaged = "TUN checksum+TSO4+TSO6, TCP GRO (no USO)",
+                    Err(e) => {
+                        tracing::warn!("TUN offloads refused ({e}); packets come one by one");
+                        engaged = "TUN vnet_hdr without TSO";
+                    }
+                }
+            }
+        }
+    }
+    let wanted = queues;
+    let mut queues = vec![first];
+    for _ in 1..wanted {
+        match queues[0].open_queue() {
+            Ok(q) => queues.push(q),
+            Err(e) => {
+                tracing::warn!("cannot open another TUN queue ({e}); running {} worker(s)", queues.len());
+                break;
+            }
+        }
+    }
+    vnet &= queues.iter().all(|q| q.has_vnet_hdr());
+    Ok(OpenedTun { queues, vnet, uso, engaged })
 }

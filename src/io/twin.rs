@@ -109,8 +109,6 @@ pub struct TwinNet {
     recorded: Mutex<Vec<(SocketAddr, SocketAddr, Vec<u8>)>>,
 }
 
-/// Datagrams one GRO receive coalesces, at most (the kernel's UDP_GRO_CNT_MAX is 64).
-pub(super) const MAX_GRO_SEGMENTS: usize = 64;
 /// Datagrams kept while recording, at most.
 const RECORD_MAX: usize = 100_000;
 

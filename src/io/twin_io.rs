@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use crossbeam_channel::Select;
 
+use super::batch::MAX_SEGMENTS;
 use super::batch::{Buf, SendBatch, TunWriteBatch};
 use super::doorbell::Doorbell;
-use super::twin::{Datagram, TwinSocket, TwinTun, MAX_GRO_SEGMENTS};
+use super::twin::{Datagram, TwinSocket, TwinTun};
 use super::vnet::tun_frame;
 use super::{Backend, Socket, WorkerIo, TUN_BUF, TUN_READ_BATCH, UDP_BUF, UDP_RECV_BATCH};
 
@@ -106,7 +107,7 @@ impl WorkerIo for TwinIo {
             b.src = Some(src);
             let stride = first.len();
             let mut count = 1;
-            while gro && count < MAX_GRO_SEGMENTS {
+            while gro && count < MAX_SEGMENTS {
                 let Ok((next, from)) = sock.rx.try_recv() else { break };
                 if from != src || next.len() > stride || next.is_empty() || b.len + next.len() > b.data.len() {
                     self.pending = Some((next, from));

@@ -4,11 +4,9 @@
 pub const VNET_HDR_LEN: usize = 10;
 
 pub const F_NEEDS_CSUM: u8 = 1;
-pub const F_DATA_VALID: u8 = 2;
 
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
-pub const GSO_UDP: u8 = 3;
 pub const GSO_TCPV6: u8 = 4;
 pub const GSO_UDP_L4: u8 = 5;
 pub const GSO_ECN: u8 = 0x80;

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::str::FromStr;
 
 use super::{LoadError, INNER_MTU};
-use crate::dataplane::checksum::checksum;
+use crate::dataplane::packet::checksum::checksum;
 
 pub const IPV4_HEADER_LEN: usize = 20;
 pub const UDP_HEADER_LEN: usize = 8;

@@ -347,6 +347,13 @@ impl Collector for DeviceCollector {
         )?;
         family(
             &mut enc,
+            "wgturbo_crypto_jobs_shared",
+            "Seal/open jobs handed to the device's pool (whichever worker ran them).",
+            Counter,
+            [(device, s.crypto_pool.jobs_shared())],
+        )?;
+        family(
+            &mut enc,
             "wgturbo_worker_restarts",
             "Worker loops restarted after a panic.",
             Counter,

@@ -260,14 +260,6 @@ impl Handshake {
         self.state = State::Zeroed;
     }
 
-    /// The local index of an initiation in flight, if any.
-    pub fn pending_initiation_index(&self) -> Option<u32> {
-        match &self.state {
-            State::InitiationCreated { local_index, .. } => Some(*local_index),
-            _ => None,
-        }
-    }
-
     pub fn create_initiation(
         &mut self,
         us: &StaticIdentity,
@@ -479,14 +471,16 @@ mod tests {
         let init = Initiation::parse(&ha.create_initiation(&a, 1, Tai64N::now(), now).unwrap()).unwrap();
         assert_eq!(consume_initiation(&stranger, &init).err(), Some(HandshakeError::UndecryptableStatic));
         // Mismatched preshared keys: the response does not decrypt.
-        let (a, b, mut ha, _) = pair(PresharedKey::generate());
+        let (a, b, mut ha, mut hb_right) = pair(PresharedKey::generate());
         let mut hb = Handshake::new(&b, a.public, PresharedKey::generate());
         let init = Initiation::parse(&ha.create_initiation(&a, 5, Tai64N::now(), now).unwrap()).unwrap();
         hb.consume_initiation(consume_initiation(&b, &init).unwrap(), now).unwrap();
         let (resp, _) = hb.create_response(6, now).unwrap();
         let err = ha.consume_response(&a, &Response::parse(&resp).unwrap()).unwrap_err();
         assert_eq!(err, HandshakeError::UndecryptableResponse);
-        // And the initiation is still in flight after the forgery.
-        assert_eq!(ha.pending_initiation_index(), Some(5));
+        // And the initiation is still in flight after the forgery: the right answer is taken.
+        hb_right.consume_initiation(consume_initiation(&b, &init).unwrap(), now).unwrap();
+        let (resp, _) = hb_right.create_response(7, now).unwrap();
+        assert!(ha.consume_response(&a, &Response::parse(&resp).unwrap()).is_ok());
     }
 }

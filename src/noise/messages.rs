@@ -14,7 +14,6 @@ pub const COOKIE_REPLY_LEN: usize = 64;
 pub const TRANSPORT_HEADER_LEN: usize = 16;
 /// Smallest transport message: header plus the tag of an empty (keepalive) plaintext.
 pub const TRANSPORT_MIN_LEN: usize = TRANSPORT_HEADER_LEN + AEAD_TAG_LEN;
-pub const KEEPALIVE_LEN: usize = TRANSPORT_MIN_LEN;
 
 const _: () =
     assert!(INITIATION_LEN == 4 + 4 + KEY_LEN + (KEY_LEN + AEAD_TAG_LEN) + (TAI64N_LEN + AEAD_TAG_LEN) + 2 * MAC_LEN);

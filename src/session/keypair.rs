@@ -112,16 +112,6 @@ impl Keypair {
         now.saturating_duration_since(self.birth) < REJECT_AFTER_TIME
     }
 
-    /// Seals a transport message in place. `buf[16..16 + padded_len]` holds the plaintext,
-    /// zero-padded by the caller; on return `buf[..16 + padded_len + 16]` is the message.
-    pub fn seal(&self, counter: u64, buf: &mut [u8], padded_len: usize) -> Result<usize, SessionError> {
-        let total = TRANSPORT_HEADER_LEN + padded_len + AEAD_TAG_LEN;
-        let msg = buf.get_mut(..total).ok_or(SessionError::BufferTooSmall)?;
-        self.write_header(counter, msg);
-        self.seal_framed(msg)?;
-        Ok(total)
-    }
-
     fn write_header(&self, counter: u64, msg: &mut [u8]) {
         let mut header = [0u8; TRANSPORT_HEADER_LEN];
         TransportHeader { receiver: self.remote_index, counter }.write(&mut header);
@@ -306,7 +296,7 @@ mod tests {
         let mut buf = vec![0u8; 16 + 32 + 16];
         buf[16..21].copy_from_slice(b"hello");
         let c = k.reserve_counters(1, now).unwrap();
-        let n = k.seal(c, &mut buf, 32).unwrap();
+        let n = k.seal_padded(c, &mut buf, 32, 65535).unwrap();
         assert_eq!(n, 64);
         let copy = buf.clone();
         let (counter, len) = k.open(&mut buf, now).unwrap();

@@ -251,26 +251,6 @@ impl<V: Clone> Node<V> {
         self.prefix_bits.test(index).then(|| self.prefixes.get(self.prefix_bits.rank(index))).flatten()
     }
 
-    /// Drops the prefixes whose value is not kept; returns how many went.
-    pub(super) fn retain_prefixes(&mut self, keep: &mut impl FnMut(&V) -> bool) -> usize {
-        let indices: Vec<usize> = self.prefix_bits.ones().collect();
-        let mut kept = Vec::with_capacity(self.prefixes.len());
-        let mut removed = 0;
-        for (index, value) in indices.into_iter().zip(std::mem::take(&mut self.prefixes).into_vec()) {
-            if keep(&value) {
-                kept.push(value);
-            } else {
-                self.prefix_bits.clear(index);
-                removed += 1;
-            }
-        }
-        self.prefixes = kept.into_boxed_slice();
-        if removed > 0 {
-            self.refresh_fallbacks(0..256);
-        }
-        removed
-    }
-
     /// Replaces the children with `children` (by ascending octet), their fallbacks worked out.
     pub(super) fn set_children(&mut self, children: Vec<(usize, Child<V>)>) {
         self.child_bits = Bits::default();
@@ -456,28 +436,6 @@ impl<V: Clone> Node<V> {
             }
             Some(Some(leaf)) => node.children[at].child = Child::Leaf(leaf),
         }
-    }
-
-    pub(super) fn retain_at(node: &mut Node<V>, depth: usize, path: u128, keep: &mut impl FnMut(&V) -> bool) -> usize {
-        let mut removed = node.retain_prefixes(keep);
-        let octets: Vec<usize> = node.child_bits.ones().collect();
-        for o in octets {
-            let Some(at) = node.child_pos(o) else { continue };
-            match &mut node.children[at].child {
-                Child::Leaf(leaf) => {
-                    if !keep(&leaf.value) {
-                        node.remove_child(o);
-                        removed += 1;
-                    }
-                }
-                Child::Node(next) => {
-                    let child_path = path | ((o as u128) << (120 - 8 * depth));
-                    removed += Node::retain_at(Arc::make_mut(next), depth + 1, child_path, keep);
-                    Node::compact_child(node, o, child_path, depth + 1);
-                }
-            }
-        }
-        removed
     }
 
     pub(super) fn prefixes_at(node: &Node<V>, depth: usize, path: u128, out: &mut Vec<(u128, u8, V)>) {

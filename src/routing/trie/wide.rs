@@ -315,34 +315,6 @@ impl<V: Clone> Wide<V> {
         removed
     }
 
-    /// Removes every entry whose value is not kept; returns how many went.
-    pub(super) fn retain(&mut self, top: Top, keep: &mut impl FnMut(&V) -> bool) -> usize {
-        let d = top.depth;
-        let Wide { rows, top: top_node, .. } = self;
-        let mut removed = top_node.retain_prefixes(keep);
-        for (o1, row) in rows.iter_mut().enumerate() {
-            let row = Arc::make_mut(row);
-            removed += row.mid.retain_prefixes(keep);
-            for (o2, cell) in row.cells.iter_mut().enumerate() {
-                let path = top.path | ((o1 as u128) << (120 - 8 * d)) | ((o2 as u128) << (112 - 8 * d));
-                match &mut cell.child {
-                    Below::Leaf(leaf) if !keep(&leaf.value) => {
-                        cell.child = Below::Empty;
-                        removed += 1;
-                    }
-                    Below::Empty | Below::Leaf(_) => {}
-                    Below::Node(node) => {
-                        removed += Node::retain_at(node, d + 2, path, keep);
-                        cell.child.compact(path, d + 2);
-                    }
-                }
-            }
-            row.refresh(top_node, o1, 0..256);
-        }
-        self.recount();
-        removed
-    }
-
     /// Every (key, len, value), with the root at `top`.
     pub(super) fn entries(&self, top: Top, out: &mut Vec<(u128, u8, V)>) {
         let d = top.depth;

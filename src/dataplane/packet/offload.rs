@@ -6,18 +6,9 @@
 use std::collections::HashMap;
 
 use super::checksum::{fold, sum};
-use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
-use crate::io::TunWriteBatch;
-
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const UDP_HEADER_LEN: usize = 8;
-/// Most datagrams one UDP GSO packet may carry (the kernel's UDP_MAX_SEGMENTS).
-const MAX_UDP_SEGMENTS: usize = 64;
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_ACK: u8 = 0x10;
-const TCP_CWR: u8 = 0x80;
+use super::header::{at, tcp, udp, v4, v4_header_len, v6, version, PROTO_TCP, PROTO_UDP};
+use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
+use crate::io::{TunWriteBatch, MAX_SEGMENTS};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
 pub enum OffloadError {
@@ -31,8 +22,8 @@ pub enum OffloadError {
 
 /// Sum of the TCP/UDP pseudo-header for a packet whose IP header starts `ip`.
 fn pseudo_header_sum(ip: &[u8], l4_len: usize) -> u64 {
-    let proto = if ip[0] >> 4 == 4 { ip[9] } else { ip[6] };
-    let addrs = if ip[0] >> 4 == 4 { &ip[12..20] } else { &ip[8..40] };
+    let (proto, addrs) =
+        if version(ip[0]) == 4 { (ip[v4::PROTOCOL], &ip[v4::ADDRS]) } else { (ip[v6::NEXT_HEADER], &ip[v6::ADDRS]) };
     sum(addrs, proto as u64 + l4_len as u64)
 }
 
@@ -54,35 +45,35 @@ pub fn complete_checksum(pkt: &mut [u8], csum_start: usize, csum_offset: usize) 
 /// be merged (and so repaired), but written alone as it is, for the kernel to drop. A UDP/IPv4
 /// datagram without a checksum (zero) has nothing to check, as the kernel's GRO takes it.
 fn l4_checksum_valid(pkt: &[u8], ip_hl: usize, udp: bool) -> bool {
-    if udp && pkt[0] >> 4 == 4 && pkt[ip_hl + 6..ip_hl + 8] == [0, 0] {
+    let checksum = ip_hl + udp::CHECKSUM;
+    if udp && version(pkt[0]) == 4 && pkt[checksum..checksum + 2] == [0, 0] {
         return true;
     }
     fold(sum(&pkt[ip_hl..], pseudo_header_sum(pkt, pkt.len() - ip_hl))) == 0xffff
 }
 
 fn ipv4_header_checksum(ip: &mut [u8], ihl: usize) {
-    ip[10] = 0;
-    ip[11] = 0;
+    ip[v4::CHECKSUM].fill(0);
     let c = !fold(sum(&ip[..ihl], 0));
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip[v4::CHECKSUM].copy_from_slice(&c.to_be_bytes());
 }
 
 /// The IP header length of an IPv4/IPv6 packet carrying `proto` (no IPv6 extension headers),
 /// if the packet holds at least `l4_min` bytes beyond it.
 fn ip_header_for(pkt: &[u8], proto: u8, l4_min: usize) -> Option<usize> {
-    let ip_hl = match pkt.first()? >> 4 {
-        4 if pkt.len() >= 20 && pkt[9] == proto => ((pkt[0] & 0x0f) as usize) * 4,
-        6 if pkt.len() >= 40 && pkt[6] == proto => 40,
+    let ip_hl = match version(*pkt.first()?) {
+        4 if pkt.len() >= v4::MIN_LEN && pkt[v4::PROTOCOL] == proto => v4_header_len(pkt[v4::VERSION_IHL]),
+        6 if pkt.len() >= v6::LEN && pkt[v6::NEXT_HEADER] == proto => v6::LEN,
         _ => return None,
     };
-    (ip_hl >= 20 && pkt.len() >= ip_hl + l4_min).then_some(ip_hl)
+    (ip_hl >= v4::MIN_LEN && pkt.len() >= ip_hl + l4_min).then_some(ip_hl)
 }
 
 /// Lengths of the IP and TCP headers of a TCP packet.
 fn tcp_headers(pkt: &[u8]) -> Option<(usize, usize)> {
-    let ip_hl = ip_header_for(pkt, PROTO_TCP, 20)?;
-    let tcp_hl = ((pkt[ip_hl + 12] >> 4) as usize) * 4;
-    if tcp_hl < 20 || pkt.len() < ip_hl + tcp_hl {
+    let ip_hl = ip_header_for(pkt, PROTO_TCP, tcp::MIN_LEN)?;
+    let tcp_hl = usize::from(pkt[ip_hl + tcp::DATA_OFFSET] >> 4) * 4;
+    if tcp_hl < tcp::MIN_LEN || pkt.len() < ip_hl + tcp_hl {
         return None;
     }
     Some((ip_hl, tcp_hl))
@@ -90,16 +81,31 @@ fn tcp_headers(pkt: &[u8]) -> Option<(usize, usize)> {
 
 /// Lengths of the IP and UDP headers of a UDP packet.
 fn udp_headers(pkt: &[u8]) -> Option<(usize, usize)> {
-    Some((ip_header_for(pkt, PROTO_UDP, UDP_HEADER_LEN)?, UDP_HEADER_LEN))
+    Some((ip_header_for(pkt, PROTO_UDP, udp::HEADER_LEN)?, udp::HEADER_LEN))
+}
+
+fn be32(p: &[u8], r: std::ops::Range<usize>) -> u32 {
+    u32::from_be_bytes([p[r.start], p[r.start + 1], p[r.start + 2], p[r.start + 3]])
+}
+
+/// Whether two packets of a flow agree on the IP fields a coalesced packet keeps once: IPv6's
+/// version, class and flow label and hop limit; IPv4's TOS, TTL and DF.
+fn same_ip_fields(first: &[u8], pkt: &[u8], v6: bool) -> bool {
+    if v6 {
+        first[..4] == pkt[..4] && first[v6::HOP_LIMIT] == pkt[v6::HOP_LIMIT]
+    } else {
+        let df = |p: &[u8]| p[v4::FLAGS_FRAGMENT.start] & v4::DONT_FRAGMENT;
+        first[v4::TOS] == pkt[v4::TOS] && first[v4::TTL] == pkt[v4::TTL] && df(first) == df(pkt)
+    }
 }
 
 /// Sets an IP header's length fields for a packet of `len` bytes (and the IPv4 checksum).
 fn set_ip_len(p: &mut [u8], ip_hl: usize, len: usize) {
-    if p[0] >> 4 == 4 {
-        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    if version(p[0]) == 4 {
+        p[v4::TOTAL_LEN].copy_from_slice(&(len as u16).to_be_bytes());
         ipv4_header_checksum(p, ip_hl);
     } else {
-        p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+        p[v6::PAYLOAD_LEN].copy_from_slice(&((len - v6::LEN) as u16).to_be_bytes());
     }
 }
 
@@ -116,7 +122,7 @@ pub struct GsoSplit<'a> {
 impl<'a> GsoSplit<'a> {
     /// For a read whose virtio_net_hdr says GSO_TCPV4, GSO_TCPV6 or GSO_UDP_L4.
     pub fn new(pkt: &'a [u8], hdr: &VnetHdr) -> Result<Self, OffloadError> {
-        let udp = hdr.gso_type & 0x7f == GSO_UDP_L4;
+        let udp = hdr.gso_type & !GSO_ECN == GSO_UDP_L4;
         let headers = if udp { udp_headers(pkt) } else { tcp_headers(pkt) };
         let (ip_hl, l4_hl) = headers.ok_or(OffloadError::BadHeaders)?;
         let gso_size = hdr.gso_size as usize;
@@ -156,23 +162,22 @@ impl<'a> GsoSplit<'a> {
         dst[..hdr_len].copy_from_slice(&self.pkt[..hdr_len]);
         dst[hdr_len..len].copy_from_slice(&self.pkt[start..start + len - hdr_len]);
         let seg = &mut dst[..len];
-        if seg[0] >> 4 == 4 {
-            let id = u16::from_be_bytes([seg[4], seg[5]]).wrapping_add(i as u16);
-            seg[4..6].copy_from_slice(&id.to_be_bytes());
+        if version(seg[0]) == 4 {
+            let id = u16::from_be_bytes([seg[v4::ID.start], seg[v4::ID.start + 1]]).wrapping_add(i as u16);
+            seg[v4::ID].copy_from_slice(&id.to_be_bytes());
         }
         set_ip_len(seg, ip_hl, len);
         let l4 = ip_hl;
         if self.udp {
-            seg[l4 + 4..l4 + 6].copy_from_slice(&((len - ip_hl) as u16).to_be_bytes());
+            seg[at(l4, udp::LEN)].copy_from_slice(&((len - ip_hl) as u16).to_be_bytes());
         } else {
-            let seq = u32::from_be_bytes([seg[l4 + 4], seg[l4 + 5], seg[l4 + 6], seg[l4 + 7]])
-                .wrapping_add((i * self.gso_size) as u32);
-            seg[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+            let seq = be32(seg, at(l4, tcp::SEQ)).wrapping_add((i * self.gso_size) as u32);
+            seg[at(l4, tcp::SEQ)].copy_from_slice(&seq.to_be_bytes());
             if i + 1 != self.count {
-                seg[l4 + 13] &= !(TCP_FIN | TCP_PSH);
+                seg[l4 + tcp::FLAGS] &= !(tcp::FIN | tcp::PSH);
             }
             if i != 0 {
-                seg[l4 + 13] &= !TCP_CWR;
+                seg[l4 + tcp::FLAGS] &= !tcp::CWR;
             }
         }
         (len, PendingChecksum { l4: l4 as u16, udp: self.udp })
@@ -192,12 +197,11 @@ impl PendingChecksum {
     /// length). A segment too short for its headers is left as it is.
     pub fn fill(&self, seg: &mut [u8]) {
         let l4 = self.l4 as usize;
-        let at = l4 + if self.udp { 6 } else { 16 };
+        let at = l4 + if self.udp { udp::CHECKSUM } else { tcp::CHECKSUM };
         if at + 2 > seg.len() {
             return;
         }
-        seg[at] = 0;
-        seg[at + 1] = 0;
+        seg[at..at + 2].fill(0);
         let mut c = !fold(sum(&seg[l4..], pseudo_header_sum(seg, seg.len() - l4)));
         if self.udp && c == 0 {
             c = 0xffff; // RFC 768: a computed zero is sent as all ones
@@ -220,11 +224,11 @@ impl FlowKey {
     fn of(pkt: &[u8], ip_hl: usize, v6: bool, udp: bool) -> FlowKey {
         let mut key = FlowKey { addrs: [0; 32], ports: [0; 4], v6, udp };
         if v6 {
-            key.addrs.copy_from_slice(&pkt[8..40]);
+            key.addrs.copy_from_slice(&pkt[v6::ADDRS]);
         } else {
-            key.addrs[..8].copy_from_slice(&pkt[12..20]);
+            key.addrs[..8].copy_from_slice(&pkt[v4::ADDRS]);
         }
-        key.ports.copy_from_slice(&pkt[ip_hl..ip_hl + 4]);
+        key.ports.copy_from_slice(&pkt[at(ip_hl, tcp::PORTS)]);
         key
     }
 }
@@ -260,7 +264,7 @@ pub struct Coalescer {
 }
 
 fn tcp_flags(pkt: &[u8], ip_hl: usize) -> u8 {
-    pkt[ip_hl + 13]
+    pkt[ip_hl + tcp::FLAGS]
 }
 
 impl Coalescer {
@@ -290,7 +294,7 @@ impl Coalescer {
             return self.push_udp(pkt, out);
         }
         let Some((ip_hl, tcp_hl)) = tcp_headers(pkt) else { return false };
-        let v6 = pkt[0] >> 4 == 6;
+        let v6 = version(pkt[0]) == 6;
         if !v6 && ip_hl != 20 {
             return false; // IP options: leave it alone
         }
@@ -298,10 +302,13 @@ impl Coalescer {
         let hdr_len = ip_hl + tcp_hl;
         let payload = &pkt[hdr_len..];
         let flags = tcp_flags(pkt, ip_hl);
-        let seq = u32::from_be_bytes([pkt[ip_hl + 4], pkt[ip_hl + 5], pkt[ip_hl + 6], pkt[ip_hl + 7]]);
-        let plain = flags & !(TCP_PSH) == TCP_ACK;
+        let seq = be32(pkt, at(ip_hl, tcp::SEQ));
+        let plain = flags & !tcp::PSH == tcp::ACK_FLAG;
         // IPv4 fragments never coalesce.
-        let fragment = !v6 && (u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff) != 0;
+        let fragment = !v6
+            && (u16::from_be_bytes([pkt[v4::FLAGS_FRAGMENT.start], pkt[v4::FLAGS_FRAGMENT.start + 1]])
+                & v4::FRAGMENT_MASK)
+                != 0;
         let mergeable = plain && !payload.is_empty() && !fragment && l4_checksum_valid(pkt, ip_hl, false);
 
         if mergeable {
@@ -312,9 +319,9 @@ impl Coalescer {
                     item.count += 1;
                     item.last_len = payload.len();
                     item.next_seq = seq.wrapping_add(payload.len() as u32);
-                    if flags & TCP_PSH != 0 {
-                        let at = VNET_HDR_LEN + ip_hl + 13;
-                        item.data[at] |= TCP_PSH;
+                    if flags & tcp::PSH != 0 {
+                        let at = VNET_HDR_LEN + ip_hl + tcp::FLAGS;
+                        item.data[at] |= tcp::PSH;
                         item.open = false;
                     }
                     return true;
@@ -322,7 +329,7 @@ impl Coalescer {
             }
         }
         // A new item, also for segments that cannot merge, so a flow keeps its order.
-        let open = mergeable && flags & TCP_PSH == 0;
+        let open = mergeable && flags & tcp::PSH == 0;
         self.start_item(out, pkt, key, (ip_hl, hdr_len), seq.wrapping_add(payload.len() as u32), open);
         true
     }
@@ -331,14 +338,17 @@ impl Coalescer {
     /// same IP header fields join one GSO_UDP_L4 super-packet, as the kernel's UDP GRO does.
     fn push_udp(&mut self, pkt: &[u8], out: &mut TunWriteBatch) -> bool {
         let Some((ip_hl, _)) = udp_headers(pkt) else { return false };
-        let v6 = pkt[0] >> 4 == 6;
-        let fragment = !v6 && (u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff) != 0;
-        let udp_len = u16::from_be_bytes([pkt[ip_hl + 4], pkt[ip_hl + 5]]) as usize;
+        let v6 = version(pkt[0]) == 6;
+        let fragment = !v6
+            && (u16::from_be_bytes([pkt[v4::FLAGS_FRAGMENT.start], pkt[v4::FLAGS_FRAGMENT.start + 1]])
+                & v4::FRAGMENT_MASK)
+                != 0;
+        let udp_len = usize::from(u16::from_be_bytes([pkt[ip_hl + udp::LEN.start], pkt[ip_hl + udp::LEN.start + 1]]));
         if (!v6 && ip_hl != 20) || fragment || udp_len != pkt.len() - ip_hl {
             return false; // options, fragments or a length that lies: deliver it alone
         }
         let key = FlowKey::of(pkt, ip_hl, v6, true);
-        let hdr_len = ip_hl + UDP_HEADER_LEN;
+        let hdr_len = ip_hl + udp::HEADER_LEN;
         let payload = &pkt[hdr_len..];
         if !l4_checksum_valid(pkt, ip_hl, true) {
             // Alone and closed, in its place in the flow: written as it came.
@@ -347,16 +357,12 @@ impl Coalescer {
         }
         if let Some(item) = self.latest_item(&key) {
             let first = &item.data[VNET_HDR_LEN..VNET_HDR_LEN + item.hdr_len];
-            let ip_same = if v6 {
-                first[..4] == pkt[..4] && first[7] == pkt[7]
-            } else {
-                first[1] == pkt[1] && first[8] == pkt[8] && (first[6] & 0x40) == (pkt[6] & 0x40)
-            };
+            let ip_same = same_ip_fields(first, pkt, v6);
             if item.open
                 && ip_same
                 && !payload.is_empty()
                 && payload.len() <= item.gso_size
-                && item.count < MAX_UDP_SEGMENTS
+                && item.count < MAX_SEGMENTS
                 && item.data.len() - VNET_HDR_LEN + payload.len() <= MAX_COALESCED
             {
                 Self::grow_for_coalescing(item);
@@ -421,16 +427,12 @@ impl Coalescer {
             return false;
         }
         // IP: same TOS/traffic class, TTL/hop limit, DF; TCP: same ack, window and options.
-        let ip_same = if item.key.v6 {
-            first[..4] == pkt[..4] && first[7] == pkt[7]
-        } else {
-            first[1] == pkt[1] && first[8] == pkt[8] && (first[6] & 0x40) == (pkt[6] & 0x40)
-        };
+        let ip_same = same_ip_fields(first, pkt, item.key.v6);
         let t = ip_hl;
         ip_same
-            && first[t + 8..t + 12] == pkt[t + 8..t + 12]
-            && first[t + 14..t + 16] == pkt[t + 14..t + 16]
-            && first[t + 20..hdr_len] == pkt[t + 20..hdr_len]
+            && first[at(t, tcp::ACK)] == pkt[at(t, tcp::ACK)]
+            && first[at(t, tcp::WINDOW)] == pkt[at(t, tcp::WINDOW)]
+            && first[t + tcp::OPTIONS..hdr_len] == pkt[t + tcp::OPTIONS..hdr_len]
     }
 
     /// Moves every item (virtio_net_hdr first) into `out` in arrival order.
@@ -448,11 +450,11 @@ impl Coalescer {
                 let l4 = ip + item.ip_hl;
                 let (gso_type, csum_offset) = match (item.key.udp, item.key.v6) {
                     (true, _) => {
-                        d[l4 + 4..l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-                        (GSO_UDP_L4, 6)
+                        d[at(l4, udp::LEN)].copy_from_slice(&(l4_len as u16).to_be_bytes());
+                        (GSO_UDP_L4, udp::CHECKSUM)
                     }
-                    (false, true) => (GSO_TCPV6, 16),
-                    (false, false) => (GSO_TCPV4, 16),
+                    (false, true) => (GSO_TCPV6, tcp::CHECKSUM),
+                    (false, false) => (GSO_TCPV4, tcp::CHECKSUM),
                 };
                 // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, not complemented.
                 let pseudo = fold(pseudo_header_sum(&d[ip..], l4_len));
@@ -474,6 +476,8 @@ impl Coalescer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::header::tcp::{ACK_FLAG as TCP_ACK, FIN as TCP_FIN, PSH as TCP_PSH};
+    use super::super::header::{PROTO_TCP, PROTO_UDP};
     use super::*;
 
     /// A TCP/IPv4 packet with a valid checksum and `payload` bytes of data.

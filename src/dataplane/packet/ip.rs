@@ -1,8 +1,9 @@
 //! Just enough of IPv4 and IPv6 to route, check sources and answer with ICMP unreachable.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::checksum::checksum;
+use super::header::{icmp, v4, v4_header_len, v6, version, PROTO_ICMP, PROTO_ICMPV6};
 
 /// Version and addresses of an inner packet, and its length without WireGuard's padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,35 +13,48 @@ pub struct IpHeader {
     pub total_len: usize,
 }
 
+fn be16(p: &[u8], at: std::ops::Range<usize>) -> usize {
+    usize::from(u16::from_be_bytes([p[at.start], p[at.start + 1]]))
+}
+
+fn v4_addr(p: &[u8], at: std::ops::Range<usize>) -> Ipv4Addr {
+    Ipv4Addr::new(p[at.start], p[at.start + 1], p[at.start + 2], p[at.start + 3])
+}
+
+fn v6_addr(p: &[u8], at: std::ops::Range<usize>) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&p[at]);
+    a.into()
+}
+
 /// Parses the header of a packet read from TUN or opened from a peer. None for anything that
 /// is not a well-formed IPv4 or IPv6 header whose length fits the buffer.
 pub fn parse(p: &[u8]) -> Option<IpHeader> {
-    match p.first()? >> 4 {
-        4 if p.len() >= 20 => {
-            let total_len = u16::from_be_bytes([p[2], p[3]]) as usize;
-            if total_len < 20 || total_len > p.len() {
+    match version(*p.first()?) {
+        4 if p.len() >= v4::MIN_LEN => {
+            let total_len = be16(p, v4::TOTAL_LEN);
+            if total_len < v4::MIN_LEN || total_len > p.len() {
                 return None;
             }
-            Some(IpHeader {
-                src: IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15])),
-                dst: IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19])),
-                total_len,
-            })
+            Some(IpHeader { src: IpAddr::V4(v4_addr(p, v4::SRC)), dst: IpAddr::V4(v4_addr(p, v4::DST)), total_len })
         }
-        6 if p.len() >= 40 => {
-            let total_len = 40 + u16::from_be_bytes([p[4], p[5]]) as usize;
+        6 if p.len() >= v6::LEN => {
+            let total_len = v6::LEN + be16(p, v6::PAYLOAD_LEN);
             if total_len > p.len() {
                 return None;
             }
-            let mut src = [0u8; 16];
-            let mut dst = [0u8; 16];
-            src.copy_from_slice(&p[8..24]);
-            dst.copy_from_slice(&p[24..40]);
-            Some(IpHeader { src: IpAddr::V6(src.into()), dst: IpAddr::V6(dst.into()), total_len })
+            Some(IpHeader { src: IpAddr::V6(v6_addr(p, v6::SRC)), dst: IpAddr::V6(v6_addr(p, v6::DST)), total_len })
         }
         _ => None,
     }
 }
+
+/// How much of the original an ICMPv4 error quotes at most (RFC 1812 4.3.2.3: a reply that
+/// fits 576 bytes), and an ICMPv6 error (RFC 4443 2.4: the minimum MTU, 1280).
+const V4_QUOTE_MAX: usize = 576 - v4::MIN_LEN - icmp::LEN;
+const V6_QUOTE_MAX: usize = 1280 - v6::LEN - icmp::LEN;
+/// The TTL / hop limit of an error we make.
+const ERROR_TTL: u8 = 64;
 
 /// ICMP "host unreachable" (v4) or "address unreachable" (v6) for `original`, as the kernel
 /// sends when no peer has the destination. The error comes from the unreachable address
@@ -61,48 +75,53 @@ pub fn unreachable(original: &[u8]) -> Option<Vec<u8>> {
     }
     match (h.src, h.dst) {
         (IpAddr::V4(dst), IpAddr::V4(src)) => {
-            let ihl = ((original[0] & 0x0f) as usize) * 4;
+            let ihl = v4_header_len(original[v4::VERSION_IHL]);
             // Never answer an ICMP error with an error.
-            if original[9] == 1 && original.get(ihl).is_some_and(|&t| matches!(t, 3 | 4 | 5 | 11 | 12)) {
+            let icmp_type = original.get(ihl + icmp::TYPE);
+            if original[v4::PROTOCOL] == PROTO_ICMP && icmp_type.is_some_and(|t| icmp::V4_ERRORS.contains(t)) {
                 return None;
             }
-            let quoted = &original[..h.total_len.min(ihl + 8).min(548)];
-            let total = 20 + 8 + quoted.len();
+            let quoted = &original[..h.total_len.min(ihl + 8).min(V4_QUOTE_MAX)];
+            let total = v4::MIN_LEN + icmp::LEN + quoted.len();
             let mut p = vec![0u8; total];
-            p[0] = 0x45;
-            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            p[8] = 64;
-            p[9] = 1;
-            p[12..16].copy_from_slice(&src.octets());
-            p[16..20].copy_from_slice(&dst.octets());
-            let c = checksum(&[&p[..20]]);
-            p[10..12].copy_from_slice(&c.to_be_bytes());
-            p[20] = 3; // destination unreachable
-            p[21] = 1; // host unreachable
-            p[28..].copy_from_slice(quoted);
-            let c = checksum(&[&p[20..]]);
-            p[22..24].copy_from_slice(&c.to_be_bytes());
+            p[v4::VERSION_IHL] = v4::VERSION_IHL_PLAIN;
+            p[v4::TOTAL_LEN].copy_from_slice(&(total as u16).to_be_bytes());
+            p[v4::TTL] = ERROR_TTL;
+            p[v4::PROTOCOL] = PROTO_ICMP;
+            p[v4::SRC].copy_from_slice(&src.octets());
+            p[v4::DST].copy_from_slice(&dst.octets());
+            let c = checksum(&[&p[..v4::MIN_LEN]]);
+            p[v4::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+            let m = &mut p[v4::MIN_LEN..];
+            m[icmp::TYPE] = icmp::V4_DEST_UNREACHABLE;
+            m[icmp::CODE] = icmp::V4_HOST_UNREACHABLE;
+            m[icmp::LEN..].copy_from_slice(quoted);
+            let c = checksum(&[m]);
+            m[icmp::CHECKSUM].copy_from_slice(&c.to_be_bytes());
             Some(p)
         }
         (IpAddr::V6(dst), IpAddr::V6(src)) => {
-            if original[6] == 58 && original.get(40).is_some_and(|&t| t < 128) {
+            let icmp_type = original.get(v6::LEN + icmp::TYPE);
+            if original[v6::NEXT_HEADER] == PROTO_ICMPV6 && icmp_type.is_some_and(|&t| t < icmp::V6_FIRST_INFORMATIONAL)
+            {
                 return None;
             }
-            let quoted = &original[..h.total_len.min(1280 - 48)];
-            let icmp_len = 8 + quoted.len();
-            let mut p = vec![0u8; 40 + icmp_len];
-            p[0] = 0x60;
-            p[4..6].copy_from_slice(&(icmp_len as u16).to_be_bytes());
-            p[6] = 58;
-            p[7] = 64;
-            p[8..24].copy_from_slice(&src.octets());
-            p[24..40].copy_from_slice(&dst.octets());
-            p[40] = 1; // destination unreachable
-            p[41] = 3; // address unreachable
-            p[48..].copy_from_slice(quoted);
+            let quoted = &original[..h.total_len.min(V6_QUOTE_MAX)];
+            let icmp_len = icmp::LEN + quoted.len();
+            let mut p = vec![0u8; v6::LEN + icmp_len];
+            p[v6::VERSION] = v6::VERSION_BYTE;
+            p[v6::PAYLOAD_LEN].copy_from_slice(&(icmp_len as u16).to_be_bytes());
+            p[v6::NEXT_HEADER] = PROTO_ICMPV6;
+            p[v6::HOP_LIMIT] = ERROR_TTL;
+            p[v6::SRC].copy_from_slice(&src.octets());
+            p[v6::DST].copy_from_slice(&dst.octets());
+            let (head, m) = p.split_at_mut(v6::LEN);
+            m[icmp::TYPE] = icmp::V6_DEST_UNREACHABLE;
+            m[icmp::CODE] = icmp::V6_ADDRESS_UNREACHABLE;
+            m[icmp::LEN..].copy_from_slice(quoted);
             let pseudo_len = (icmp_len as u32).to_be_bytes();
-            let c = checksum(&[&p[8..40], &pseudo_len, &[0, 0, 0, 58], &p[40..]]);
-            p[42..44].copy_from_slice(&c.to_be_bytes());
+            let c = checksum(&[&head[v6::ADDRS], &pseudo_len, &[0, 0, 0, PROTO_ICMPV6], m]);
+            m[icmp::CHECKSUM].copy_from_slice(&c.to_be_bytes());
             Some(p)
         }
         _ => None,
