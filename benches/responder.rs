@@ -113,7 +113,7 @@ fn responder(c: &mut Criterion) {
                     assert!(
                         Instant::now() < deadline,
                         "only {answered} of {BATCH} initiations answered: {}",
-                        dev.shared.drops.summary()
+                        dev.shared.drop_totals().summary()
                     );
                     std::thread::sleep(Duration::from_micros(200));
                     answered += responses(&net);

@@ -94,7 +94,7 @@ fn two_devices_handshake_and_exchange_data_both_ways() {
     a.host.send.send(udp_packet(1, 99, b"nobody")).unwrap();
     let icmp = recv(&a.host);
     assert_eq!((icmp[9], icmp[20]), (1, 3), "ICMP destination unreachable");
-    assert_eq!(a.dev.shared.drops.no_peer_for_destination.load(Ordering::Relaxed), 1);
+    assert_eq!(a.dev.shared.drop_totals().no_peer_for_destination, 1);
 }
 
 /// The reassembled payload of the TCP segments B's host got (no vnet_hdr on B).
@@ -146,7 +146,7 @@ fn tso_reads_at_mss_48_without_gso_arrive_whole() {
     let (payload, got) = tso_through(&a, &b, 2, 48);
     assert_eq!(got.len(), payload.len(), "every segment arrived");
     assert!(got == payload, "in order and intact");
-    assert_eq!(a.dev.shared.drops.worker_restarts.load(Ordering::Relaxed), 0, "no worker panicked");
+    assert_eq!(a.dev.shared.drop_totals().worker_restarts, 0, "no worker panicked");
 }
 
 /// Cut segments get their TCP checksum from whichever worker seals their chunk, right before
@@ -210,9 +210,9 @@ fn wrong_sized_handshakes_and_replays_are_counted_drops() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert!(b.host.recv.try_recv().is_err(), "a replay delivers nothing");
-    let drops = &b.dev.shared.drops;
-    assert!(drops.malformed.load(Ordering::Relaxed) >= 5, "{}", drops.summary());
-    assert_eq!(drops.replayed.load(Ordering::Relaxed), sent.len() as u64, "{}", drops.summary());
+    let drops = b.dev.shared.drop_totals();
+    assert!(drops.malformed >= 5, "{}", drops.summary());
+    assert_eq!(drops.replayed, sent.len() as u64, "{}", drops.summary());
     let endpoint = get(&b.dev, "endpoint");
     assert_eq!(endpoint, vec![format!("127.0.0.1:{}", a.port)], "the endpoint did not roam to the replayer");
 }
@@ -254,8 +254,8 @@ fn parallel_seal_keeps_one_flow_in_order() {
     let got = collect_in_sequence(&b.host, payload.len());
     assert_eq!(got.len(), payload.len(), "every segment arrived");
     assert!(got == payload, "intact");
-    assert_eq!(b.dev.shared.drops.replayed.load(Ordering::Relaxed), 0, "{}", b.dev.shared.drops.summary());
-    assert_eq!(a.dev.shared.drops.worker_restarts.load(Ordering::Relaxed), 0);
+    assert_eq!(b.dev.shared.drop_totals().replayed, 0, "{}", b.dev.shared.drop_totals().summary());
+    assert_eq!(a.dev.shared.drop_totals().worker_restarts, 0);
     // Chunks went through the pool (which worker sealed them is the scheduler's choice).
     let pool = &a.dev.shared.crypto_pool;
     assert!(pool.jobs_shared() > 0, "chunks of the flow were handed to the pool");
@@ -283,7 +283,7 @@ fn parallel_open_keeps_one_flow_in_order_and_replays_out() {
     }
     let got = collect_in_sequence(&b.host, payload.len());
     net.recording.store(false, Ordering::Relaxed);
-    assert_eq!(got.len(), payload.len(), "every segment arrived: {}", b.dev.shared.drops.summary());
+    assert_eq!(got.len(), payload.len(), "every segment arrived: {}", b.dev.shared.drop_totals().summary());
     assert!(got == payload, "intact");
     // Receives went through the pool, where either worker may open them; which one did is
     // the scheduler's choice (on a loaded machine the owner may drain its own jobs first), so
@@ -299,8 +299,8 @@ fn parallel_open_keeps_one_flow_in_order_and_replays_out() {
     }
     std::thread::sleep(Duration::from_millis(500));
     assert!(b.host.recv.try_recv().is_err(), "a replay delivers nothing");
-    let replayed = b.dev.shared.drops.replayed.load(Ordering::Relaxed);
-    assert_eq!(replayed, sent.len() as u64, "{}", b.dev.shared.drops.summary());
+    let replayed = b.dev.shared.drop_totals().replayed;
+    assert_eq!(replayed, sent.len() as u64, "{}", b.dev.shared.drop_totals().summary());
 }
 
 /// The value of one sample of the metrics page, by its name and labels as printed.
@@ -473,11 +473,11 @@ fn steered_handshakes_and_garbage_take_the_side_path() {
     }
     let shared = &b.dev.shared;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while shared.drops.malformed.load(Ordering::Relaxed) < garbage.len() as u64 && Instant::now() < deadline {
+    while shared.drop_totals().malformed < garbage.len() as u64 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(shared.drops.malformed.load(Ordering::Relaxed), garbage.len() as u64, "{}", shared.drops.summary());
+    assert_eq!(shared.drop_totals().malformed, garbage.len() as u64, "{}", shared.drop_totals().summary());
     assert_eq!(shared.handshakes.initiations_received.load(Ordering::Relaxed), 1, "the side reader counted it");
     let inbound = shared.workers[0].udp_datagrams.load(Ordering::Relaxed);
     assert!((21..=22).contains(&inbound), "the worker got the transport messages only: {inbound}");

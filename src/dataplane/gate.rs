@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::shared::{bump, HandshakeCounters, HandshakePacket, Screening, Shared, WorkerCounters};
+use super::shared::{bump, Counting, HandshakeCounters, HandshakePacket, Screening, Shared, WorkerCounters};
 use crate::constants::{MAC_LEN, UNDER_LOAD_QUEUED};
 use crate::io::SendBatch;
 use crate::noise::messages::{
@@ -41,13 +41,13 @@ fn handshake_len(t: u32) -> Option<usize> {
 pub fn take_handshake(shared: &Shared, gate: &mut Gate, datagram: &[u8], src: SocketAddr, now: Instant) {
     let kind = datagram.first().map_or(0, |&k| u32::from(k));
     if handshake_len(kind) != Some(datagram.len()) {
-        bump(&shared.drops.malformed);
+        bump(&shared.drops(gate.counting).malformed);
         return;
     }
     let Some(screening) = gate.admit(shared, datagram, src, now) else { return };
     let msg = HandshakePacket { packet: datagram.to_vec(), src, screening };
     if shared.handshake_tx.try_send(msg).is_err() {
-        bump(&shared.drops.handshake_queue_full);
+        bump(&shared.drops(gate.counting).handshake_queue_full);
     }
 }
 
@@ -164,6 +164,8 @@ const MAC2_CHECKS_MAX_NS: u64 = MAC2_CHECK_COST_NS * MAC2_CHECKS_BURST;
 
 /// A worker's side of the door: its budget under load and the cookie replies of the round.
 pub struct Gate {
+    /// Whose drop counters this gate bumps.
+    counting: Counting,
     budget: TokenBucket,
     /// mac2 checks under load, and how many were done (for tests and the log).
     mac2_checks: TokenBucket,
@@ -191,9 +193,10 @@ pub struct Gate {
 }
 
 impl Gate {
-    pub fn new(gso: bool) -> Gate {
+    pub fn new(gso: bool, counting: Counting) -> Gate {
         // One chunk holds a thousand replies; more than a round of receives can ask for.
         Gate {
+            counting,
             budget: TokenBucket::default(),
             mac2_checks: TokenBucket::default(),
             mac2_checked: 0,
@@ -212,7 +215,7 @@ impl Gate {
     /// Adds what was refused to the device's counters (once per round).
     pub fn flush_counts(&mut self, shared: &Shared) {
         if self.refused > 0 {
-            WorkerCounters::add(&shared.drops.handshake_queue_full, self.refused);
+            WorkerCounters::add(&shared.drops(self.counting).handshake_queue_full, self.refused);
             self.refused = 0;
         }
         if self.limited > 0 {
@@ -254,7 +257,7 @@ impl Gate {
         if shared.handshake_tx.len() >= UNDER_LOAD_QUEUED
             || !self.cookie_replies.take(now, COOKIE_REPLY_COST_NS, COOKIE_REPLY_MAX_NS)
         {
-            bump(&shared.drops.cookie_reply_refused);
+            bump(&shared.drops(self.counting).cookie_reply_refused);
             return None;
         }
         Some(Screening::Unchecked)
@@ -328,7 +331,7 @@ impl Gate {
             return Some(Screening::Mac1AndMac2);
         }
         if !self.has_room() {
-            bump(&shared.drops.handshake_queue_full);
+            bump(&shared.drops(self.counting).handshake_queue_full);
             return None;
         }
         queue_reply(&mut self.replies, &cookie_reply(checker, msg, mac1_at, sender, &src, now), src);
@@ -368,7 +371,7 @@ pub(crate) mod tests {
         let us = PrivateKey::generate().public_key();
         let (shared, channels) = Shared::for_tests();
         shared.cookies.store(Some(std::sync::Arc::new(CookieChecker::new(&us))));
-        (shared, channels, Gate::new(true), us)
+        (shared, channels, Gate::new(true, Counting::Worker(0)), us)
     }
 
     /// While the control thread keeps up, everything with a good mac1 passes; once its queue
@@ -391,8 +394,8 @@ pub(crate) mod tests {
         }
         let queued = shared.handshake_tx.len();
         assert!(queued <= UNDER_LOAD_QUEUED, "{queued} cookie replies queued");
-        assert_eq!(value(&shared.drops.cookie_reply_refused), 3 * HANDSHAKE_QUEUE as u64 - queued as u64);
-        assert_eq!(value(&shared.drops.handshake_queue_full), 0);
+        assert_eq!(shared.drop_totals().cookie_reply_refused, 3 * HANDSHAKE_QUEUE as u64 - queued as u64);
+        assert_eq!(shared.drop_totals().handshake_queue_full, 0);
         // Drained at once, the queue no longer binds: the rate does, its burst and then
         // 20,000 a second.
         let later = now + Duration::from_millis(10);
@@ -513,7 +516,7 @@ pub(crate) mod tests {
         gate.flush_counts(&shared);
         answered += value(&shared.handshakes.cookie_replies_sent);
         assert_eq!(answered, UNDER_LOAD_BURST);
-        assert_eq!(value(&shared.drops.handshake_queue_full), 100);
+        assert_eq!(shared.drop_totals().handshake_queue_full, 100);
         assert_eq!(value(&shared.handshakes.initiations_received), UNDER_LOAD_BURST, "dropped before mac1");
         // A millisecond later the rate has earned a millisecond's worth more.
         let later = now + Duration::from_millis(1);
@@ -526,7 +529,7 @@ pub(crate) mod tests {
         }
         gate.flush_counts(&shared);
         assert_eq!(value(&shared.handshakes.cookie_replies_sent), UNDER_LOAD_BURST + per_ms);
-        assert_eq!(value(&shared.drops.handshake_queue_full), 100 + 100);
+        assert_eq!(shared.drop_totals().handshake_queue_full, 100 + 100);
         assert_eq!(value(&shared.handshakes.rate_limited), 0, "no source was over its cap");
         assert!(gate.refusing(later));
 
@@ -569,7 +572,7 @@ pub(crate) mod tests {
         assert_eq!(answered, UNDER_LOAD_BURST - UNDER_LOAD_BURST / 2, "{answered} replies to one source at once");
         assert_eq!(capped, 10_000 - answered);
         assert_eq!(value(&shared.handshakes.rate_limited), capped);
-        assert_eq!(value(&shared.drops.handshake_queue_full), 0, "the budget's reserve was not touched");
+        assert_eq!(shared.drop_totals().handshake_queue_full, 0, "the budget's reserve was not touched");
         assert!(gate.refusing(now), "the reader skims after a capped round");
         // Its v4-mapped form is the same endpoint.
         let same: SocketAddr = "[::ffff:192.0.2.66]:4000".parse().unwrap();
@@ -638,14 +641,14 @@ pub(crate) mod tests {
             i += 1;
         }
         gate.flush_counts(&shared);
-        let refused_before = value(&shared.drops.handshake_queue_full);
+        let refused_before = shared.drop_totals().handshake_queue_full;
         let checked_before = gate.mac2_checked;
         for k in 0..50_000u32 {
             let src = SocketAddr::from(([172, 16, (k >> 8) as u8, k as u8], 2000));
             assert_eq!(gate.admit(&shared, &msg, src, now), None);
         }
         gate.flush_counts(&shared);
-        let refused = value(&shared.drops.handshake_queue_full) - refused_before;
+        let refused = shared.drop_totals().handshake_queue_full - refused_before;
         // At most the mac2 burst got past the shortcut to a check; the rest were refused.
         assert!(refused >= 50_000 - MAC2_CHECKS_BURST, "{refused} of 50,000 refused at a comparison");
         let checked = gate.mac2_checked - checked_before;
@@ -656,7 +659,7 @@ pub(crate) mod tests {
     #[test]
     fn without_a_key_messages_pass_unchecked() {
         let (shared, _rx) = Shared::for_tests();
-        let mut gate = Gate::new(false);
+        let mut gate = Gate::new(false, Counting::Worker(0));
         let mut generator = CookieGenerator::new(&PrivateKey::generate().public_key());
         let now = Instant::now();
         let msg = initiation(&mut generator, 1, now);

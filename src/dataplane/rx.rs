@@ -17,8 +17,7 @@ use tracing::error;
 use super::gate::{take_handshake, Gate};
 use super::packet::ip;
 use super::pool::{CryptoPool, Job};
-use super::shared::Indices;
-use super::shared::{bump, PeerShared, Shared, WorkerMsg};
+use super::shared::{bump, Counting, IndexEntry, Indices, PeerShared, Shared, WorkerMsg};
 use crate::io::{Buf, UDP_BUF};
 use crate::noise::messages::{TransportHeader, MESSAGE_TRANSPORT, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
 use crate::routing::AllowedIps;
@@ -30,19 +29,30 @@ pub struct RxRound<'a> {
     pub routing: &'a AllowedIps<Arc<PeerShared>>,
     pub now: Instant,
     pub stamp: u64,
+    pub worker: usize,
 }
 
 /// What was done to a datagram before the owner took it in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub enum Decrypted {
     /// Nothing: not a transport message of a known index, or not handed off.
+    #[default]
     Untouched,
-    /// Authentic; counter and padded plaintext length. The replay window has not moved yet.
+    /// Authentic; counter and padded plaintext length, and the index entry it was opened
+    /// with (so the owner does not look the index up again). The replay window has not moved.
     Ok {
         counter: u64,
         len: usize,
+        entry: Arc<IndexEntry>,
     },
     Failed(SessionError),
+}
+
+#[cfg(test)]
+impl Decrypted {
+    fn is_untouched(&self) -> bool {
+        matches!(self, Decrypted::Untouched)
+    }
 }
 
 /// Decrypts one datagram if it is a transport message of an index in `indices`.
@@ -54,7 +64,7 @@ fn decrypt(indices: &Indices, datagram: &mut [u8], now: Instant) -> Decrypted {
     let Some(entry) = indices.get(header.receiver) else { return Decrypted::Untouched };
     let Some(entry) = entry.as_ref() else { return Decrypted::Untouched };
     match entry.keypair.decrypt(datagram, now) {
-        Ok((counter, len)) => Decrypted::Ok { counter, len },
+        Ok((counter, len)) => Decrypted::Ok { counter, len, entry: entry.clone() },
         Err(e) => Decrypted::Failed(e),
     }
 }
@@ -183,8 +193,8 @@ impl Opener {
     }
 
     /// What was done to datagram `k` of receive `slot`.
-    pub fn result(&self, slot: usize, k: usize) -> Decrypted {
-        self.results.get(slot).and_then(|r| r.get(k)).copied().unwrap_or(Decrypted::Untouched)
+    pub fn take_result(&mut self, slot: usize, k: usize) -> Decrypted {
+        self.results.get_mut(slot).and_then(|r| r.get_mut(k)).map(std::mem::take).unwrap_or_default()
     }
 }
 
@@ -199,7 +209,7 @@ impl RxRound<'_> {
         pre: Decrypted,
         gate: &mut Gate,
     ) -> Option<usize> {
-        let drops = &self.shared.drops;
+        let drops = self.shared.drops(Counting::Worker(self.worker));
         if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
             bump(&drops.malformed);
             return None;
@@ -213,10 +223,17 @@ impl RxRound<'_> {
             bump(&drops.malformed);
             return None;
         };
-        let found = self.indices.get(header.receiver);
-        let Some(entry) = found.as_ref().and_then(|g| g.as_ref()) else {
-            bump(&drops.unknown_index);
-            return None;
+        let found;
+        let entry = match &pre {
+            Decrypted::Ok { entry, .. } => entry,
+            _ => {
+                found = self.indices.get(header.receiver);
+                let Some(entry) = found.as_ref().and_then(|g| g.as_ref()) else {
+                    bump(&drops.unknown_index);
+                    return None;
+                };
+                entry
+            }
         };
         let peer = &entry.peer;
         let keypairs = peer.keypairs.load();
@@ -227,7 +244,7 @@ impl RxRound<'_> {
         let wire_len = datagram.len() as u64;
         let opened = match pre {
             Decrypted::Untouched => entry.keypair.open(datagram, self.now),
-            Decrypted::Ok { counter, len } => entry.keypair.accept(counter).map(|()| (counter, len)),
+            Decrypted::Ok { counter, len, .. } => entry.keypair.accept(counter).map(|()| (counter, len)),
             Decrypted::Failed(e) => Err(e),
         };
         let len = match opened {
@@ -323,7 +340,7 @@ mod tests {
         opener.decrypt(&pool, true, &indices, &mut bufs, now);
         assert_eq!(bufs[1].data.len(), UDP_BUF, "the round's own receive is in its place");
         assert_eq!((bufs[1].len, bufs[1].data[4 + 100]), (1000, 1), "and whole");
-        assert_eq!(opener.result(1, 9), Decrypted::Untouched);
+        assert!(opener.take_result(1, 9).is_untouched());
         assert!(opener.reply_rx.is_empty(), "nothing left over for the next round");
     }
 }

@@ -167,26 +167,65 @@ pub enum WorkerMsg {
     Wake,
 }
 
-/// Per-reason drop counters, kept per device (the workers bump them; `/metrics` and
-/// `LOG_LEVEL=debug` show them).
-#[derive(Default)]
-pub struct DropCounters {
-    pub malformed: AtomicU64,
-    pub unknown_index: AtomicU64,
-    pub decrypt_failed: AtomicU64,
-    pub replayed: AtomicU64,
-    pub source_not_allowed: AtomicU64,
-    pub no_peer_for_destination: AtomicU64,
-    pub no_endpoint: AtomicU64,
-    pub handshake_queue_full: AtomicU64,
+/// Who counts a drop: each thread has counters of its own (on a cache line of their own, so
+/// workers dropping a flood never share one); they are summed when read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counting {
+    Worker(usize),
+    /// The side socket's reader.
+    Side,
+    /// The control thread.
+    Control,
+}
+
+macro_rules! drop_reasons {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Per-reason drop counters of one thread (the workers, the side socket's reader and
+        /// the control thread bump them; `/metrics` and `LOG_LEVEL=debug` show their sums).
+        #[derive(Default)]
+        #[repr(align(128))]
+        pub struct DropCounters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Worker loops restarted after a panic (see `worker::supervise`).
+            pub worker_restarts: AtomicU64,
+        }
+
+        /// The sum of every thread's drop counters at one moment.
+        #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct DropTotals {
+            $(pub $name: u64,)*
+            pub worker_restarts: u64,
+        }
+
+        impl DropTotals {
+            fn add(&mut self, c: &DropCounters) {
+                $(self.$name += c.$name.load(Ordering::Relaxed);)*
+                self.worker_restarts += c.worker_restarts.load(Ordering::Relaxed);
+            }
+
+            /// Every drop reason with its count (worker restarts are not drops and are not here).
+            pub fn by_reason(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name)),*]
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    malformed,
+    unknown_index,
+    decrypt_failed,
+    replayed,
+    source_not_allowed,
+    no_peer_for_destination,
+    no_endpoint,
+    handshake_queue_full,
     /// Cookie replies refused before the control thread: over their rate, or arriving while
     /// its queue is an eighth full (they must never crowd out initiations).
-    pub cookie_reply_refused: AtomicU64,
+    cookie_reply_refused,
     /// Receives of the side socket the kernel dropped (its filter thinning endpoints over
     /// their cookie cap, or its buffer full); a GRO train counts once.
-    pub handshake_dropped_by_kernel: AtomicU64,
-    /// Worker loops restarted after a panic (see `worker::supervise`).
-    pub worker_restarts: AtomicU64,
+    handshake_dropped_by_kernel,
 }
 
 /// Counts one event (relaxed: counters order nothing).
@@ -194,27 +233,10 @@ pub fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-impl DropCounters {
-    /// Every drop reason with its count (worker restarts are not drops and are not here).
-    pub fn by_reason(&self) -> [(&'static str, u64); 10] {
-        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            ("malformed", l(&self.malformed)),
-            ("unknown_index", l(&self.unknown_index)),
-            ("decrypt_failed", l(&self.decrypt_failed)),
-            ("replayed", l(&self.replayed)),
-            ("source_not_allowed", l(&self.source_not_allowed)),
-            ("no_peer_for_destination", l(&self.no_peer_for_destination)),
-            ("no_endpoint", l(&self.no_endpoint)),
-            ("handshake_queue_full", l(&self.handshake_queue_full)),
-            ("cookie_reply_refused", l(&self.cookie_reply_refused)),
-            ("handshake_dropped_by_kernel", l(&self.handshake_dropped_by_kernel)),
-        ]
-    }
-
+impl DropTotals {
     pub fn summary(&self) -> String {
         let mut s: Vec<String> = self.by_reason().iter().map(|(reason, n)| format!("{reason}={n}")).collect();
-        s.push(format!("worker_restarts={}", self.worker_restarts.load(Ordering::Relaxed)));
+        s.push(format!("worker_restarts={}", self.worker_restarts));
         s.join(" ")
     }
 }
@@ -289,7 +311,8 @@ pub struct Shared {
     pub failed: AtomicBool,
     /// Set with `stop` when the TUN said its interface is gone (deleted, wherever it lives).
     pub interface_gone: AtomicBool,
-    pub drops: DropCounters,
+    /// One set per worker, then the side socket's reader's, then the control thread's.
+    drops: Box<[DropCounters]>,
     pub handshakes: HandshakeCounters,
     /// One per worker, by index.
     pub workers: Vec<WorkerCounters>,
@@ -324,7 +347,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             interface_gone: AtomicBool::new(false),
-            drops: DropCounters::default(),
+            drops: (0..workers + 2).map(|_| DropCounters::default()).collect(),
             handshakes: HandshakeCounters::default(),
             workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
             under_load_until: AtomicU64::new(0),
@@ -347,6 +370,26 @@ impl Shared {
             active_tx,
         );
         (shared, TestChannels { handshake, control, active })
+    }
+
+    /// The drop counters of one thread.
+    pub fn drops(&self, who: Counting) -> &DropCounters {
+        let workers = self.drops.len() - 2;
+        let at = match who {
+            Counting::Worker(i) => i.min(workers.saturating_sub(1)),
+            Counting::Side => workers,
+            Counting::Control => workers + 1,
+        };
+        &self.drops[at]
+    }
+
+    /// Every thread's drop counters, summed.
+    pub fn drop_totals(&self) -> DropTotals {
+        let mut totals = DropTotals::default();
+        for c in self.drops.iter() {
+            totals.add(c);
+        }
+        totals
     }
 
     /// Handshake messages without a valid mac2 are answered with cookies until `stamp`.
@@ -423,5 +466,21 @@ mod tests {
         assert_eq!(q.front(), Some(&73u32.to_be_bytes().to_vec()), "the oldest were dropped");
         assert!(peer.take_staged().is_empty());
         assert!(peer.stage([vec![1u8]]), "after a drain the next packet tells again");
+    }
+
+    /// Each thread counts on its own line; a read sums them all.
+    #[test]
+    fn drops_are_counted_per_thread_and_summed() {
+        let (shared, _channels) = Shared::for_tests();
+        bump(&shared.drops(Counting::Worker(0)).malformed);
+        bump(&shared.drops(Counting::Side).malformed);
+        bump(&shared.drops(Counting::Control).malformed);
+        bump(&shared.drops(Counting::Side).handshake_queue_full);
+        assert!(!std::ptr::eq(shared.drops(Counting::Worker(0)), shared.drops(Counting::Side)));
+        assert!(!std::ptr::eq(shared.drops(Counting::Side), shared.drops(Counting::Control)));
+        let totals = shared.drop_totals();
+        assert_eq!((totals.malformed, totals.handshake_queue_full), (3, 1));
+        assert_eq!(totals.by_reason().len(), 10);
+        assert!(totals.summary().starts_with("malformed=3 unknown_index=0"), "{}", totals.summary());
     }
 }

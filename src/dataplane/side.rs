@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::gate::{take_handshake, Gate};
-use super::shared::{bump, Shared};
+use super::shared::{bump, Counting, Shared};
 use super::thinning::SideFilter;
 use crate::io::{Buf, Socket, SocketBatcher, UDP_RECV_BATCH};
 use crate::noise::messages::INITIATION_LEN;
@@ -25,7 +25,7 @@ const NO_SIDE_SOCKET_WAIT: Duration = Duration::from_millis(200);
 /// to the control thread, cookie replies back from the same socket. Runs until the device
 /// stops; where there is no side socket the workers take handshake messages themselves.
 pub fn serve_side(shared: &Shared) {
-    let mut gate = Gate::new(true);
+    let mut gate = Gate::new(true, Counting::Side);
     let mut batcher = SocketBatcher::default();
     let mut bufs: Vec<Buf> = Vec::new();
     // Set after a round that refused anything (over the budget or a source's cap): the next
@@ -59,7 +59,7 @@ pub fn serve_side(shared: &Shared) {
             let Some(src) = b.src else { continue };
             if b.len == 0 && b.cut == 0 {
                 // An empty datagram: garbage, counted as the workers count it.
-                bump(&shared.drops.malformed);
+                bump(&shared.drops(Counting::Side).malformed);
                 continue;
             }
             let stride = b.stride.max(1);
@@ -77,7 +77,7 @@ pub fn serve_side(shared: &Shared) {
                 // A transport message lands here only if it was too short for the kernel's
                 // steering to read its index; `take_handshake` counts it malformed.
                 if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
-                    bump(&shared.drops.malformed);
+                    bump(&shared.drops(Counting::Side).malformed);
                     continue;
                 }
                 take_handshake(shared, &mut gate, datagram, src, now);
@@ -187,8 +187,8 @@ mod tests {
         let elapsed = start.elapsed().as_secs_f64();
         let answered = value(&shared.handshakes.cookie_replies_sent);
         let capped = value(&shared.handshakes.rate_limited);
-        let refused = value(&shared.drops.handshake_queue_full);
-        let thinned = value(&shared.drops.handshake_dropped_by_kernel);
+        let refused = shared.drop_totals().handshake_queue_full;
+        let thinned = shared.drop_totals().handshake_dropped_by_kernel;
         eprintln!("{elapsed:.2} s: answered {answered}, capped {capped}, refused {refused}, dropped {thinned}");
         // The endpoint's burst and rate, what the budget had left over beyond its reserve,
         // and the peer.

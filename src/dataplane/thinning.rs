@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use super::shared::{Shared, WorkerCounters};
+use super::shared::{Counting, Shared, WorkerCounters};
 use crate::io::Socket;
 
 use crate::io::thin::{Source, Spare, MAX_THINNED};
@@ -113,7 +113,7 @@ impl SideFilter {
             let new = drops.wrapping_sub(self.drops_seen);
             self.drops_seen = drops;
             if new > 0 {
-                WorkerCounters::add(&shared.drops.handshake_dropped_by_kernel, u64::from(new));
+                WorkerCounters::add(&shared.drops(Counting::Side).handshake_dropped_by_kernel, u64::from(new));
             }
         }
     }

@@ -6,18 +6,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::Guard;
+
 use tracing::{debug, info};
 
 use super::packet::ip;
 use super::packet::offload::{complete_checksum, GsoSplit};
 use super::pool::CryptoPool;
 use super::seal::Sealer;
-use super::shared::{bump, PeerShared, Shared, WorkerMsg};
+use super::shared::{bump, Counting, PeerShared, Shared, WorkerMsg};
 use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::io::{SendBatch, TunWriteBatch, WorkerIo};
 use crate::noise::messages::TRANSPORT_HEADER_LEN;
 use crate::routing::AllowedIps;
-use crate::session::Keypair;
+use crate::session::{Keypair, Keypairs};
 
 /// The send batch: chunks of `SEND_CHUNK` bytes (4 MiB in all) and messages (GSO groups, or
 /// datagrams without GSO).
@@ -56,104 +58,99 @@ pub struct TxOut<'a> {
     pub tun: &'a mut TunWriteBatch,
 }
 
-impl TxRound<'_> {
-    /// Handles one TUN read (`buf`, virtio_net_hdr first when the queue has one).
-    pub fn read(&self, buf: &mut [u8], out: &mut TxOut<'_>, io: &mut dyn WorkerIo) {
+/// The batch has no room for the next segment: the caller sends it and calls `write` again.
+#[derive(Debug)]
+pub struct BatchFull;
+
+/// A routed packet with its nonces reserved, on its way into the send batch: its segments are
+/// framed in order, as many as the batch holds each time `write` is called.
+pub struct Outgoing<'r, 'p> {
+    peer: &'r Arc<PeerShared>,
+    /// The peer's keypairs as loaded when the nonces were reserved (`current` is the one).
+    keypairs: Guard<Arc<Keypairs>>,
+    endpoint: Arc<std::net::SocketAddr>,
+    first_counter: u64,
+    pkt: &'p [u8],
+    split: Option<GsoSplit<'p>>,
+    count: usize,
+    next: usize,
+    sent_bytes: u64,
+}
+
+impl<'r> TxRound<'r> {
+    /// Takes one TUN read (`buf`, virtio_net_hdr first when the queue has one): a packet to
+    /// send, or None when it was dropped, answered with an ICMP error or staged.
+    pub fn read<'p>(&self, buf: &'p mut [u8], out: &mut TxOut<'_>) -> Option<Outgoing<'r, 'p>> {
         let (hdr, pkt) = if self.vnet {
             match VnetHdr::parse(buf) {
                 Some(h) => (h, &mut buf[VNET_HDR_LEN..]),
                 None => {
-                    bump(&self.shared.drops.malformed);
-                    return;
+                    bump(&self.shared.drops(Counting::Worker(self.worker)).malformed);
+                    return None;
                 }
             }
         } else {
             (VnetHdr::default(), buf)
         };
-        self.packet(hdr, pkt, out, io);
+        self.route(hdr, pkt, out)
     }
 
-    fn packet(&self, hdr: VnetHdr, pkt: &mut [u8], out: &mut TxOut<'_>, io: &mut dyn WorkerIo) {
-        let drops = &self.shared.drops;
+    fn route<'p>(&self, hdr: VnetHdr, pkt: &'p mut [u8], out: &mut TxOut<'_>) -> Option<Outgoing<'r, 'p>> {
+        let drops = self.shared.drops(Counting::Worker(self.worker));
         let Some(header) = ip::parse(pkt) else {
             bump(&drops.malformed);
-            return;
+            return None;
         };
-        let Some(peer) = self.routing.lookup(header.dst) else {
+        let routing: &'r AllowedIps<Arc<PeerShared>> = self.routing;
+        let Some(peer) = routing.lookup(header.dst) else {
             bump(&drops.no_peer_for_destination);
             if let Some(icmp) = ip::unreachable(&pkt[..header.total_len]) {
                 out.tun.push_plain(&icmp);
             }
-            return;
+            return None;
         };
-        let split = match hdr.gso_type & !GSO_ECN {
-            GSO_TCPV4 | GSO_TCPV6 | GSO_UDP_L4 => match GsoSplit::new(pkt, &hdr) {
-                Ok(s) => Some(s),
-                Err(_) => {
-                    bump(&drops.malformed);
-                    return;
-                }
-            },
+        let segmented = match hdr.gso_type & !GSO_ECN {
+            GSO_TCPV4 | GSO_TCPV6 | GSO_UDP_L4 => true,
             GSO_NONE => {
                 let whole = &mut pkt[..header.total_len];
                 if hdr.flags & F_NEEDS_CSUM != 0
                     && complete_checksum(whole, hdr.csum_start as usize, hdr.csum_offset as usize).is_err()
                 {
                     bump(&drops.malformed);
-                    return;
+                    return None;
                 }
-                None
+                false
             }
             _ => {
                 bump(&drops.malformed);
-                return;
+                return None;
             }
+        };
+        let pkt: &'p [u8] = pkt;
+        let split = if segmented {
+            match GsoSplit::new(pkt, &hdr) {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    bump(&drops.malformed);
+                    return None;
+                }
+            }
+        } else {
+            None
         };
         let pkt = &pkt[..if split.is_some() { pkt.len() } else { header.total_len }];
         let count = split.as_ref().map_or(1, |s| s.count());
         let keypairs = peer.keypairs.load();
-        let reserved =
-            keypairs.current.as_ref().and_then(|k| k.reserve_counters(count as u64, self.now).map(|c| (k, c)));
-        let Some((keypair, first_counter)) = reserved else {
+        let reserved = keypairs.current.as_ref().and_then(|k| k.reserve_counters(count as u64, self.now));
+        let Some(first_counter) = reserved else {
             self.stage(peer, pkt, split.as_ref());
-            return;
+            return None;
         };
         let Some(endpoint) = peer.endpoint.load_full() else {
             bump(&drops.no_endpoint);
-            return;
+            return None;
         };
-        let mut sent_bytes = 0u64;
-        for i in 0..count {
-            let len = split.as_ref().map_or(pkt.len(), |s| s.segment_len(i));
-            let total = Keypair::sealed_len(len, self.mtu);
-            // One read can make more sends than a batch holds (a 64 KiB TSO read at a tiny
-            // MSS without GSO): send what is there and go on.
-            if !out.batch.has_room(total) {
-                flush(io, out.batch, out.sealer, &self.shared.crypto_pool, self.worker);
-            }
-            let (chunk, space) = out.batch.reserve(total);
-            let body = &mut space[TRANSPORT_HEADER_LEN..];
-            let checksum = match &split {
-                Some(s) => Some((s.write_segment_unsummed(i, body).1, len as u32)),
-                None => {
-                    body[..len].copy_from_slice(pkt);
-                    None
-                }
-            };
-            // The nonce is stamped here, in order; the checksum and the seal may run on another
-            // worker.
-            let Ok(total) = keypair.frame(first_counter + i as u64, space, len, self.mtu) else { return };
-            let (_, offset) = out.batch.commit(total, *endpoint);
-            out.sealer.add(&self.shared.crypto_pool, out.batch, (chunk, offset), total, keypair, checksum);
-            sent_bytes += total as u64;
-        }
-        peer.tx_bytes.fetch_add(sent_bytes, Ordering::Relaxed);
-        peer.last_sent.store(self.stamp, Ordering::Relaxed);
-        peer.last_data_sent.store(self.stamp, Ordering::Relaxed);
-        peer.mark_active(&self.shared.active_tx);
-        if keypair.wants_rekey_on_send(self.now) && !peer.handshake_requested.swap(true, Ordering::Relaxed) {
-            let _ = self.shared.control_tx.try_send(WorkerMsg::WantHandshake(peer.clone()));
-        }
+        Some(Outgoing { peer, keypairs, endpoint, first_counter, pkt, split, count, next: 0, sent_bytes: 0 })
     }
 
     /// No session yet: hand the packet (cut into segments) to the control thread.
@@ -170,6 +167,53 @@ impl TxRound<'_> {
         };
         if peer.stage(packets) && self.shared.control_tx.try_send(WorkerMsg::Staged(peer.clone())).is_err() {
             peer.stage_notice_lost();
+        }
+    }
+}
+
+impl Outgoing<'_, '_> {
+    /// Frames the packet's remaining segments into the batch (sealed by `out.sealer`, here or
+    /// on another worker); `BatchFull` when the batch has no room for the next one (a 64 KiB
+    /// TSO read at a tiny MSS without GSO makes more sends than a batch holds).
+    pub fn write(&mut self, round: &TxRound<'_>, out: &mut TxOut<'_>) -> Result<(), BatchFull> {
+        let Some(keypair) = self.keypairs.current.as_ref() else { return Ok(()) };
+        while self.next < self.count {
+            let i = self.next;
+            let len = self.split.as_ref().map_or(self.pkt.len(), |s| s.segment_len(i));
+            let total = Keypair::sealed_len(len, round.mtu);
+            if !out.batch.has_room(total) {
+                return Err(BatchFull);
+            }
+            let (chunk, space) = out.batch.reserve(total);
+            let body = &mut space[TRANSPORT_HEADER_LEN..];
+            let checksum = match &self.split {
+                Some(s) => Some((s.write_segment_unsummed(i, body).1, len as u32)),
+                None => {
+                    body[..len].copy_from_slice(self.pkt);
+                    None
+                }
+            };
+            self.next += 1;
+            // The nonce is stamped here, in order; the checksum and the seal may run on another
+            // worker.
+            let Ok(total) = keypair.frame(self.first_counter + i as u64, space, len, round.mtu) else { continue };
+            let (_, offset) = out.batch.commit(total, *self.endpoint);
+            out.sealer.add(&round.shared.crypto_pool, out.batch, (chunk, offset), total, keypair, checksum);
+            self.sent_bytes += total as u64;
+        }
+        Ok(())
+    }
+
+    /// Stamps the peer once the packet is in the batch, and asks for a rekey when one is due.
+    pub fn finish(self, round: &TxRound<'_>) {
+        let peer = self.peer;
+        peer.tx_bytes.fetch_add(self.sent_bytes, Ordering::Relaxed);
+        peer.last_sent.store(round.stamp, Ordering::Relaxed);
+        peer.last_data_sent.store(round.stamp, Ordering::Relaxed);
+        peer.mark_active(&round.shared.active_tx);
+        let due = self.keypairs.current.as_ref().is_some_and(|k| k.wants_rekey_on_send(round.now));
+        if due && !peer.handshake_requested.swap(true, Ordering::Relaxed) {
+            let _ = round.shared.control_tx.try_send(WorkerMsg::WantHandshake(peer.clone()));
         }
     }
 }

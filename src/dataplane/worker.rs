@@ -14,7 +14,7 @@ use super::gate::Gate;
 use super::packet::offload::Coalescer;
 use super::rx::{Opener, RxRound};
 use super::seal::Sealer;
-use super::shared::{bump, Shared, WorkerCounters};
+use super::shared::{bump, Counting, Shared, WorkerCounters};
 use super::tx::{flush, TxOut, TxRound, SEND_CHUNKS, SEND_MAX_MESSAGES};
 use crate::io::vnet::VNET_HDR_LEN;
 use crate::io::{tun_is_gone, Buf, SendBatch, Socket, TunWriteBatch, WorkerIo, TUN_READ_BATCH, UDP_RECV_BATCH};
@@ -52,7 +52,7 @@ pub fn supervise(shared: Arc<Shared>, mut io: Box<dyn WorkerIo>, config: WorkerC
         let now = Instant::now();
         panics.retain(|t| now.saturating_duration_since(*t) < PANIC_WINDOW);
         panics.push(now);
-        bump(&shared.drops.worker_restarts);
+        bump(&shared.drops(Counting::Worker(config.index)).worker_restarts);
         if panics.len() > MAX_PANICS {
             error!("worker {} panicked {} times within a minute; stopping the daemon", config.index, panics.len());
             shared.fail();
@@ -82,7 +82,7 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
         opener: Opener::new(config.index),
         tun_out: TunWriteBatch::default(),
         coalescer: Coalescer::with_udp(config.uso),
-        gate: Gate::new(config.gso),
+        gate: Gate::new(config.gso, Counting::Worker(config.index)),
         tun_reads: Vec::with_capacity(TUN_READ_BATCH),
         udp_reads: Vec::with_capacity(UDP_RECV_BATCH),
         socket: None,
@@ -174,7 +174,11 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
         let mut reads = std::mem::take(&mut st.tun_reads);
         let mut out = TxOut { batch: &mut st.send, sealer: &mut st.sealer, tun: &mut st.tun_out };
         for b in reads.iter_mut() {
-            tx.read(b.filled_mut(), &mut out, io);
+            let Some(mut outgoing) = tx.read(b.filled_mut(), &mut out) else { continue };
+            while outgoing.write(&tx, &mut out).is_err() {
+                flush(io, out.batch, out.sealer, &shared.crypto_pool, index);
+            }
+            outgoing.finish(&tx);
         }
         if !st.send.is_empty() {
             flush(io, &mut st.send, &mut st.sealer, &shared.crypto_pool, index);
@@ -196,12 +200,12 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
         let indices = &shared.indices;
         let share = shared.crypto_pool.shares(st.udp_reads.len() >= io.udp_recv_limit());
         st.opener.decrypt(&shared.crypto_pool, share, indices, &mut st.udp_reads, now);
-        let rx = RxRound { shared, indices, routing: &routing, now, stamp };
+        let rx = RxRound { shared, indices, routing: &routing, now, stamp, worker: index };
         for (slot, b) in st.udp_reads.iter_mut().enumerate() {
             let Some(src) = b.src else { continue };
             if b.len == 0 {
                 // An empty datagram has no chunks below, but it is garbage all the same.
-                bump(&shared.drops.malformed);
+                bump(&shared.drops(Counting::Worker(index)).malformed);
                 continue;
             }
             let stride = b.stride.max(1);
@@ -209,7 +213,7 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
                 if !st.gate.has_room() {
                     send_cookie_replies(shared, io, &mut st.gate, index);
                 }
-                let pre = st.opener.result(slot, k);
+                let pre = st.opener.take_result(slot, k);
                 let Some(len) = rx.datagram_with(datagram, src, pre, &mut st.gate) else { continue };
                 let plaintext = &datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
                 if !(config.vnet && st.coalescer.push(plaintext, &mut st.tun_out)) {

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use super::control::{Control, COOKIE_BATCH};
 use crate::constants::UNDER_LOAD_QUEUED;
 use crate::dataplane::gate::{check_mac1, cookie_unless_mac2, queue_reply};
-use crate::dataplane::shared::{bump, HandshakePacket, Screening};
+use crate::dataplane::shared::{bump, Counting, HandshakePacket, Screening};
 use crate::keys::PublicKey;
 use crate::noise::messages::{Initiation, Response};
 use crate::noise::{consume_initiation, Packet, StaticIdentity, Tai64N};
@@ -99,7 +99,7 @@ impl Control {
         let packet = match Packet::parse(bytes) {
             Ok(p) => p,
             Err(e) => {
-                bump(&self.shared.drops.malformed);
+                bump(&self.shared.drops(Counting::Control).malformed);
                 debug!("from {}: {e}", msg.src);
                 return;
             }

@@ -437,7 +437,7 @@ pub fn run(iface: &str, settings: Settings, ready: impl FnOnce()) -> Result<(), 
             if let Ok(mtu) = tun::get_mtu(&iface) {
                 shared.mtu.store(mtu as usize, Ordering::Relaxed);
             }
-            tracing::debug!("drops: {}", shared.drops.summary());
+            tracing::debug!("drops: {}", shared.drop_totals().summary());
         }
     }
     crate::io::systemd::stopping();

@@ -153,6 +153,7 @@ impl Collector for DeviceCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         use MetricType::{Counter, Gauge};
         let s = &self.shared;
+        let drops = s.drop_totals();
         let dev = self.info.device.as_str();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let report = self.report();
@@ -239,7 +240,7 @@ impl Collector for DeviceCollector {
             "wgturbo_packets_dropped",
             "Packets dropped, by reason.",
             Counter,
-            s.drops.by_reason().map(|(reason, n)| ([("device", dev), ("reason", reason)], n)),
+            drops.by_reason().into_iter().map(|(reason, n)| ([("device", dev), ("reason", reason)], n)),
         )?;
         let hs = &s.handshakes;
         family(
@@ -357,7 +358,7 @@ impl Collector for DeviceCollector {
             "wgturbo_worker_restarts",
             "Worker loops restarted after a panic.",
             Counter,
-            [(device, load(&s.drops.worker_restarts))],
+            [(device, drops.worker_restarts)],
         )?;
         Ok(())
     }
