@@ -13,7 +13,8 @@
 #   SECONDS=5 ROUNDS=1        traffic seconds per row, rounds (rows alternate implementations)
 #   IMPLS="wgturbo wgturbo-uring wireguard-go"   wgturbo is the default backend, wgturbo-syscalls
 #                             and wgturbo-uring force one; wireguard-go is trixie's offloading build
-#                             (WIREGUARD_GO=path picks another, e.g. the system one)
+#                             (WIREGUARD_GO=path picks another, e.g. the system one);
+#                             wgturbo-base runs BASE=path/to/another/wgturbo, for an A/B of two builds
 #   SIZES="64 512 1420 imix"  PEERS="1 1000 10000"  DIRECTIONS="upload download"
 #   BIG=1 MIXED=1 WHOLE_BOX=1 set 0 to leave those rows out
 #   RATE=0                    packets/s per sender (0: flat out)
@@ -86,8 +87,14 @@ group() {
     case "$impl" in
       wgturbo*)
         [ "$percore" = true ] && env+=(WGTURBO_WORKERS=1)
-        case "$impl" in wgturbo-uring) env+=(WGTURBO_IO=uring) ;; wgturbo-syscalls) env+=(WGTURBO_IO=syscalls) ;; esac
-        ip netns exec "$G" env LOG_LEVEL=info "${env[@]}" "${pin_gw[@]}" "$WGTURBO" -f "$iface" >"$WORK/gw.log" 2>&1 & ;;
+        local daemon=$WGTURBO
+        case "$impl" in
+          wgturbo-uring) env+=(WGTURBO_IO=uring) ;;
+          wgturbo-syscalls) env+=(WGTURBO_IO=syscalls) ;;
+          # An A/B of two builds in one run: BASE=path/to/another/wgturbo.
+          wgturbo-base) daemon=${BASE:?wgturbo-base needs BASE=path of a wgturbo binary} ;;
+        esac
+        ip netns exec "$G" env LOG_LEVEL=info "${env[@]}" "${pin_gw[@]}" "$daemon" -f "$iface" >"$WORK/gw.log" 2>&1 & ;;
       wireguard-go)
         [ "$percore" = true ] && env+=(GOMAXPROCS=1)
         ip netns exec "$G" env LOG_LEVEL=error "${env[@]}" "${pin_gw[@]}" "$WIREGUARD_GO" -f "$iface" >"$WORK/gw.log" 2>&1 & ;;
