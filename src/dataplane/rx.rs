@@ -33,38 +33,48 @@ pub struct RxRound<'a> {
 }
 
 /// What was done to a datagram before the owner took it in order.
-#[derive(Clone, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Decrypted {
     /// Nothing: not a transport message of a known index, or not handed off.
     #[default]
     Untouched,
-    /// Authentic; counter and padded plaintext length, and the index entry it was opened
-    /// with (so the owner does not look the index up again). The replay window has not moved.
+    /// Authentic; counter and padded plaintext length, and which of its receive's entries
+    /// (`Opened::entries`) it was opened with. The replay window has not moved yet.
     Ok {
         counter: u64,
         len: usize,
-        entry: Arc<IndexEntry>,
+        entry: usize,
     },
     Failed(SessionError),
 }
 
-#[cfg(test)]
-impl Decrypted {
-    fn is_untouched(&self) -> bool {
-        matches!(self, Decrypted::Untouched)
-    }
+/// One receive, decrypted: what was done to each datagram, and the index entries they were
+/// opened with, each looked up once per receive (a GRO train is one source's, so usually one),
+/// and handed to the owner so it does not look them up again.
+#[derive(Default)]
+pub struct Opened {
+    results: Vec<Decrypted>,
+    entries: Vec<Arc<IndexEntry>>,
 }
 
-/// Decrypts one datagram if it is a transport message of an index in `indices`.
-fn decrypt(indices: &Indices, datagram: &mut [u8], now: Instant) -> Decrypted {
+/// Decrypts one datagram if it is a transport message of an index in `indices`; the entry it
+/// names is taken from `entries` if this receive met it before, else looked up and added.
+fn decrypt(indices: &Indices, datagram: &mut [u8], entries: &mut Vec<Arc<IndexEntry>>, now: Instant) -> Decrypted {
     if datagram.len() < TRANSPORT_MIN_LEN || datagram[..4] != MESSAGE_TRANSPORT.to_le_bytes() {
         return Decrypted::Untouched;
     }
     let Ok(header) = TransportHeader::parse(datagram) else { return Decrypted::Untouched };
-    let Some(entry) = indices.get(header.receiver) else { return Decrypted::Untouched };
-    let Some(entry) = entry.as_ref() else { return Decrypted::Untouched };
-    match entry.keypair.decrypt(datagram, now) {
-        Ok((counter, len)) => Decrypted::Ok { counter, len, entry: entry.clone() },
+    let at = match entries.iter().rposition(|e| e.keypair.local_index == header.receiver) {
+        Some(at) => at,
+        None => {
+            let Some(found) = indices.get(header.receiver) else { return Decrypted::Untouched };
+            let Some(entry) = found.as_ref() else { return Decrypted::Untouched };
+            entries.push(entry.clone());
+            entries.len() - 1
+        }
+    };
+    match entries[at].keypair.decrypt(datagram, now) {
+        Ok((counter, len)) => Decrypted::Ok { counter, len, entry: at },
         Err(e) => Decrypted::Failed(e),
     }
 }
@@ -78,7 +88,7 @@ pub struct OpenJob {
     /// Where the receive sits in the owner's round.
     slot: usize,
     buf: Buf,
-    results: Vec<Decrypted>,
+    opened: Opened,
     indices: Arc<Indices>,
     now: Instant,
     reply: Sender<OpenJob>,
@@ -90,17 +100,18 @@ impl Job for OpenJob {
     }
 
     fn run(mut self: Box<Self>) {
-        decrypt_all(&self.indices, &mut self.buf, &mut self.results, self.now);
+        decrypt_all(&self.indices, &mut self.buf, &mut self.opened, self.now);
         let reply = self.reply.clone();
         let _ = reply.send(*self);
     }
 }
 
-fn decrypt_all(indices: &Indices, buf: &mut Buf, results: &mut Vec<Decrypted>, now: Instant) {
-    results.clear();
+fn decrypt_all(indices: &Indices, buf: &mut Buf, opened: &mut Opened, now: Instant) {
+    opened.results.clear();
+    opened.entries.clear();
     let stride = buf.stride.max(1);
     for datagram in buf.filled_mut().chunks_mut(stride) {
-        results.push(decrypt(indices, datagram, now));
+        opened.results.push(decrypt(indices, datagram, &mut opened.entries, now));
     }
 }
 
@@ -114,7 +125,7 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Opener {
     worker: usize,
     round: u64,
-    results: Vec<Vec<Decrypted>>,
+    results: Vec<Opened>,
     /// Which receives of the round are out with a job.
     handed: Vec<bool>,
     out: usize,
@@ -134,7 +145,7 @@ impl Opener {
     /// done to datagram k of receive i.
     pub fn decrypt(&mut self, pool: &CryptoPool, share: bool, indices: &Arc<Indices>, bufs: &mut [Buf], now: Instant) {
         self.round = self.round.wrapping_add(1);
-        self.results.resize_with(bufs.len(), Vec::new);
+        self.results.resize_with(bufs.len(), Opened::default);
         self.handed.clear();
         self.handed.resize(bufs.len(), false);
         for (slot, buf) in bufs.iter_mut().enumerate() {
@@ -145,7 +156,7 @@ impl Opener {
                     round: self.round,
                     slot,
                     buf: std::mem::replace(buf, Buf::new(0)),
-                    results: std::mem::take(&mut self.results[slot]),
+                    opened: std::mem::take(&mut self.results[slot]),
                     indices: indices.clone(),
                     now,
                     reply: self.reply_tx.clone(),
@@ -174,7 +185,7 @@ impl Opener {
                 Ok(job) => {
                     self.handed[job.slot] = false;
                     bufs[job.slot] = job.buf;
-                    self.results[job.slot] = job.results;
+                    self.results[job.slot] = job.opened;
                     self.out -= 1;
                 }
                 Err(_) => {
@@ -183,7 +194,7 @@ impl Opener {
                         if self.handed[slot] {
                             self.handed[slot] = false;
                             *buf = Buf::new(UDP_BUF); // len 0: nothing of it is delivered
-                            self.results[slot].clear();
+                            self.results[slot] = Opened::default();
                         }
                     }
                     self.out = 0;
@@ -192,9 +203,15 @@ impl Opener {
         }
     }
 
-    /// What was done to datagram `k` of receive `slot`.
-    pub fn take_result(&mut self, slot: usize, k: usize) -> Decrypted {
-        self.results.get_mut(slot).and_then(|r| r.get_mut(k)).map(std::mem::take).unwrap_or_default()
+    /// What was done to datagram `k` of receive `slot`, and the index entry it was opened with.
+    pub fn result(&self, slot: usize, k: usize) -> (Decrypted, Option<&Arc<IndexEntry>>) {
+        let Some(opened) = self.results.get(slot) else { return (Decrypted::Untouched, None) };
+        let pre = opened.results.get(k).copied().unwrap_or_default();
+        let entry = match pre {
+            Decrypted::Ok { entry, .. } => opened.entries.get(entry),
+            _ => None,
+        };
+        (pre, entry)
     }
 }
 
@@ -207,6 +224,7 @@ impl RxRound<'_> {
         datagram: &mut [u8],
         src: SocketAddr,
         pre: Decrypted,
+        opened_with: Option<&Arc<IndexEntry>>,
         gate: &mut Gate,
     ) -> Option<usize> {
         let drops = self.shared.drops(Counting::Worker(self.worker));
@@ -224,9 +242,9 @@ impl RxRound<'_> {
             return None;
         };
         let found;
-        let entry = match &pre {
-            Decrypted::Ok { entry, .. } => entry,
-            _ => {
+        let entry = match opened_with {
+            Some(entry) => entry,
+            None => {
                 found = self.indices.get(header.receiver);
                 let Some(entry) = found.as_ref().and_then(|g| g.as_ref()) else {
                     bump(&drops.unknown_index);
@@ -330,7 +348,7 @@ mod tests {
             round: opener.round,
             slot: 1,
             buf: Buf::new(0),
-            results: Vec::new(),
+            opened: Opened::default(),
             indices: indices.clone(),
             now,
             reply: opener.reply_tx.clone(),
@@ -340,7 +358,38 @@ mod tests {
         opener.decrypt(&pool, true, &indices, &mut bufs, now);
         assert_eq!(bufs[1].data.len(), UDP_BUF, "the round's own receive is in its place");
         assert_eq!((bufs[1].len, bufs[1].data[4 + 100]), (1000, 1), "and whole");
-        assert!(opener.take_result(1, 9).is_untouched());
+        assert_eq!(opener.result(1, 9).0, Decrypted::Untouched);
         assert!(opener.reply_rx.is_empty(), "nothing left over for the next round");
+    }
+
+    /// A train of one keypair's datagrams is opened with one lookup of its index: every
+    /// datagram carries the same entry to the owner.
+    #[test]
+    fn a_receive_looks_its_index_up_once() {
+        use crate::dataplane::indices::IndexAllocator;
+        use crate::keys::PrivateKey;
+        use crate::noise::SessionKeys;
+        use crate::session::Keypair;
+        let now = Instant::now();
+        let mut alloc = IndexAllocator::new(Arc::new(Indices::default()));
+        let index = alloc.allocate().unwrap();
+        let ours = SessionKeys { local_index: index, remote_index: 9, send: [1; 32], recv: [2; 32], is_initiator: true };
+        let theirs = SessionKeys { local_index: 9, remote_index: index, send: [2; 32], recv: [1; 32], is_initiator: false };
+        let peer = Arc::new(PeerShared::new(PrivateKey::generate().public_key()));
+        assert!(alloc.insert(IndexEntry { keypair: Arc::new(Keypair::new(&ours, now)), peer }));
+        let sender = Keypair::new(&theirs, now);
+        let mut buf = Buf::new(UDP_BUF);
+        let stride = Keypair::sealed_len(64, 1420);
+        for counter in 0..10u64 {
+            let d = &mut buf.data[buf.len..buf.len + stride];
+            assert_eq!(sender.seal_padded(counter, d, 64, 1420).unwrap(), stride);
+            buf.len += stride;
+        }
+        buf.stride = stride;
+        let mut opened = Opened::default();
+        decrypt_all(alloc.table(), &mut buf, &mut opened, now);
+        assert_eq!(opened.entries.len(), 1, "one lookup for the train");
+        assert!(opened.results.iter().all(|r| matches!(r, Decrypted::Ok { entry: 0, .. })), "{:?}", opened.results);
+        assert_eq!(opened.entries[0].keypair.local_index, index);
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! Progress never depends on a helper: before waiting, the owner seals whatever is still
 //! queued itself (its own jobs or another worker's), so a busy or parked helper only costs the
-//! parallelism, never the batch. A round that fits in one chunk is sealed in place, as before.
+//! parallelism, never the batch. A round that fits in one chunk is sealed in place.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -40,7 +40,7 @@ pub fn serve_side(shared: &Shared) {
         // After a refusing round, most of what is read is refused anyway: take only the first
         // datagram of each GRO train (a train is one source's) and let the kernel drop the rest
         // uncopied. A flood sent with GSO then costs this thread one small copy per 64 KiB; a
-        // real peer's lone message is read whole as before.
+        // real peer's lone message (a train of one) is read whole.
         let received = if refusing {
             socket.skim_batch(&mut batcher, &mut bufs, true, INITIATION_LEN)
         } else {

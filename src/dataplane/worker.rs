@@ -213,8 +213,8 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
                 if !st.gate.has_room() {
                     send_cookie_replies(shared, io, &mut st.gate, index);
                 }
-                let pre = st.opener.take_result(slot, k);
-                let Some(len) = rx.datagram_with(datagram, src, pre, &mut st.gate) else { continue };
+                let (pre, opened_with) = st.opener.result(slot, k);
+                let Some(len) = rx.datagram_with(datagram, src, pre, opened_with, &mut st.gate) else { continue };
                 let plaintext = &datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
                 if !(config.vnet && st.coalescer.push(plaintext, &mut st.tun_out)) {
                     st.tun_out.push_plain(plaintext);

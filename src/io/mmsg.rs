@@ -8,7 +8,7 @@ use std::mem::{size_of, zeroed};
 use socket2::SockAddr;
 
 use super::batch::{Buf, SendBatch};
-use super::udp::{from_storage, gro_segment_size, set_segment_cmsg, OsSocket, CMSG_ROOM};
+use super::udp::{fill_send_msghdr, from_storage, gro_segment_size, OsSocket, CMSG_ROOM};
 use super::{UDP_BUF, UDP_RECV_BATCH};
 
 /// sendmmsg entries per call.
@@ -171,15 +171,9 @@ impl BatchSender {
         self.send_addrs.clear();
         self.send_addrs.extend(groups[..n].iter().map(|g| sock.to_sockaddr(g.addr)));
         for (i, g) in groups[..n].iter().enumerate() {
-            let bytes = batch.bytes(g);
-            self.send.iovecs[i] = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
-            let h = &mut self.send.headers[i].msg_hdr;
-            h.msg_name = self.send_addrs[i].as_ptr() as *mut libc::c_void;
-            h.msg_namelen = self.send_addrs[i].len();
-            h.msg_iov = &mut self.send.iovecs[i];
-            h.msg_iovlen = 1;
-            h.msg_flags = 0;
-            set_segment_cmsg(h, &mut self.send.control[i], g.segment, g.count);
+            let send = &mut self.send;
+            let (h, iov, control) = (&mut send.headers[i].msg_hdr, &mut send.iovecs[i], &mut send.control[i]);
+            fill_send_msghdr(h, iov, &self.send_addrs[i], batch.bytes(g), control, g);
         }
         // SAFETY: headers[..n] point at the batch's arena, the addresses and control data
         // above, all alive for the call; the kernel only reads them.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::batch::Group;
 use super::thin::{thin_program, Source, Spare};
 
 /// Socket buffers sized for multi-gigabit bursts (the default 208 KiB drops under load).
@@ -258,6 +259,26 @@ pub fn gro_segment_size(msg: &libc::msghdr) -> Option<usize> {
         }
     }
     None
+}
+
+/// Points `msg` at one send group of a batch: its bytes (through `iov`), its destination and,
+/// when it carries more than one datagram, a UDP_SEGMENT cmsg in `control`. Every UDP sender
+/// of both kernel backends fills its headers here. Everything pointed at must outlive the send.
+pub fn fill_send_msghdr(
+    msg: &mut libc::msghdr,
+    iov: &mut libc::iovec,
+    addr: &SockAddr,
+    bytes: &[u8],
+    control: &mut [u64; CMSG_ROOM / 8],
+    group: &Group,
+) {
+    *iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
+    msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = addr.len();
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_flags = 0;
+    set_segment_cmsg(msg, control, group.segment, group.count);
 }
 
 /// Fills `msg`'s control data with a UDP_SEGMENT cmsg of `segment` bytes when `count > 1`,

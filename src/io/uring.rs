@@ -26,7 +26,7 @@ use socket2::SockAddr;
 use super::batch::{Buf, SendBatch, TunWriteBatch};
 use super::doorbell::Doorbell;
 use super::mmsg::{gso_refused, send_one_by_one};
-use super::udp::{from_storage, gro_segment_size, set_segment_cmsg, OsSocket, CMSG_ROOM};
+use super::udp::{fill_send_msghdr, from_storage, gro_segment_size, OsSocket, CMSG_ROOM};
 use super::vnet::tun_frame;
 use super::{Backend, Socket, Tun, WorkerIo, TUN_BUF, UDP_BUF};
 
@@ -383,15 +383,8 @@ impl UringIo {
         self.send_addrs.clear();
         self.send_addrs.extend(groups[..n].iter().map(|g| sock.to_sockaddr(g.addr)));
         for (i, g) in groups[..n].iter().enumerate() {
-            let bytes = batch.bytes(g);
             let slot = &mut self.send_slots[i];
-            slot.iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
-            slot.hdr.msg_name = self.send_addrs[i].as_ptr() as *mut libc::c_void;
-            slot.hdr.msg_namelen = self.send_addrs[i].len();
-            slot.hdr.msg_iov = &mut slot.iov;
-            slot.hdr.msg_iovlen = 1;
-            slot.hdr.msg_flags = 0;
-            set_segment_cmsg(&mut slot.hdr, &mut slot.control, g.segment, g.count);
+            fill_send_msghdr(&mut slot.hdr, &mut slot.iov, &self.send_addrs[i], batch.bytes(g), &mut slot.control, g);
             let entry =
                 opcode::SendMsg::new(types::Fd(sock.fd()), &slot.hdr).build().user_data(user_data(KIND_SEND, i));
             self.push(&entry)?;
