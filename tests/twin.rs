@@ -482,3 +482,60 @@ fn steered_handshakes_and_garbage_take_the_side_path() {
     let inbound = shared.workers[0].udp_datagrams.load(Ordering::Relaxed);
     assert!((21..=22).contains(&inbound), "the worker got the transport messages only: {inbound}");
 }
+
+/// The side path under a flood, on the twins: initiations with a valid mac1 from one source
+/// make the device answer with cookie replies from its side socket (gate), cap the source,
+/// and thin it before its datagrams queue (the twin's filter); the workers never see the
+/// flood, and an established tunnel keeps carrying data all along.
+#[test]
+fn a_flood_takes_the_side_path_and_the_tunnel_carries_on() {
+    use wgturbo::noise::messages::{INITIATION_LEN, MESSAGE_INITIATION};
+    use wgturbo::noise::{CookieGenerator, Initiation};
+    let net = TwinNet::new();
+    net.steering.store(true, Ordering::Relaxed);
+    let (a, b) = pair(&net, false, false);
+    establish(&a, &b);
+    let shared = &b.dev.shared;
+    let inbound_before = shared.workers[0].udp_datagrams.load(Ordering::Relaxed);
+    let mut generator = CookieGenerator::new(&b.key.public_key());
+    let flooder = TwinNet::address(60_002);
+    let b_addr = TwinNet::address(b.port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0u64;
+    let mut delivered = 0;
+    while Instant::now() < deadline {
+        for _ in 0..2_000 {
+            let mut msg = [7u8; INITIATION_LEN];
+            msg[..4].copy_from_slice(&MESSAGE_INITIATION.to_le_bytes());
+            msg[4..8].copy_from_slice(&(sent as u32).to_le_bytes());
+            generator.stamp(&mut msg, Initiation::MAC1_OFFSET, Initiation::MAC2_OFFSET, Instant::now());
+            net.inject(flooder, b_addr, &msg);
+            sent += 1;
+        }
+        // The tunnel is unaffected: a packet crosses in the middle of the flood.
+        let to_b = udp_packet(1, 2, &sent.to_be_bytes());
+        a.host.send.send(to_b.clone()).unwrap();
+        assert_eq!(recv(&b.host), to_b, "the tunnel carries data during the flood");
+        delivered += 1;
+        let h = &shared.handshakes;
+        let thinned = shared.drop_totals().handshake_dropped_by_kernel;
+        if h.cookie_replies_sent.load(Ordering::Relaxed) > 0
+            && h.rate_limited.load(Ordering::Relaxed) > 0
+            && thinned > 0
+        {
+            break;
+        }
+    }
+    let h = &shared.handshakes;
+    let drops = shared.drop_totals();
+    let (answered, capped) = (h.cookie_replies_sent.load(Ordering::Relaxed), h.rate_limited.load(Ordering::Relaxed));
+    eprintln!(
+        "{sent} sent: {answered} cookie replies, {capped} capped, {}; {delivered} packets crossed",
+        drops.summary()
+    );
+    assert!(answered > 0, "the gate answered with cookies");
+    assert!(capped > 0, "the source was capped");
+    assert!(drops.handshake_dropped_by_kernel > 0, "the source was thinned before its datagrams queued");
+    let inbound = shared.workers[0].udp_datagrams.load(Ordering::Relaxed) - inbound_before;
+    assert_eq!(inbound, delivered, "the worker saw the tunnel's datagrams only, never the flood");
+}

@@ -373,8 +373,10 @@ mod tests {
         let now = Instant::now();
         let mut alloc = IndexAllocator::new(Arc::new(Indices::default()));
         let index = alloc.allocate().unwrap();
-        let ours = SessionKeys { local_index: index, remote_index: 9, send: [1; 32], recv: [2; 32], is_initiator: true };
-        let theirs = SessionKeys { local_index: 9, remote_index: index, send: [2; 32], recv: [1; 32], is_initiator: false };
+        let ours =
+            SessionKeys { local_index: index, remote_index: 9, send: [1; 32], recv: [2; 32], is_initiator: true };
+        let theirs =
+            SessionKeys { local_index: 9, remote_index: index, send: [2; 32], recv: [1; 32], is_initiator: false };
         let peer = Arc::new(PeerShared::new(PrivateKey::generate().public_key()));
         assert!(alloc.insert(IndexEntry { keypair: Arc::new(Keypair::new(&ours, now)), peer }));
         let sender = Keypair::new(&theirs, now);
