@@ -22,6 +22,9 @@
 #   TAG=name                  names the perf/ files (default: the date)
 #   PERF_DIR=perf             where the rounds and the chart go
 #   CHECK=1                   exit 1 if any row carried nothing, failed, or got a forged datagram
+#   SYSCALLS=1                count the gateway's syscalls per row (perf stat -e raw_syscalls:sys_enter
+#                             on its process, from the first packet to the last): gateway_syscalls and
+#                             syscalls_per_packet in the JSON rows, a column in the table
 #   PROFILE=DIR               per-core rows also record the gateway's core (perf record -C 0 -g)
 #                             into DIR/IMPL-DIRECTION-SIZE-PEERS.data (netns-scripts/profile.sh)
 # Prints a table of medians with ratios to wireguard-go, keeps every round in
@@ -48,6 +51,9 @@ if [ -z "${WIREGUARD_GO:-}" ] && [[ " $IMPLS " == *" wireguard-go "* ]]; then
   WIREGUARD_GO=$PWD/netns-scripts/.cache/wireguard-go-trixie/usr/bin/wireguard-go
 fi
 export WIREGUARD_GO
+if [ "${SYSCALLS:-0}" = 1 ] && ! command -v perf >/dev/null; then
+  echo "SYSCALLS=1: perf not found (apt install linux-perf); the rows carry no syscall counts" >&2
+fi
 # Tests hand in the binaries they built (WGTURBO, LOAD); otherwise build them.
 [ -n "${LOAD:-}" ] || cargo build --release --quiet --bins || exit 1
 LOAD=${LOAD:-$PWD/target/release/wgturbo-load}
@@ -137,6 +143,12 @@ group() {
           --size "$size" --seconds "$ROW_SECS" --rate "$RATE" >"$WORK/source.json" 2>>"$WORK/load.err" &
         source_pid=$!; PIDS+=("$source_pid")
       fi
+      local stat_pid=""
+      rm -f "$WORK/syscalls.csv"
+      if [ "${SYSCALLS:-0}" = 1 ]; then
+        perf stat -e raw_syscalls:sys_enter -p "$gw" -x, -o "$WORK/syscalls.csv" >/dev/null 2>&1 &
+        stat_pid=$!
+      fi
       local perf_pid=""
       if [ -n "${PROFILE:-}" ] && [ "$percore" = true ]; then
         # The gateway's core only, in the middle of the traffic.
@@ -148,6 +160,7 @@ group() {
       [ -n "$perf_pid" ] && wait "$perf_pid"
       [ -n "$source_pid" ] && wait "$source_pid"
       [ -n "$sink_pid" ] && wait "$sink_pid"
+      if [ -n "$stat_pid" ]; then kill -INT "$stat_pid" 2>/dev/null; wait "$stat_pid"; fi
       local after; after=$(ticks)
       python3 - "$impl" "$direction" "$size" "$active" "$configured" "$percore" "$round" "$ROW_SECS" \
         "$(( after - before ))" "$hz" "$WORK" "$COMMIT" "$CPU_MODEL" <<'PY'
@@ -182,6 +195,13 @@ row = {
 }
 if direction == "both":
     row.update(up_mpps=round(up_mpps, 4), down_mpps=round(down_mpps, 4))
+try:
+    # perf stat -x, writes "count,unit,event,...": the first field of the event's line.
+    lines = [l for l in open(os.path.join(work, "syscalls.csv")) if "raw_syscalls" in l]
+    calls = int(lines[0].split(",")[0])
+    row.update(gateway_syscalls=calls, syscalls_per_packet=round(calls / got, 3) if got else 0)
+except (OSError, IndexError, ValueError):
+    pass
 if not load:
     row["error"] = "the load failed"
 print(json.dumps(row))
@@ -241,7 +261,8 @@ groups = defaultdict(list)
 for r in rows:
     groups[(r["per_core"], r["direction"], r["size"], r["peers_active"], r["peers_configured"], r["impl"])].append(r)
 med = {k: {f: statistics.median(x[f] for x in v) for f in ("mpps", "gbits", "loss", "gateway_cpu_s", "load_cpu_s", "gateway_cpu_s_per_mpkt")} for k, v in groups.items()}
-print(f"{'scope':9} {'dir':9} {'size':5} {'peers':>13} {'impl':15} {'Mpps':>7} {'Gbit/s':>7} {'vs wg-go':>8} {'loss':>6} {'gw CPU s':>8} {'s/Mpkt':>7} {'load s':>7}")
+calls = {k: statistics.median(x["syscalls_per_packet"] for x in v) for k, v in groups.items() if all("syscalls_per_packet" in x for x in v)}
+print(f"{'scope':9} {'dir':9} {'size':5} {'peers':>13} {'impl':15} {'Mpps':>7} {'Gbit/s':>7} {'vs wg-go':>8} {'loss':>6} {'gw CPU s':>8} {'s/Mpkt':>7} {'load s':>7}" + (f" {'sys/pkt':>7}" if calls else ""))
 for k in sorted(med, key=lambda k: (not k[0], k[1], str(k[2]), k[3], k[4], k[5])):
     per_core, d, size, active, conf, impl = k
     m = med[k]
@@ -250,7 +271,7 @@ for k in sorted(med, key=lambda k: (not k[0], k[1], str(k[2]), k[3], k[4], k[5])
     measure = "gbits" if str(size) == "1420" else "mpps"
     ratio = f"{m[measure] / ref[measure]:.2f}x" if ref and ref[measure] > 0 else "-"
     peers = f"{active}/{conf}" if conf != active else str(active)
-    print(f"{'per core' if per_core else 'whole box':9} {d:9} {size:5} {peers:>13} {impl:15} {m['mpps']:7.3f} {m['gbits']:7.3f} {ratio:>8} {100 * m['loss']:5.1f}% {m['gateway_cpu_s']:8.2f} {m['gateway_cpu_s_per_mpkt']:7.2f} {m['load_cpu_s']:7.2f}")
+    print(f"{'per core' if per_core else 'whole box':9} {d:9} {size:5} {peers:>13} {impl:15} {m['mpps']:7.3f} {m['gbits']:7.3f} {ratio:>8} {100 * m['loss']:5.1f}% {m['gateway_cpu_s']:8.2f} {m['gateway_cpu_s_per_mpkt']:7.2f} {m['load_cpu_s']:7.2f}" + (f" {calls[k]:7.3f}" if k in calls else ""))
 # The chart: per-core Mpps at 1 peer, by direction and size, a bar per implementation.
 keys = sorted({(k[1], str(k[2])) for k in med if k[0] and k[3] == 1 and k[4] == 1})
 impls = sorted({k[5] for k in med})
