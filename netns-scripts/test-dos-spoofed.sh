@@ -12,10 +12,9 @@
 # answered is a cookie reply sent to the spoofed endpoint, so the peer's own socket receives
 # 100,000+ replies a second and loses its own one about half the time (7 runs here: 4
 # through at the first try, 3 at the second); the next try follows REKEY_TIMEOUT later. The
-# test allows eight tries, 43 s (a failure then is about 0.5^8 = 0.4 %; the strict cap below
-# fails every run). (Capping the
-# endpoint strictly, as before, answered 5,000 of the flood's 150,000 a second and had the
-# kernel keep one in 16: the peer got through about once in 500 tries, and failed every run.)
+# test allows eight tries, 43 s (a failure then is about 0.5^8 = 0.4 %). A strict cap on the
+# endpoint (5,000 of the flood's 150,000 a second answered, the kernel keeping one in 16) lets
+# the peer through about once in 500 tries: this test fails against it.
 source "$(dirname "$0")/lib.sh"
 require_root
 trap cleanup EXIT

@@ -98,10 +98,23 @@ fn strip(code: &str) -> String {
 
 /// `a::{b, c::{d, e}}` into `a::b`, `a::c::d`, `a::c::e` (`self` in braces names `a`).
 fn expand(tree: &str) -> Vec<String> {
-    let tree: String = tree.chars().filter(|c| !c.is_whitespace()).collect();
-    let Some(open) = tree.find('{') else {
-        return vec![tree.split(" as ").next().unwrap_or(&tree).to_string()];
-    };
+    // `x as y` names x: the rename is cut off here, while the words are still apart.
+    let words: Vec<&str> = tree.split_whitespace().collect();
+    let mut renamed = Vec::new();
+    let mut skip = false;
+    for (i, w) in words.iter().enumerate() {
+        if skip {
+            // The new name, and whatever punctuation stuck to it.
+            renamed.push(w.trim_start_matches(|c: char| c.is_alphanumeric() || c == '_'));
+            skip = false;
+        } else if *w == "as" && i > 0 {
+            skip = true;
+        } else {
+            renamed.push(w);
+        }
+    }
+    let tree: String = renamed.concat();
+    let Some(open) = tree.find('{') else { return vec![tree] };
     let prefix = &tree[..open];
     let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
     let mut parts = Vec::new();
@@ -121,7 +134,6 @@ fn expand(tree: &str) -> Vec<String> {
     let mut out = Vec::new();
     for part in parts.into_iter().filter(|p| !p.is_empty()) {
         for tail in expand(part) {
-            let tail = tail.split("as").next().unwrap_or(&tail).to_string();
             if tail == "self" {
                 out.push(prefix.trim_end_matches("::").to_string());
             } else {
@@ -141,10 +153,6 @@ fn uses(code: &str) -> Vec<(bool, String)> {
         let body = &rest[at + 4..];
         let end = body.find(';').unwrap_or(body.len());
         for path in expand(&body[..end]) {
-            let path = match path.find(" as ") {
-                Some(i) => path[..i].to_string(),
-                None => path,
-            };
             out.push((public, path));
         }
         rest = &body[end..];
@@ -425,6 +433,8 @@ fn no_file_is_over_600_lines_before_its_tests() {
 #[test]
 fn the_checker_sees_what_it_should() {
     assert_eq!(expand("a::{b, c::{d, e as f}, self}"), ["a::b", "a::c::d", "a::c::e", "a"]);
+    assert_eq!(expand("a::{Base, Alias as B, c::{d as e}}"), ["a::Base", "a::Alias", "a::c::d"]);
+    assert_eq!(expand("crate::io::Basis as Other"), ["crate::io::Basis"]);
     let mut edges = vec![BTreeMap::new(); 3];
     edges[0].insert(1, String::new());
     edges[1].insert(2, String::new());

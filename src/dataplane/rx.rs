@@ -17,7 +17,7 @@ use tracing::error;
 use super::gate::{take_handshake, Gate};
 use super::packet::ip;
 use super::pool::{CryptoPool, Job};
-use super::shared::{bump, Counting, IndexEntry, Indices, PeerShared, Shared, WorkerMsg};
+use super::shared::{bump, DropCounters, IndexEntry, Indices, PeerShared, Shared, WorkerMsg};
 use crate::io::{Buf, UDP_BUF};
 use crate::noise::messages::{TransportHeader, MESSAGE_TRANSPORT, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
 use crate::routing::AllowedIps;
@@ -29,7 +29,8 @@ pub struct RxRound<'a> {
     pub routing: &'a AllowedIps<Arc<PeerShared>>,
     pub now: Instant,
     pub stamp: u64,
-    pub worker: usize,
+    /// The worker's own drop counters.
+    pub drops: &'a DropCounters,
 }
 
 /// What was done to a datagram before the owner took it in order.
@@ -227,7 +228,7 @@ impl RxRound<'_> {
         opened_with: Option<&Arc<IndexEntry>>,
         gate: &mut Gate,
     ) -> Option<usize> {
-        let drops = self.shared.drops(Counting::Worker(self.worker));
+        let drops = self.drops;
         if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
             bump(&drops.malformed);
             return None;

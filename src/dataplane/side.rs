@@ -89,7 +89,7 @@ pub fn serve_side(shared: &Shared) {
                 }
             }
         }
-        Socket::recycle(&mut batcher, &mut bufs);
+        batcher.recycle(&mut bufs);
         refusing = gate.refusing(now);
         gate.flush_counts(shared);
         filter.after_round(shared, &socket, now);

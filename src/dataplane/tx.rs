@@ -14,7 +14,7 @@ use super::packet::ip;
 use super::packet::offload::{complete_checksum, GsoSplit};
 use super::pool::CryptoPool;
 use super::seal::Sealer;
-use super::shared::{bump, Counting, PeerShared, Shared, WorkerMsg};
+use super::shared::{bump, DropCounters, PeerShared, Shared, WorkerMsg};
 use crate::io::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::io::{SendBatch, TunWriteBatch, WorkerIo};
 use crate::noise::messages::TRANSPORT_HEADER_LEN;
@@ -35,6 +35,8 @@ pub struct TxRound<'a> {
     pub mtu: usize,
     pub vnet: bool,
     pub worker: usize,
+    /// The worker's own drop counters.
+    pub drops: &'a DropCounters,
 }
 
 /// Seals what is framed (here and on other workers), then sends what the batch holds; says
@@ -85,7 +87,7 @@ impl<'r> TxRound<'r> {
             match VnetHdr::parse(buf) {
                 Some(h) => (h, &mut buf[VNET_HDR_LEN..]),
                 None => {
-                    bump(&self.shared.drops(Counting::Worker(self.worker)).malformed);
+                    bump(&self.drops.malformed);
                     return None;
                 }
             }
@@ -96,7 +98,7 @@ impl<'r> TxRound<'r> {
     }
 
     fn route<'p>(&self, hdr: VnetHdr, pkt: &'p mut [u8], out: &mut TxOut<'_>) -> Option<Outgoing<'r, 'p>> {
-        let drops = self.shared.drops(Counting::Worker(self.worker));
+        let drops = self.drops;
         let Some(header) = ip::parse(pkt) else {
             bump(&drops.malformed);
             return None;

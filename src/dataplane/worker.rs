@@ -147,6 +147,7 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
     let stamp = shared.stamp(now);
     let routing = shared.routing.load();
     let index = config.index;
+    let drops = shared.drops(Counting::Worker(index));
 
     if let Err(e) = io.read_tun(&mut st.tun_reads) {
         if tun_is_gone(&e) {
@@ -169,6 +170,7 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
             mtu: shared.mtu.load(Ordering::Relaxed),
             vnet: config.vnet,
             worker: index,
+            drops,
         };
         st.sealer.set_sharing(shared.crypto_pool.shares(st.tun_reads.len() >= io.tun_read_limit()));
         let mut reads = std::mem::take(&mut st.tun_reads);
@@ -200,12 +202,12 @@ fn round(shared: &Shared, io: &mut dyn WorkerIo, st: &mut State, config: WorkerC
         let indices = &shared.indices;
         let share = shared.crypto_pool.shares(st.udp_reads.len() >= io.udp_recv_limit());
         st.opener.decrypt(&shared.crypto_pool, share, indices, &mut st.udp_reads, now);
-        let rx = RxRound { shared, indices, routing: &routing, now, stamp, worker: index };
+        let rx = RxRound { shared, indices, routing: &routing, now, stamp, drops };
         for (slot, b) in st.udp_reads.iter_mut().enumerate() {
             let Some(src) = b.src else { continue };
             if b.len == 0 {
                 // An empty datagram has no chunks below, but it is garbage all the same.
-                bump(&shared.drops(Counting::Worker(index)).malformed);
+                bump(&drops.malformed);
                 continue;
             }
             let stride = b.stride.max(1);

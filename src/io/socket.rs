@@ -23,6 +23,13 @@ pub struct SocketBatcher {
     sender: BatchSender,
 }
 
+impl SocketBatcher {
+    /// Gives received buffers back for the next receive.
+    pub fn recycle(&mut self, bufs: &mut Vec<Buf>) {
+        self.receiver.recycle(bufs);
+    }
+}
+
 /// A UDP socket of the device: the kernel's, or the twin's.
 pub enum Socket {
     Os(OsSocket),
@@ -116,11 +123,6 @@ impl Socket {
                 Ok(())
             }
         }
-    }
-
-    /// Gives received buffers back for the next receive.
-    pub fn recycle(batcher: &mut SocketBatcher, bufs: &mut Vec<Buf>) {
-        batcher.receiver.recycle(bufs);
     }
 
     /// Receives dropped on this socket so far (its queue full, or its filter); wraps at 2^32.

@@ -67,7 +67,7 @@ pub fn handshakes(
                 }
             }
         }
-        Socket::recycle(&mut batcher, &mut bufs);
+        batcher.recycle(&mut bufs);
         if last_progress.elapsed() >= Duration::from_millis(200) {
             last_progress = Instant::now();
             progress(initiators.established(), initiators.len(), start.elapsed());
@@ -208,6 +208,6 @@ pub fn receive(socket: &Socket, hard_end: Instant, stop: &AtomicBool, mut count:
                 }
             }
         }
-        Socket::recycle(&mut batcher, &mut bufs);
+        batcher.recycle(&mut bufs);
     }
 }
