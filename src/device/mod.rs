@@ -20,7 +20,7 @@ use crate::dataplane::pool::{CryptoPool, ParallelCrypto};
 use crate::dataplane::shared::Shared;
 use crate::dataplane::worker::{self, WorkerConfig};
 use crate::io::tun::{self, OpenedTun};
-use crate::io::{Backend, Doorbell, Network, TunQueue, WorkerIoConfig};
+use crate::io::{Backend, Doorbell, Network, TunQueue, UringOptions, WorkerIoConfig};
 use crate::metrics::{DeviceInfo, Metrics, CONTENT_TYPE};
 use control::Control;
 use requests::DeviceRequest;
@@ -70,6 +70,8 @@ pub struct Settings {
     pub metrics: Option<std::net::SocketAddr>,
     /// `WGTURBO_PIN=0|1`: whether each worker is pinned to a core of its own.
     pub pin_workers: bool,
+    /// `WGTURBO_URING_MULTISHOT=0|1` and `WGTURBO_URING_BUFFERS=N`: how io_uring reads.
+    pub uring: UringOptions,
 }
 
 /// The metrics address as given: `ADDR:PORT`, IPv6 in brackets.
@@ -91,10 +93,10 @@ impl Settings {
             .filter(|&n| n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
             .min(16);
-        // The default is the backend measured faster here (perf/README.md): syscalls.
+        // The default is io_uring wherever the kernel takes it (perf/README.md, 2026-12-06).
         let backend = match std::env::var("WGTURBO_IO").unwrap_or_default().as_str() {
-            "uring" | "io_uring" => Backend::Uring,
-            "" | "syscalls" => Backend::Syscalls,
+            "" | "uring" | "io_uring" => Backend::Uring,
+            "syscalls" => Backend::Syscalls,
             other => return Err(DeviceError::BadBackend(other.to_string())),
         };
         let offloads = std::env::var_os("WGTURBO_NO_OFFLOAD").is_none_or(|v| v == "0");
@@ -117,7 +119,19 @@ impl Settings {
             "0" | "off" => false,
             other => return Err(DeviceError::BadSetting("WGTURBO_PIN", "0 or 1", other.to_string())),
         };
-        Ok(Settings { workers, backend, offloads, parallel_crypto, metrics, pin_workers })
+        let multishot = match std::env::var("WGTURBO_URING_MULTISHOT").unwrap_or_default().as_str() {
+            "" | "1" | "on" => true,
+            "0" | "off" => false,
+            other => return Err(DeviceError::BadSetting("WGTURBO_URING_MULTISHOT", "0 or 1", other.to_string())),
+        };
+        let buffers = match std::env::var("WGTURBO_URING_BUFFERS").unwrap_or_default().as_str() {
+            "" => UringOptions::default().buffers,
+            v => v.parse::<u16>().ok().filter(|n| n.is_power_of_two() && *n <= 1 << 15).ok_or_else(|| {
+                DeviceError::BadSetting("WGTURBO_URING_BUFFERS", "a power of two from 1 to 32768", v.to_string())
+            })?,
+        };
+        let uring = UringOptions { multishot, buffers };
+        Ok(Settings { workers, backend, offloads, parallel_crypto, metrics, pin_workers, uring })
     }
 }
 
@@ -137,6 +151,8 @@ pub struct DeviceIo {
     pub parallel_crypto: ParallelCrypto,
     /// Each worker is pinned to a core of its own.
     pub pin_workers: bool,
+    /// How the io_uring backend reads.
+    pub uring: UringOptions,
 }
 
 impl DeviceIo {
@@ -163,6 +179,7 @@ impl DeviceIo {
             uso: vnet,
             parallel_crypto,
             pin_workers: false,
+            uring: UringOptions::default(),
         };
         (io, hosts)
     }
@@ -201,15 +218,20 @@ impl Device {
         let gso = io.gso && sockets.first().is_some_and(|s| s.supports_gso());
         let cores = if io.pin_workers { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let mut backends = Vec::new();
+        let mut engaged = Vec::new();
         for (i, queue) in io.queues.into_iter().enumerate() {
             let socket = sockets[i % sockets.len()].clone();
-            let config = WorkerIoConfig { backend: io.backend, gso };
+            let config = WorkerIoConfig { backend: io.backend, uring: io.uring, gso };
             let (worker_io, fallback) =
                 crate::io::worker_io(queue, socket, bells[i].clone(), &config).map_err(DeviceError::Tun)?;
             if let Some(reason) = fallback {
                 warn!("worker {i}: {reason}");
             }
-            backends.push(worker_io.backend());
+            backends.push(worker_io.backend().to_string());
+            engaged.push(match worker_io.engaged() {
+                Some(how) => format!("{} ({how})", worker_io.backend()),
+                None => worker_io.backend().to_string(),
+            });
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let shared = shared.clone();
             let config = WorkerConfig { index: i, vnet: io.vnet, gso, uso: io.vnet && io.uso };
@@ -228,8 +250,9 @@ impl Device {
             .name("wg-handshake".into())
             .spawn(move || crate::dataplane::side::serve_side(&side))
             .map_err(DeviceError::Thread)?;
-        let mut names: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
+        let mut names = backends.clone();
         names.dedup();
+        engaged.dedup();
         let udp = match (&io.network, gso) {
             (Network::Os { gro: true }, true) => "UDP GSO+GRO",
             (Network::Os { gro: true }, false) => "UDP GRO",
@@ -242,7 +265,7 @@ impl Device {
             ParallelCrypto::Always => "parallel crypto",
         };
         let pinned = if cores.is_empty() { "unpinned" } else { "pinned" };
-        let summary = format!("{} worker(s), {pinned}, on {}; {seal}; {udp}", backends.len(), names.join("+"));
+        let summary = format!("{} worker(s), {pinned}, on {}; {seal}; {udp}", backends.len(), engaged.join("+"));
         let info = DeviceInfo {
             device: String::new(),
             backend: names.join("+"),
@@ -358,6 +381,7 @@ pub fn run(iface: &str, settings: Settings, ready: impl FnOnce()) -> Result<(), 
         uso,
         parallel_crypto: settings.parallel_crypto,
         pin_workers: settings.pin_workers,
+        uring: settings.uring,
     };
     let mut device = Device::start(io)?;
     let requests_tx = device.requests();

@@ -14,6 +14,9 @@ use super::vnet::VNET_HDR_LEN;
 /// UDP receive holding one or more datagrams of `stride` bytes (the last may be shorter).
 pub struct Buf {
     pub data: Box<[u8]>,
+    /// Where the received bytes start in `data` (after the header of an io_uring multishot
+    /// receive; 0 otherwise), and how many there are.
+    pub start: usize,
     pub len: usize,
     pub src: Option<SocketAddr>,
     pub stride: usize,
@@ -23,11 +26,15 @@ pub struct Buf {
 
 impl Buf {
     pub fn new(size: usize) -> Self {
-        Buf { data: vec![0u8; size].into_boxed_slice(), len: 0, src: None, stride: 0, cut: 0 }
+        Buf { data: vec![0u8; size].into_boxed_slice(), start: 0, len: 0, src: None, stride: 0, cut: 0 }
+    }
+
+    pub fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.start + self.len]
     }
 
     pub fn filled_mut(&mut self) -> &mut [u8] {
-        &mut self.data[..self.len]
+        &mut self.data[self.start..self.start + self.len]
     }
 }
 

@@ -86,6 +86,7 @@ impl BatchReceiver {
         for (i, mut b) in bufs.into_iter().enumerate() {
             if i < got {
                 let whole = r.headers[i].msg_len as usize;
+                b.start = 0;
                 b.len = whole.min(keep);
                 b.cut = whole - b.len;
                 b.src = from_storage(&r.storage[i]);

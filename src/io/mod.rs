@@ -10,6 +10,7 @@
 #![allow(unsafe_code)]
 
 pub mod batch;
+mod buf_ring;
 pub mod doorbell;
 mod mmsg;
 mod poll;
@@ -49,6 +50,10 @@ pub const UDP_BUF: usize = 65_536;
 pub trait WorkerIo: Send {
     /// Which backend this is, for the start-up line.
     fn backend(&self) -> Backend;
+    /// What of the backend's mechanisms engaged, for the start-up line.
+    fn engaged(&self) -> Option<String> {
+        None
+    }
     /// Waits up to `timeout` until the TUN or the socket has something to read, or the
     /// worker's doorbell rings.
     fn wait(&mut self, timeout: Duration) -> io::Result<()>;
@@ -177,9 +182,26 @@ pub enum TunQueue {
     Twin(twin::TwinTun),
 }
 
+/// How the io_uring backend reads: multishot (where the kernel has it) or single reads, and
+/// how many buffers each of its provided buffer rings holds (a power of two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UringOptions {
+    pub multishot: bool,
+    pub buffers: u16,
+}
+
+impl Default for UringOptions {
+    /// 128 buffers a ring: two rounds' worth of reads (`TUN_READ_BATCH`), so the kernel has
+    /// a full batch to fill while the worker holds the last one.
+    fn default() -> Self {
+        UringOptions { multishot: true, buffers: 128 }
+    }
+}
+
 /// What a worker's I/O is built with.
 pub struct WorkerIoConfig {
     pub backend: Backend,
+    pub uring: UringOptions,
     /// Send runs of equal datagrams as one UDP GSO message.
     pub gso: bool,
 }
@@ -206,7 +228,7 @@ pub fn worker_io(
         TunQueue::Twin(t) => Ok((Box::new(twin_io::TwinIo::new(t, socket, bell)), None)),
         TunQueue::Os(t) => {
             if config.backend == Backend::Uring {
-                return match uring::probe() {
+                return match uring::probe(&config.uring) {
                     Ok(ring) => Ok((Box::new(uring::UringIo::new(ring, t, socket, bell)?), None)),
                     Err(e) => {
                         let reason = format!("io_uring unavailable ({e}); using syscalls");

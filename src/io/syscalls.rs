@@ -66,6 +66,7 @@ impl WorkerIo for SyscallIo {
             let mut buf = self.free_tun.pop().unwrap_or_else(|| Buf::new(TUN_BUF));
             match self.tun.read(&mut buf.data) {
                 Ok(n) => {
+                    buf.start = 0;
                     buf.len = n;
                     buf.stride = n;
                     buf.cut = 0;

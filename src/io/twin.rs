@@ -296,7 +296,7 @@ impl Drop for TwinSocket {
 
 pub(super) fn datagram_buf((bytes, src): Datagram) -> Buf {
     let len = bytes.len();
-    Buf { data: bytes.into_boxed_slice(), len, src: Some(src), stride: len, cut: 0 }
+    Buf { data: bytes.into_boxed_slice(), start: 0, len, src: Some(src), stride: len, cut: 0 }
 }
 
 /// The device's side of a twin TUN queue.

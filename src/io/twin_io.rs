@@ -56,6 +56,7 @@ fn fill(free: &mut Vec<Buf>, data: &[u8], size: usize) -> Buf {
         _ => Buf::new(size.max(data.len())),
     };
     b.data[..data.len()].copy_from_slice(data);
+    b.start = 0;
     b.len = data.len();
     b.stride = data.len();
     b.cut = 0;

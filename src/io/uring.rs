@@ -1,55 +1,85 @@
-//! The io_uring backend: one ring per worker keeps TUN reads and UDP receives in flight all
-//! the time, and takes UDP sends and TUN writes in the same submissions, so one thread serves
-//! both directions with about one `io_uring_enter` per batch.
+//! The io_uring backend: one ring per worker. Reads are armed once and keep completing: a
+//! multishot read on the TUN queue and a multishot `RECVMSG` on the UDP socket, each filling
+//! buffers the kernel picks from a provided buffer ring of its own (`buf_ring.rs`). Sends and
+//! TUN writes go into the same ring.
 //!
-//! Buffers: a read's buffer belongs to the ring while the read is in flight; once it completes
-//! it is moved to the worker, and re-armed when the worker gives it back. Sends and TUN writes
-//! point into the worker's batches, so `send_udp` and `write_tun` return only after every one
-//! of their operations completed.
+//! The loop: `wait` first takes what the completion queue already holds, without a syscall.
+//! It enters the kernel only to submit, to run completions the kernel deferred to this thread
+//! (it says so in `IORING_SQ_TASKRUN`), or, with nothing ready, to block once until something
+//! is. A busy worker therefore reaps without a syscall, and an idle one sleeps in one enter.
 //!
-//! A failed `io_uring_enter` with writes queued or in flight is retried, reaping, until they
-//! complete; if it keeps failing the ring is broken: the batch's memory stays here (the kernel
-//! may still read it), later calls fail, and the worker stops the device (`broken`).
+//! Buffer ownership, the rules every path here keeps:
+//! - A read buffer is either in its group's ring, where the kernel may write it at any moment
+//!   while a read is armed, or lent to the worker by the completion that named its id. The
+//!   worker gives it back through `recycle_*` only when it has finished with it, including
+//!   work handed to other workers for parallel crypto (jobs come home before a round ends);
+//!   only then does it go back into the ring.
+//! - Sends and TUN writes point into the worker's batch: `send_udp` and `write_tun` return
+//!   only after every one of their operations completed.
+//! - A failed `io_uring_enter` with writes in flight is retried, reaping, until they complete;
+//!   if it keeps failing the ring is broken: the batch's memory stays here (the kernel may
+//!   still read it), later calls fail, and the worker stops the device (`broken`).
+//! - On drop, every read is cancelled and reaped before a buffer is freed; where that does not
+//!   finish, the buffers are leaked, never freed under the kernel.
+//!
+//! Fallbacks, probed and said: a kernel without `IORING_OP_READ_MULTISHOT` (before 6.7), one
+//! that refuses a multishot when it is armed, or `multishot: false`, gets single reads with
+//! buffer selection, several kept in flight. A kernel without provided buffer rings (before
+//! 5.19) does not get this backend (`probe` fails and the worker runs on syscalls).
 //!
 //! The TUN fd is left blocking: the ring then arms a poll for it instead of handing the read
-//! to an io-wq thread. Plain `IORING_OP_READ` is used, since multishot reads on a TUN fd fail
-//! with EINVAL on some 6.x kernels.
+//! to an io-wq thread.
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use io_uring::{opcode, squeue, types, IoUring, Probe};
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use socket2::SockAddr;
+use tracing::warn;
 
 use super::batch::{Buf, SendBatch, TunWriteBatch};
+use super::buf_ring::ProvidedBufs;
 use super::doorbell::Doorbell;
 use super::mmsg::{gso_refused, send_one_by_one};
 use super::udp::{fill_send_msghdr, from_storage, gro_segment_size, OsSocket, CMSG_ROOM};
 use super::vnet::tun_frame;
-use super::{Backend, Socket, Tun, WorkerIo, TUN_BUF, UDP_BUF};
+use super::{Backend, Socket, Tun, UringOptions, WorkerIo, TUN_BUF, TUN_READ_BATCH, UDP_BUF, UDP_RECV_BATCH};
 
-/// TUN reads and UDP receives kept in flight (Lightway found a few outstanding TUN reads beat
-/// many).
-const TUN_READS_IN_FLIGHT: usize = 16;
-const UDP_RECVS_IN_FLIGHT: usize = 32;
+/// Single reads kept in flight per source where multishot is off (Lightway found a few
+/// outstanding TUN reads beat many).
+const SINGLE_READS_IN_FLIGHT: usize = 16;
 /// Sends or TUN writes submitted together before waiting for them.
 const WRITE_CHUNK: usize = 256;
 const RING_ENTRIES: u32 = 1024;
 /// Failed enters in a row with writes in flight before the ring is broken (a second in all).
 const MAX_ENTER_FAILURES: u32 = 100;
 const ENTER_RETRY_PAUSE: Duration = Duration::from_millis(10);
+const TUN_GROUP: u16 = 0;
+const UDP_GROUP: u16 = 1;
+/// What a multishot `RECVMSG` writes ahead of the payload in each buffer: the kernel's
+/// `io_uring_recvmsg_out`, then room for the name and the control data as armed.
+const RECVMSG_OUT_LEN: usize = 16;
+const UDP_PREFIX: usize = RECVMSG_OUT_LEN + size_of::<libc::sockaddr_storage>() + CMSG_ROOM;
 
 const KIND_TUN_READ: u64 = 1;
-const KIND_UDP_RECV: u64 = 2;
-const KIND_SEND: u64 = 3;
-const KIND_TUN_WRITE: u64 = 4;
-const KIND_CANCEL: u64 = 5;
-const KIND_BELL: u64 = 6;
+const KIND_TUN_READ_MULTI: u64 = 2;
+const KIND_UDP_RECV: u64 = 3;
+const KIND_UDP_RECV_MULTI: u64 = 4;
+const KIND_SEND: u64 = 5;
+const KIND_TUN_WRITE: u64 = 6;
+const KIND_CANCEL: u64 = 7;
+const KIND_BELL: u64 = 8;
 
-fn user_data(kind: u64, index: usize) -> u64 {
-    kind << 32 | index as u64
+/// An operation's tag: its kind, the socket generation (receives) and an index.
+fn user_data(kind: u64, generation: u64, index: usize) -> u64 {
+    kind << 56 | (generation & 0xff_ffff) << 32 | (index as u64 & 0xffff_ffff)
+}
+
+fn split_user_data(data: u64) -> (u64, u64, usize) {
+    (data >> 56, (data >> 32) & 0xff_ffff, (data & 0xffff_ffff) as usize)
 }
 
 /// The C structures one UDP receive or send points at. They live in Vecs allocated once at
@@ -59,8 +89,6 @@ struct MsgSlot {
     iov: libc::iovec,
     addr: libc::sockaddr_storage,
     control: [u64; CMSG_ROOM / 8],
-    /// The socket generation a receive was armed on.
-    generation: u64,
 }
 
 impl MsgSlot {
@@ -68,6 +96,67 @@ impl MsgSlot {
         // SAFETY: msghdr, iovec and sockaddr_storage are plain C structs; all-zero is valid.
         unsafe { zeroed() }
     }
+
+    /// Points the header at this slot's own address and control room (and, for a single
+    /// receive, an iovec whose buffer the kernel selects).
+    fn arm(&mut self, buf_len: usize) {
+        self.iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: buf_len };
+        self.hdr.msg_name = (&mut self.addr as *mut libc::sockaddr_storage).cast();
+        self.hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+        self.hdr.msg_iov = &mut self.iov;
+        self.hdr.msg_iovlen = 1;
+        self.hdr.msg_control = self.control.as_mut_ptr().cast();
+        self.hdr.msg_controllen = CMSG_ROOM;
+        self.hdr.msg_flags = 0;
+    }
+}
+
+/// One source of reads, the TUN queue or the UDP socket, and its buffer group.
+struct Reads {
+    bufs: ProvidedBufs,
+    multishot: bool,
+    /// Reads armed and not yet ended on the current socket (a multishot counts once).
+    armed: usize,
+    /// Completed reads the worker has not taken yet, in completion order.
+    ready: VecDeque<Buf>,
+    /// Buffers a completion named without data (an error or an empty read), to give back.
+    spent: Vec<Buf>,
+    /// Times an armed read found the ring empty (ENOBUFS) and ended.
+    ran_dry: u64,
+    /// A read completed with data: a multishot refused after that is not the kernel's lack.
+    ever_read: bool,
+}
+
+impl Reads {
+    fn new(bufs: ProvidedBufs, multishot: bool) -> Reads {
+        Reads { bufs, multishot, armed: 0, ready: VecDeque::new(), spent: Vec::new(), ran_dry: 0, ever_read: false }
+    }
+
+    /// Moves the buffer a completion named out of the ring: ready when it carries data.
+    fn take(&mut self, flags: u32, result: i32) -> Option<Buf> {
+        let id = cqueue::buffer_select(flags)?;
+        let buf = self.bufs.lend(id, result.max(0) as usize)?;
+        if result > 0 {
+            self.ever_read = true;
+            return Some(buf);
+        }
+        self.spent.push(buf);
+        None
+    }
+
+    fn hand_out(&mut self, out: &mut Vec<Buf>, most: usize) {
+        let n = self.ready.len().min(most);
+        out.extend(self.ready.drain(..n));
+    }
+}
+
+/// A probed ring with its two buffer groups registered.
+pub struct ProbedRing {
+    ring: IoUring,
+    tun_bufs: ProvidedBufs,
+    udp_bufs: ProvidedBufs,
+    multishot_read: bool,
+    multishot: bool,
 }
 
 pub struct UringIo {
@@ -78,16 +167,19 @@ pub struct UringIo {
     /// A poll on the doorbell is in flight (one-shot: re-armed after it fires).
     bell_armed: bool,
     generation: u64,
-    /// Sockets replaced while receives were still armed on them, kept alive until those end.
-    retired: Vec<(u64, Arc<Socket>)>,
-    /// Slot i: the buffer of TUN read i while in flight, None while lent to the worker.
-    tun_bufs: Vec<Option<Buf>>,
-    tun_ready: Vec<Buf>,
-    udp_bufs: Vec<Option<Buf>>,
+    /// Sockets replaced while receives were still armed on them (generation, socket, receives
+    /// armed), kept alive until those end.
+    retired: Vec<(u64, Arc<Socket>, usize)>,
+    tun_reads: Reads,
+    udp_reads: Reads,
+    /// Single receives: slot i holds receive i's header, address and control data.
     udp_slots: Vec<MsgSlot>,
-    udp_ready: Vec<Buf>,
+    free_udp_slots: Vec<usize>,
+    /// A multishot receive's header: only its name and control lengths count.
+    udp_template: Box<MsgSlot>,
     send_slots: Vec<MsgSlot>,
     send_addrs: Vec<SockAddr>,
+    cqes: Vec<(u64, i32, u32)>,
     /// Sends or TUN writes submitted and not yet completed.
     writes_pending: usize,
     first_write_error: Option<io::Error>,
@@ -116,22 +208,31 @@ fn os(socket: &Socket) -> io::Result<&OsSocket> {
     }
 }
 
-/// A ring, if this kernel can run the backend. Refusals: ENOSYS (no io_uring), EPERM (the
-/// io_uring_disabled sysctl, seccomp), EINVAL or Unsupported (an opcode or feature missing).
+/// A ring with its buffer groups, if this kernel can run the backend. Refusals: ENOSYS (no
+/// io_uring), EPERM (the io_uring_disabled sysctl, seccomp), EINVAL or Unsupported (an
+/// opcode or feature missing, provided buffer rings among them).
 ///
 /// Where the kernel has them (6.1+), the ring is single-issuer with deferred task work: the
 /// kernel then completes reads only when the worker asks for completions, instead of
-/// interrupting it with task work mid-round. It is created disabled, because the worker that
-/// will submit is another thread than this one, and enabled by the worker's first wait.
-pub fn probe() -> io::Result<IoUring> {
-    let ring =
-        match IoUring::builder().setup_single_issuer().setup_defer_taskrun().setup_r_disabled().build(RING_ENTRIES) {
-            Ok(r) => r,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                IoUring::builder().setup_coop_taskrun().build(RING_ENTRIES).or_else(|_| IoUring::new(RING_ENTRIES))?
-            }
-            Err(e) => return Err(e),
-        };
+/// interrupting it with task work mid-round, and flags in the ring when it has some deferred
+/// (`IORING_SETUP_TASKRUN_FLAG`). It is created disabled, because the worker that will submit
+/// is another thread than this one, and enabled by the worker's first wait.
+pub fn probe(options: &UringOptions) -> io::Result<ProbedRing> {
+    let ring = match IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .setup_r_disabled()
+        .build(RING_ENTRIES)
+    {
+        Ok(r) => r,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(RING_ENTRIES)
+            .or_else(|_| IoUring::new(RING_ENTRIES))?,
+        Err(e) => return Err(e),
+    };
     if !ring.params().is_feature_ext_arg() {
         return Err(io::Error::new(io::ErrorKind::Unsupported, "no IORING_FEAT_EXT_ARG (kernel before 5.11)"));
     }
@@ -149,19 +250,27 @@ pub fn probe() -> io::Result<IoUring> {
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("opcode IORING_OP_{name} not supported")));
         }
     }
-    Ok(ring)
+    let multishot_read = probe.is_supported(opcode::ReadMulti::CODE);
+    let count = options.buffers;
+    let no_rings = |e: io::Error| io::Error::new(e.kind(), format!("no provided buffer rings ({e})"));
+    let tun_bufs = ProvidedBufs::register(&ring, TUN_GROUP, count, TUN_BUF).map_err(no_rings)?;
+    let udp_bufs = ProvidedBufs::register(&ring, UDP_GROUP, count, UDP_PREFIX + UDP_BUF).map_err(no_rings)?;
+    Ok(ProbedRing { ring, tun_bufs, udp_bufs, multishot_read, multishot: options.multishot })
 }
 
 impl UringIo {
     /// Takes a probed ring, leaves the TUN blocking and arms the reads.
-    pub fn new(ring: IoUring, tun: Tun, socket: Arc<Socket>, bell: Arc<Doorbell>) -> io::Result<UringIo> {
+    pub fn new(probed: ProbedRing, tun: Tun, socket: Arc<Socket>, bell: Arc<Doorbell>) -> io::Result<UringIo> {
         os(&socket)?;
         if bell.fd().is_none() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a twin doorbell on the io_uring backend"));
         }
         tun.set_nonblocking(false)?;
+        let ProbedRing { ring, tun_bufs, udp_bufs, multishot_read, multishot } = probed;
         // Single-issuer rings are the ones `probe` created disabled.
         let ring_disabled = ring.params().is_setup_single_issuer();
+        let mut template = Box::new(MsgSlot::new());
+        template.arm(0);
         let mut u = UringIo {
             ring,
             tun,
@@ -170,13 +279,14 @@ impl UringIo {
             bell_armed: false,
             generation: 0,
             retired: Vec::new(),
-            tun_bufs: (0..TUN_READS_IN_FLIGHT).map(|_| None).collect(),
-            tun_ready: Vec::new(),
-            udp_bufs: (0..UDP_RECVS_IN_FLIGHT).map(|_| None).collect(),
-            udp_slots: (0..UDP_RECVS_IN_FLIGHT).map(|_| MsgSlot::new()).collect(),
-            udp_ready: Vec::new(),
+            tun_reads: Reads::new(tun_bufs, multishot && multishot_read),
+            udp_reads: Reads::new(udp_bufs, multishot),
+            udp_slots: (0..SINGLE_READS_IN_FLIGHT).map(|_| MsgSlot::new()).collect(),
+            free_udp_slots: (0..SINGLE_READS_IN_FLIGHT).rev().collect(),
+            udp_template: template,
             send_slots: (0..WRITE_CHUNK).map(|_| MsgSlot::new()).collect(),
             send_addrs: Vec::with_capacity(WRITE_CHUNK),
+            cqes: Vec::new(),
             writes_pending: 0,
             first_write_error: None,
             gso_failed: Vec::new(),
@@ -186,17 +296,23 @@ impl UringIo {
             held: Vec::new(),
             inject_enter_failures: 0,
         };
-        for i in 0..TUN_READS_IN_FLIGHT {
-            u.arm_tun_read(i, Buf::new(TUN_BUF))?;
-        }
-        for i in 0..UDP_RECVS_IN_FLIGHT {
-            u.arm_udp_recv(i, Buf::new(UDP_BUF))?;
-        }
+        u.arm_reads();
         u.arm_bell()?;
         if !u.disabled {
             u.ring.submit()?;
         }
         Ok(u)
+    }
+
+    /// What engaged, for the start-up line.
+    fn reads_engaged(&self) -> String {
+        let how = |multishot: bool| if multishot { "multishot" } else { "single" };
+        format!(
+            "{} TUN reads, {} UDP receives, {} provided buffers each",
+            how(self.tun_reads.multishot),
+            how(self.udp_reads.multishot),
+            self.tun_reads.bufs.in_ring() + self.tun_reads.bufs.lent()
+        )
     }
 
     /// Enables a ring created disabled, on the thread that will submit from now on.
@@ -214,7 +330,8 @@ impl UringIo {
             return Ok(());
         }
         let fd = self.bell.fd().unwrap_or(-1);
-        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(user_data(KIND_BELL, 0));
+        let entry =
+            opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(user_data(KIND_BELL, 0, 0));
         self.push(&entry)?;
         self.bell_armed = true;
         Ok(())
@@ -226,16 +343,16 @@ impl UringIo {
             self.inject_enter_failures -= 1;
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        self.ring.submit_and_wait(want) // 0: submit only
+        self.ring.submit_and_wait(want) // 0: submit only (and run deferred completions)
     }
 
     /// Queues one submission, submitting first if the queue is full.
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: every entry built here points at memory that stays valid until its
-            // completion is reaped: fixed slots and ring-owned buffers, or a caller's batch
-            // that the call does not return before its operations complete (or, when the ring
-            // broke, that the backend keeps: `hold_*`).
+            // completion is reaped: fixed slots, the provided buffer rings, or a caller's
+            // batch that the call does not return before its operations complete (or, when
+            // the ring broke, that the backend keeps: `hold_*`).
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
@@ -266,39 +383,80 @@ impl UringIo {
         }
     }
 
-    fn arm_tun_read(&mut self, i: usize, mut buf: Buf) -> io::Result<()> {
-        let entry = opcode::Read::new(types::Fd(self.tun.fd()), buf.data.as_mut_ptr(), buf.data.len() as u32)
-            .build()
-            .user_data(user_data(KIND_TUN_READ, i));
-        self.tun_bufs[i] = Some(buf);
-        self.push(&entry)
+    /// Arms what reads the buffers in the rings allow: one multishot per source, re-armed
+    /// after it ended, or single reads up to `SINGLE_READS_IN_FLIGHT`, never more than the
+    /// ring has buffers (a read without one would end at once with ENOBUFS).
+    fn arm_reads(&mut self) {
+        if let Err(e) = self.arm_tun_reads().and_then(|_| self.arm_udp_recvs()) {
+            self.read_error.get_or_insert(e);
+        }
     }
 
-    fn arm_udp_recv(&mut self, i: usize, mut buf: Buf) -> io::Result<()> {
-        let fd = os(&self.socket)?.fd();
-        let slot = &mut self.udp_slots[i];
-        slot.iov = libc::iovec { iov_base: buf.data.as_mut_ptr().cast(), iov_len: buf.data.len() };
-        slot.hdr.msg_name = (&mut slot.addr as *mut libc::sockaddr_storage).cast();
-        slot.hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
-        slot.hdr.msg_iov = &mut slot.iov;
-        slot.hdr.msg_iovlen = 1;
-        slot.hdr.msg_control = slot.control.as_mut_ptr().cast();
-        slot.hdr.msg_controllen = CMSG_ROOM;
-        slot.hdr.msg_flags = 0;
-        slot.generation = self.generation;
-        let entry = opcode::RecvMsg::new(types::Fd(fd), &mut slot.hdr).build().user_data(user_data(KIND_UDP_RECV, i));
-        self.udp_bufs[i] = Some(buf);
-        self.push(&entry)
+    fn arm_tun_reads(&mut self) -> io::Result<()> {
+        let fd = types::Fd(self.tun.fd());
+        let group = self.tun_reads.bufs.group();
+        if self.tun_reads.multishot {
+            if self.tun_reads.armed == 0 && self.tun_reads.bufs.in_ring() > 0 {
+                let entry = opcode::ReadMulti::new(fd, 0, group).build().user_data(user_data(KIND_TUN_READ_MULTI, 0, 0));
+                self.push(&entry)?;
+                self.tun_reads.armed = 1;
+            }
+            return Ok(());
+        }
+        let len = self.tun_reads.bufs.buf_size() as u32;
+        while self.tun_reads.armed < SINGLE_READS_IN_FLIGHT.min(self.tun_reads.bufs.in_ring()) {
+            let entry = opcode::Read::new(fd, std::ptr::null_mut(), len)
+                .buf_group(group)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+                .user_data(user_data(KIND_TUN_READ, 0, 0));
+            self.push(&entry)?;
+            self.tun_reads.armed += 1;
+        }
+        Ok(())
+    }
+
+    fn arm_udp_recvs(&mut self) -> io::Result<()> {
+        let fd = types::Fd(os(&self.socket)?.fd());
+        let group = self.udp_reads.bufs.group();
+        if self.udp_reads.multishot {
+            if self.udp_reads.armed == 0 && self.udp_reads.bufs.in_ring() > 0 {
+                let hdr: *const libc::msghdr = &self.udp_template.hdr;
+                let entry = opcode::RecvMsgMulti::new(fd, hdr, group)
+                    .build()
+                    .user_data(user_data(KIND_UDP_RECV_MULTI, self.generation, 0));
+                self.push(&entry)?;
+                self.udp_reads.armed = 1;
+            }
+            return Ok(());
+        }
+        let len = self.udp_reads.bufs.buf_size();
+        while self.udp_reads.armed < SINGLE_READS_IN_FLIGHT.min(self.udp_reads.bufs.in_ring()) {
+            let Some(i) = self.free_udp_slots.pop() else { break };
+            let slot = &mut self.udp_slots[i];
+            slot.arm(len);
+            let entry = opcode::RecvMsg::new(fd, &mut slot.hdr)
+                .buf_group(group)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+                .user_data(user_data(KIND_UDP_RECV, self.generation, i));
+            self.push(&entry)?;
+            self.udp_reads.armed += 1;
+        }
+        Ok(())
     }
 
     /// Sorts every completion there is: reads become ready buffers, writes are counted.
     fn reap(&mut self) {
-        let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
-        for (data, result) in cqes {
-            let (kind, i) = (data >> 32, (data & 0xffff_ffff) as usize);
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+        for &(data, result, flags) in &cqes {
+            let (kind, generation, i) = split_user_data(data);
             match kind {
-                KIND_TUN_READ => self.on_tun_read(i, result),
-                KIND_UDP_RECV => self.on_udp_recv(i, result),
+                KIND_TUN_READ | KIND_TUN_READ_MULTI => self.on_tun_read(result, flags),
+                KIND_UDP_RECV | KIND_UDP_RECV_MULTI => {
+                    self.on_udp_recv(kind == KIND_UDP_RECV_MULTI, generation, i, result, flags)
+                }
                 KIND_SEND | KIND_TUN_WRITE => {
                     self.writes_pending = self.writes_pending.saturating_sub(1);
                     if result < 0 {
@@ -313,42 +471,79 @@ impl UringIo {
                     self.bell_armed = false;
                     self.bell.clear();
                 }
-                _ => {} // KIND_CANCEL: nothing to do; the cancelled receive reports itself
+                _ => {} // KIND_CANCEL: nothing to do; the cancelled read reports itself
             }
         }
-        let live: Vec<u64> =
-            self.udp_slots.iter().zip(&self.udp_bufs).filter(|(_, b)| b.is_some()).map(|(s, _)| s.generation).collect();
-        self.retired.retain(|(g, _)| live.contains(g));
+        cqes.clear();
+        self.cqes = cqes;
+        self.retired.retain(|(_, _, armed)| *armed > 0);
+        self.tun_reads.bufs.give_back(&mut self.tun_reads.spent);
+        self.udp_reads.bufs.give_back(&mut self.udp_reads.spent);
     }
 
-    fn on_tun_read(&mut self, i: usize, result: i32) {
-        let Some(mut buf) = self.tun_bufs.get_mut(i).and_then(Option::take) else { return };
-        if result >= 0 {
-            buf.len = result as usize;
-            buf.stride = buf.len;
-            self.tun_ready.push(buf);
-            return;
+    fn on_tun_read(&mut self, result: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.tun_reads.armed = self.tun_reads.armed.saturating_sub(1);
         }
-        if !matches!(-result, libc::EINTR | libc::EAGAIN | libc::ECANCELED) {
-            self.read_error.get_or_insert(io::Error::from_raw_os_error(-result));
+        if let Some(buf) = self.tun_reads.take(flags, result) {
+            self.tun_reads.ready.push_back(buf);
         }
-        let _ = self.arm_tun_read(i, buf);
+        if result < 0 {
+            self.read_failed(true, -result);
+        }
     }
 
-    fn on_udp_recv(&mut self, i: usize, result: i32) {
-        let Some(mut buf) = self.udp_bufs.get_mut(i).and_then(Option::take) else { return };
-        if result > 0 {
-            let slot = &self.udp_slots[i];
-            buf.len = result as usize;
-            buf.src = from_storage(&slot.addr);
-            buf.stride = gro_segment_size(&slot.hdr).unwrap_or(buf.len);
-            self.udp_ready.push(buf);
-            return;
+    fn on_udp_recv(&mut self, multishot: bool, generation: u64, slot: usize, result: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            if !multishot {
+                self.free_udp_slots.push(slot);
+            }
+            if generation == self.generation & 0xff_ffff {
+                self.udp_reads.armed = self.udp_reads.armed.saturating_sub(1);
+            } else if let Some(r) = self.retired.iter_mut().find(|r| r.0 & 0xff_ffff == generation) {
+                r.2 = r.2.saturating_sub(1);
+            }
         }
-        if result < 0 && !matches!(-result, libc::EINTR | libc::EAGAIN | libc::ECANCELED) {
-            self.read_error.get_or_insert(io::Error::from_raw_os_error(-result));
+        if let Some(mut buf) = self.udp_reads.take(flags, result) {
+            let parsed = if multishot {
+                parse_multishot(&mut buf, &self.udp_template.hdr)
+            } else {
+                let s = &self.udp_slots[slot];
+                buf.src = from_storage(&s.addr);
+                buf.stride = gro_segment_size(&s.hdr).unwrap_or(buf.len);
+                true
+            };
+            if parsed && buf.len > 0 {
+                self.udp_reads.ready.push_back(buf);
+            } else {
+                self.udp_reads.spent.push(buf);
+            }
         }
-        let _ = self.arm_udp_recv(i, buf);
+        if result < 0 {
+            self.read_failed(false, -result);
+        }
+    }
+
+    /// A read ended with `errno`. A kernel that refuses the multishot the first time it is
+    /// armed cannot do it: that source falls back to single reads, and says so.
+    fn read_failed(&mut self, tun: bool, errno: i32) {
+        let reads = if tun { &mut self.tun_reads } else { &mut self.udp_reads };
+        match errno {
+            libc::ENOBUFS => reads.ran_dry += 1,
+            libc::EINTR | libc::EAGAIN | libc::ECANCELED => {}
+            libc::EINVAL | libc::EOPNOTSUPP if reads.multishot && !reads.ever_read => {
+                reads.multishot = false;
+                let what = if tun { "TUN reads" } else { "UDP receives" };
+                warn!("io_uring refused multishot {what} ({}); single reads from now on", io::Error::from_raw_os_error(errno));
+            }
+            _ => {
+                self.read_error.get_or_insert(io::Error::from_raw_os_error(errno));
+            }
+        }
+    }
+
+    fn has_ready(&self) -> bool {
+        !self.tun_reads.ready.is_empty() || !self.udp_reads.ready.is_empty()
     }
 
     /// Submits what is queued and waits until `writes_pending` is zero; a failed enter is
@@ -386,7 +581,7 @@ impl UringIo {
             let slot = &mut self.send_slots[i];
             fill_send_msghdr(&mut slot.hdr, &mut slot.iov, &self.send_addrs[i], batch.bytes(g), &mut slot.control, g);
             let entry =
-                opcode::SendMsg::new(types::Fd(sock.fd()), &slot.hdr).build().user_data(user_data(KIND_SEND, i));
+                opcode::SendMsg::new(types::Fd(sock.fd()), &slot.hdr).build().user_data(user_data(KIND_SEND, 0, i));
             self.push(&entry)?;
             self.writes_pending += 1;
         }
@@ -399,6 +594,46 @@ impl UringIo {
         }
         Ok(n)
     }
+
+    /// Cancels every read armed on `fd` (the TUN queue or a socket).
+    fn cancel_reads_on(&mut self, fd: i32) {
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all());
+        let _ = self.push(&cancel.build().user_data(user_data(KIND_CANCEL, 0, 0)));
+    }
+
+    fn reads_in_flight(&self) -> bool {
+        self.tun_reads.armed > 0 || self.udp_reads.armed > 0 || self.retired.iter().any(|r| r.2 > 0)
+    }
+}
+
+/// Where a multishot receive's payload, source and GRO segment size are in its buffer; false
+/// if the kernel's header does not fit.
+fn parse_multishot(buf: &mut Buf, template: &libc::msghdr) -> bool {
+    let whole = buf.len;
+    let Ok(out) = types::RecvMsgOut::parse(&buf.data[..whole], template) else { return false };
+    let start = out.payload_data().as_ptr() as usize - buf.data.as_ptr() as usize;
+    let len = out.payload_data().len();
+    // SAFETY: sockaddr_storage is plain data; the name bytes are copied into it, at most its size.
+    let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
+    let name = out.name_data();
+    let n = name.len().min(size_of::<libc::sockaddr_storage>());
+    // SAFETY: copies `n` bytes, within both the name and the storage.
+    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (&mut addr as *mut libc::sockaddr_storage).cast(), n) };
+    // The control data, copied to aligned memory for the CMSG walkers.
+    let mut control = [0u64; CMSG_ROOM / 8];
+    let c = out.control_data();
+    let c_len = c.len().min(CMSG_ROOM);
+    // SAFETY: copies `c_len` bytes, within both the control data and `control`.
+    unsafe { std::ptr::copy_nonoverlapping(c.as_ptr(), control.as_mut_ptr().cast::<u8>(), c_len) };
+    // SAFETY: an all-zero msghdr is valid; only the control fields are read.
+    let mut hdr: libc::msghdr = unsafe { zeroed() };
+    hdr.msg_control = control.as_mut_ptr().cast();
+    hdr.msg_controllen = c_len;
+    buf.src = from_storage(&addr);
+    buf.start = start;
+    buf.len = len;
+    buf.stride = gro_segment_size(&hdr).unwrap_or(len);
+    true
 }
 
 impl WorkerIo for UringIo {
@@ -406,21 +641,30 @@ impl WorkerIo for UringIo {
         Backend::Uring
     }
 
+    fn engaged(&self) -> Option<String> {
+        Some(self.reads_engaged())
+    }
+
     fn tun_read_limit(&self) -> usize {
-        TUN_READS_IN_FLIGHT
+        TUN_READ_BATCH
     }
 
     fn udp_recv_limit(&self) -> usize {
-        UDP_RECVS_IN_FLIGHT
+        UDP_RECV_BATCH
     }
 
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
         self.enable()?;
         self.reap();
-        if !self.bell_armed {
-            self.arm_bell()?;
-        }
-        if self.tun_ready.is_empty() && self.udp_ready.is_empty() {
+        self.arm_reads();
+        self.arm_bell()?;
+        if self.has_ready() {
+            // Busy: only enter to submit, or to run completions the kernel deferred to us.
+            if !self.ring.submission().is_empty() || self.ring.submission().taskrun() {
+                self.ring.submit_and_wait(0)?;
+                self.reap();
+            }
+        } else {
             let ts = types::Timespec::from(timeout);
             let args = types::SubmitArgs::new().timespec(&ts);
             match self.ring.submitter().submit_with_args(1, &args) {
@@ -429,8 +673,6 @@ impl WorkerIo for UringIo {
                 Err(e) => return Err(e),
             }
             self.reap();
-        } else {
-            self.ring.submit()?;
         }
         match self.read_error.take() {
             Some(e) => Err(e),
@@ -439,32 +681,26 @@ impl WorkerIo for UringIo {
     }
 
     fn read_tun(&mut self, out: &mut Vec<Buf>) -> io::Result<()> {
-        out.append(&mut self.tun_ready);
+        self.tun_reads.hand_out(out, TUN_READ_BATCH);
         Ok(())
     }
 
     fn recv_udp(&mut self, out: &mut Vec<Buf>) -> io::Result<()> {
-        out.append(&mut self.udp_ready);
+        self.udp_reads.hand_out(out, UDP_RECV_BATCH);
         Ok(())
     }
 
     fn recycle_tun(&mut self, bufs: &mut Vec<Buf>) {
-        // A buffer of another size (a placeholder) would cut a later read short: a fresh one
-        // takes its place.
-        for buf in bufs.drain(..).map(|b| if b.data.len() == TUN_BUF { b } else { Buf::new(TUN_BUF) }) {
-            let Some(i) = self.tun_bufs.iter().position(Option::is_none) else { break };
-            if let Err(e) = self.arm_tun_read(i, buf) {
-                self.read_error.get_or_insert(e);
-            }
+        self.tun_reads.bufs.give_back(bufs);
+        if let Err(e) = self.arm_tun_reads() {
+            self.read_error.get_or_insert(e);
         }
     }
 
     fn recycle_udp(&mut self, bufs: &mut Vec<Buf>) {
-        for buf in bufs.drain(..).map(|b| if b.data.len() == UDP_BUF { b } else { Buf::new(UDP_BUF) }) {
-            let Some(i) = self.udp_bufs.iter().position(Option::is_none) else { break };
-            if let Err(e) = self.arm_udp_recv(i, buf) {
-                self.read_error.get_or_insert(e);
-            }
+        self.udp_reads.bufs.give_back(bufs);
+        if let Err(e) = self.arm_udp_recvs() {
+            self.read_error.get_or_insert(e);
         }
     }
 
@@ -513,7 +749,7 @@ impl WorkerIo for UringIo {
                 let frame = tun_frame(p, vnet);
                 let entry = opcode::Write::new(types::Fd(fd), frame.as_ptr(), frame.len() as u32)
                     .build()
-                    .user_data(user_data(KIND_TUN_WRITE, i));
+                    .user_data(user_data(KIND_TUN_WRITE, 0, i));
                 if let Err(e) = self.push(&entry) {
                     self.settle_tun_batch(batch);
                     batch.clear();
@@ -540,19 +776,17 @@ impl WorkerIo for UringIo {
 
     fn set_socket(&mut self, socket: Arc<Socket>) {
         let old = std::mem::replace(&mut self.socket, socket);
-        let old_generation = self.generation;
+        let armed = std::mem::take(&mut self.udp_reads.armed);
+        // Receives armed on the old socket end (cancelled) and are armed on the new one as
+        // they do; the old socket lives until then.
+        if armed > 0 {
+            if let Ok(fd) = os(&old).map(|s| s.fd()) {
+                self.cancel_reads_on(fd);
+            }
+            self.retired.push((self.generation, old, armed));
+        }
         self.generation += 1;
-        // Receives armed on the old socket end (cancelled, or by its shutdown) and are re-armed
-        // on the new one as they complete; the old socket lives until then.
-        let armed: Vec<usize> = (0..UDP_RECVS_IN_FLIGHT).filter(|&i| self.udp_bufs[i].is_some()).collect();
-        if !armed.is_empty() {
-            self.retired.push((old_generation, old));
-        }
-        for i in armed {
-            let entry =
-                opcode::AsyncCancel::new(user_data(KIND_UDP_RECV, i)).build().user_data(user_data(KIND_CANCEL, i));
-            let _ = self.push(&entry);
-        }
+        self.arm_reads();
     }
 }
 
@@ -562,30 +796,24 @@ impl Drop for UringIo {
         // the ring closes: their memory is leaked, not freed (one batch, on a failure path).
         std::mem::forget(std::mem::take(&mut self.held));
         // The buffers of reads still in flight must outlive them: cancel every read and reap
-        // until none is left. Closing the ring (dropped before the buffers, as declared first)
-        // also cancels them, so a failure here only costs time.
-        let tun = (0..TUN_READS_IN_FLIGHT).filter(|&i| self.tun_bufs[i].is_some());
-        let udp = (0..UDP_RECVS_IN_FLIGHT).filter(|&i| self.udp_bufs[i].is_some());
-        let targets: Vec<u64> =
-            tun.map(|i| user_data(KIND_TUN_READ, i)).chain(udp.map(|i| user_data(KIND_UDP_RECV, i))).collect();
-        for t in targets {
-            let _ = self.push(&opcode::AsyncCancel::new(t).build().user_data(user_data(KIND_CANCEL, 0)));
+        // until none is left. If that does not finish, the buffers are leaked.
+        let mut fds = vec![self.tun.fd()];
+        fds.extend(std::iter::once(&self.socket).chain(self.retired.iter().map(|r| &r.1)).filter_map(|s| os(s).ok()).map(|s| s.fd()));
+        for fd in fds {
+            self.cancel_reads_on(fd);
         }
         for _ in 0..100 {
-            if self.tun_bufs.iter().chain(&self.udp_bufs).all(Option::is_none) {
-                break;
+            if !self.reads_in_flight() {
+                return;
             }
             let ts = types::Timespec::from(Duration::from_millis(10));
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
-            for c in self.ring.completion() {
-                let (kind, i) = (c.user_data() >> 32, (c.user_data() & 0xffff_ffff) as usize);
-                match kind {
-                    KIND_TUN_READ => self.tun_bufs[i] = None,
-                    KIND_UDP_RECV => self.udp_bufs[i] = None,
-                    _ => {}
-                }
-            }
+            self.reap();
+        }
+        if self.reads_in_flight() {
+            self.tun_reads.bufs.leak();
+            self.udp_reads.bufs.leak();
         }
     }
 }

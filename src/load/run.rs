@@ -62,7 +62,7 @@ pub fn handshakes(
         if socket.recv_batch(&mut batcher, &mut bufs, true).is_ok() {
             let now = Instant::now();
             for b in &bufs {
-                for d in b.data[..b.len].chunks(b.stride.max(1)) {
+                for d in b.filled().chunks(b.stride.max(1)) {
                     initiators.consume(d, now);
                 }
             }
@@ -202,8 +202,8 @@ pub fn receive(socket: &Socket, hard_end: Instant, stop: &AtomicBool, mut count:
             let now = Instant::now();
             last_traffic = Some(now);
             for b in bufs.iter_mut() {
-                let len = b.len;
-                for d in b.data[..len].chunks_mut(b.stride.max(1)) {
+                let stride = b.stride.max(1);
+                for d in b.filled_mut().chunks_mut(stride) {
                     count(d, now);
                 }
             }
