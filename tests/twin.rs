@@ -539,3 +539,28 @@ fn a_flood_takes_the_side_path_and_the_tunnel_carries_on() {
     let inbound = shared.workers[0].udp_datagrams.load(Ordering::Relaxed) - inbound_before;
     assert_eq!(inbound, delivered, "the worker saw the tunnel's datagrams only, never the flood");
 }
+
+/// A rebound port takes effect for the next packet a waiting worker sends: the worker was
+/// asleep when `listen_port` changed, and the packet that wakes it must leave from the new
+/// port, or the peer roams to the old one, which nothing reads any more.
+#[test]
+fn a_packet_after_a_rebind_leaves_from_the_new_port() {
+    let net = TwinNet::new();
+    let (a, b) = pair(&net, false, false);
+    establish(&a, &b);
+    let to_a = udp_packet(2, 1, b"before");
+    b.host.send.send(to_a.clone()).unwrap();
+    assert_eq!(recv(&a.host), to_a);
+    for port in [51003u16, 51004, 51005] {
+        // B's worker is asleep in its wait by now.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(b.dev.uapi(&format!("set=1\nlisten_port={port}\n")), "errno=0\n\n");
+        let to_a = udp_packet(2, 1, &port.to_be_bytes());
+        b.host.send.send(to_a.clone()).unwrap();
+        assert_eq!(recv(&a.host), to_a);
+        assert_eq!(get(&a.dev, "endpoint"), vec![format!("127.0.0.1:{port}")], "A sees B's new port");
+        let to_b = udp_packet(1, 2, &port.to_le_bytes());
+        a.host.send.send(to_b.clone()).unwrap();
+        assert_eq!(recv(&b.host), to_b, "and reaches B there");
+    }
+}

@@ -113,6 +113,13 @@ impl CryptoPool {
         false
     }
 
+    /// Wakes every worker (the device rebound its port: they must take the new sockets).
+    pub fn wake_all(&self) {
+        for bell in &self.bells {
+            bell.ring();
+        }
+    }
+
     pub fn unpark(&self, me: usize) {
         if let Some(flag) = self.parked.get(me) {
             flag.store(false, Ordering::Relaxed);

@@ -107,6 +107,11 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
             }
         }
         pool.unpark(config.index);
+        // The port may have been rebound while this worker waited: the round must send from
+        // the new socket, or the peer roams to the old port, which nothing reads any more.
+        if !use_current_socket(shared, io, &mut st, config.index) {
+            continue;
+        }
         // Another worker's chunks first: its flow waits on them. (Helping only when idle was
         // tried: no better on this machine, and one-flow UDP lost its gain; perf/README.md.)
         pool.help(config.index);

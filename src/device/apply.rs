@@ -81,6 +81,7 @@ impl Control {
         if let Some(old) = self.shared.side_socket.swap(bound.side) {
             old.shutdown();
         }
+        self.shared.crypto_pool.wake_all();
         info!("listening on UDP port {}", self.listen_port);
         Ok(())
     }
