@@ -42,13 +42,14 @@ fi
 # The backend asked for (WGTURBO_IO, or EXPECT_BACKEND where a fallback is the point) is the
 # one the start-up line names.
 case "${EXPECT_BACKEND:-${WGTURBO_IO:-}}" in uring) want="on io_uring" ;; syscalls) want="on syscalls" ;; *) want="" ;; esac
-# So are the worker placement and crypto hand-off asked for (WGTURBO_PIN, WGTURBO_PARALLEL_CRYPTO).
+# So are the worker placement and crypto hand-off asked for (WGTURBO_PIN, WGTURBO_PARALLEL_CRYPTO),
+# and EXPECT_STARTUP, any other text the line must hold (how io_uring reads, say).
 case "${WGTURBO_PIN:-}" in 1) want_pin="worker(s), pinned," ;; 0) want_pin="worker(s), unpinned," ;; *) want_pin="" ;; esac
 case "${WGTURBO_PARALLEL_CRYPTO:-}" in always) want_crypto="; parallel crypto;" ;; 0) want_crypto="; crypto per worker;" ;; *) want_crypto="" ;; esac
 for side in "$IMPL_A $IA" "$IMPL_B $IB"; do
   set -- $side
   [ "$1" = wgturbo ] || continue
-  for w in "$want" "$want_pin" "$want_crypto"; do
+  for w in "$want" "$want_pin" "$want_crypto" "${EXPECT_STARTUP:-}"; do
     [ -n "$w" ] || continue
     grep -F -- "$w" "$WORK/$2.log" >/dev/null || { cat "$WORK/$2.log" >&2; die "wgturbo on $2: no '$w' in its start-up line"; }
   done

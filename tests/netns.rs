@@ -65,6 +65,46 @@ interop! {
     boringtun_to_wgturbo_v6 / boringtun_to_wgturbo_v6_syscalls: "boringtun" -> "wgturbo" over "6";
 }
 
+/// io_uring's reads forced off multishot: single reads with buffer selection, the fallback of
+/// a kernel without multishot, against each other implementation in each role.
+#[test]
+fn uring_single_reads_wgturbo_to_wireguard_go() {
+    let env = [
+        ("WGTURBO_IO", "uring"),
+        ("WGTURBO_URING_MULTISHOT", "0"),
+        ("EXPECT_STARTUP", "single TUN reads, single UDP receives"),
+    ];
+    script_env("test-interop.sh", &["wgturbo", "wireguard-go", "4"], &env);
+}
+
+#[test]
+fn uring_single_reads_boringtun_to_wgturbo() {
+    let env = [
+        ("WGTURBO_IO", "uring"),
+        ("WGTURBO_URING_MULTISHOT", "0"),
+        ("EXPECT_STARTUP", "single TUN reads, single UDP receives"),
+    ];
+    script_env("test-interop.sh", &["boringtun", "wgturbo", "6"], &env);
+}
+
+/// Rings of two buffers: the multishot reads run dry all the time (ENOBUFS) and are armed
+/// again as buffers come back; ping, TCP and UDP still cross, both ways.
+#[test]
+fn uring_tiny_buffer_rings_wireguard_go_to_wgturbo() {
+    let env = [
+        ("WGTURBO_IO", "uring"),
+        ("WGTURBO_URING_BUFFERS", "2"),
+        ("EXPECT_STARTUP", "multishot TUN reads, multishot UDP receives, 2 provided buffers"),
+    ];
+    script_env("test-interop.sh", &["wireguard-go", "wgturbo", "4"], &env);
+}
+
+#[test]
+fn uring_tiny_buffer_rings_wgturbo_to_boringtun() {
+    let env = [("WGTURBO_IO", "uring"), ("WGTURBO_URING_BUFFERS", "2"), ("EXPECT_STARTUP", "2 provided buffers")];
+    script_env("test-interop.sh", &["wgturbo", "boringtun", "6"], &env);
+}
+
 #[test]
 fn roaming_wgturbo_roams_wireguard_go_follows() {
     script("test-roaming.sh", &["wireguard-go", "wgturbo"]);
@@ -161,6 +201,12 @@ fn handshake_flood_gets_cookies_and_real_peer_gets_through() {
 #[test]
 fn uring_refused_falls_back_to_syscalls() {
     script_env("test-uring-fallback.sh", &[], &[("WGTURBO_IO", "uring")]);
+}
+
+/// The same with no backend asked for: io_uring is the default, and its refusal is said too.
+#[test]
+fn uring_refused_by_default_falls_back_to_syscalls() {
+    script_env("test-uring-fallback.sh", &[], &[]);
 }
 
 /// Prometheus metrics scraped during traffic: counters grow, drop reasons count exactly the

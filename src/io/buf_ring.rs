@@ -113,11 +113,14 @@ impl ProvidedBufs {
     }
 
     /// Puts buffers back in the ring, one tail store for all of them. A buffer of another
-    /// size (a placeholder the worker left) is replaced by a fresh one; buffers beyond the
-    /// lent count are dropped.
+    /// size (a placeholder the worker left) is replaced by a fresh one, an empty one skipped;
+    /// buffers beyond the lent count are dropped.
     pub fn give_back(&mut self, bufs: &mut Vec<Buf>) {
         let mut tail = self.tail;
         for buf in bufs.drain(..) {
+            if buf.data.is_empty() {
+                continue; // an empty datagram's stand-in, never the ring's
+            }
             let Some(id) = self.lent.pop() else { break };
             let mut buf = if buf.data.len() == self.buf_size { buf } else { Buf::new(self.buf_size) };
             let slot = usize::from(tail & self.mask);

@@ -24,6 +24,8 @@ mod twin_io;
 pub mod udp;
 pub mod unix;
 pub mod uring;
+mod uring_reads;
+mod uring_ring;
 pub mod vnet;
 
 use std::fmt;

@@ -30,153 +30,44 @@
 //! The TUN fd is left blocking: the ring then arms a poll for it instead of handing the read
 //! to an io-wq thread.
 
-use std::collections::VecDeque;
+//! The parts: `uring_ring.rs` probes and owns the ring, `uring_reads.rs` arms the reads and
+//! reads their completions, `buf_ring.rs` holds the provided buffers; this file has the
+//! writes, the wait and the worker's seam.
+
 use std::io;
-use std::mem::{size_of, zeroed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use io_uring::{opcode, types};
 use socket2::SockAddr;
-use tracing::warn;
 
 use super::batch::{Buf, SendBatch, TunWriteBatch};
-use super::buf_ring::ProvidedBufs;
 use super::doorbell::Doorbell;
 use super::mmsg::{gso_refused, send_one_by_one};
-use super::udp::{fill_send_msghdr, from_storage, gro_segment_size, OsSocket, CMSG_ROOM};
+use super::udp::{fill_send_msghdr, OsSocket};
+use super::uring_reads::{MsgSlot, ReadSide};
+pub use super::uring_ring::{probe, ProbedRing};
+use super::uring_ring::{
+    split_user_data, user_data, Ring, KIND_BELL, KIND_SEND, KIND_TUN_READ, KIND_TUN_READ_MULTI, KIND_TUN_WRITE,
+    KIND_UDP_RECV, KIND_UDP_RECV_MULTI,
+};
 use super::vnet::tun_frame;
-use super::{Backend, Socket, Tun, UringOptions, WorkerIo, TUN_BUF, TUN_READ_BATCH, UDP_BUF, UDP_RECV_BATCH};
+use super::{Backend, Socket, Tun, WorkerIo, TUN_READ_BATCH, UDP_RECV_BATCH};
 
-/// Single reads kept in flight per source where multishot is off (Lightway found a few
-/// outstanding TUN reads beat many).
-const SINGLE_READS_IN_FLIGHT: usize = 16;
 /// Sends or TUN writes submitted together before waiting for them.
 const WRITE_CHUNK: usize = 256;
-const RING_ENTRIES: u32 = 1024;
 /// Failed enters in a row with writes in flight before the ring is broken (a second in all).
 const MAX_ENTER_FAILURES: u32 = 100;
 const ENTER_RETRY_PAUSE: Duration = Duration::from_millis(10);
-const TUN_GROUP: u16 = 0;
-const UDP_GROUP: u16 = 1;
-/// What a multishot `RECVMSG` writes ahead of the payload in each buffer: the kernel's
-/// `io_uring_recvmsg_out`, then room for the name and the control data as armed.
-const RECVMSG_OUT_LEN: usize = 16;
-const UDP_PREFIX: usize = RECVMSG_OUT_LEN + size_of::<libc::sockaddr_storage>() + CMSG_ROOM;
-
-const KIND_TUN_READ: u64 = 1;
-const KIND_TUN_READ_MULTI: u64 = 2;
-const KIND_UDP_RECV: u64 = 3;
-const KIND_UDP_RECV_MULTI: u64 = 4;
-const KIND_SEND: u64 = 5;
-const KIND_TUN_WRITE: u64 = 6;
-const KIND_CANCEL: u64 = 7;
-const KIND_BELL: u64 = 8;
-
-/// An operation's tag: its kind, the socket generation (receives) and an index.
-fn user_data(kind: u64, generation: u64, index: usize) -> u64 {
-    kind << 56 | (generation & 0xff_ffff) << 32 | (index as u64 & 0xffff_ffff)
-}
-
-fn split_user_data(data: u64) -> (u64, u64, usize) {
-    (data >> 56, (data >> 32) & 0xff_ffff, (data & 0xffff_ffff) as usize)
-}
-
-/// The C structures one UDP receive or send points at. They live in Vecs allocated once at
-/// full size and never grown, so they never move while the kernel holds a pointer to them.
-struct MsgSlot {
-    hdr: libc::msghdr,
-    iov: libc::iovec,
-    addr: libc::sockaddr_storage,
-    control: [u64; CMSG_ROOM / 8],
-}
-
-impl MsgSlot {
-    fn new() -> MsgSlot {
-        // SAFETY: msghdr, iovec and sockaddr_storage are plain C structs; all-zero is valid.
-        unsafe { zeroed() }
-    }
-
-    /// Points the header at this slot's own address and control room (and, for a single
-    /// receive, an iovec whose buffer the kernel selects).
-    fn arm(&mut self, buf_len: usize) {
-        self.iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: buf_len };
-        self.hdr.msg_name = (&mut self.addr as *mut libc::sockaddr_storage).cast();
-        self.hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
-        self.hdr.msg_iov = &mut self.iov;
-        self.hdr.msg_iovlen = 1;
-        self.hdr.msg_control = self.control.as_mut_ptr().cast();
-        self.hdr.msg_controllen = CMSG_ROOM;
-        self.hdr.msg_flags = 0;
-    }
-}
-
-/// One source of reads, the TUN queue or the UDP socket, and its buffer group.
-struct Reads {
-    bufs: ProvidedBufs,
-    multishot: bool,
-    /// Reads armed and not yet ended on the current socket (a multishot counts once).
-    armed: usize,
-    /// Completed reads the worker has not taken yet, in completion order.
-    ready: VecDeque<Buf>,
-    /// Buffers a completion named without data (an error or an empty read), to give back.
-    spent: Vec<Buf>,
-    /// Times an armed read found the ring empty (ENOBUFS) and ended.
-    ran_dry: u64,
-    /// A read completed with data: a multishot refused after that is not the kernel's lack.
-    ever_read: bool,
-}
-
-impl Reads {
-    fn new(bufs: ProvidedBufs, multishot: bool) -> Reads {
-        Reads { bufs, multishot, armed: 0, ready: VecDeque::new(), spent: Vec::new(), ran_dry: 0, ever_read: false }
-    }
-
-    /// Moves the buffer a completion named out of the ring: ready when it carries data.
-    fn take(&mut self, flags: u32, result: i32) -> Option<Buf> {
-        let id = cqueue::buffer_select(flags)?;
-        let buf = self.bufs.lend(id, result.max(0) as usize)?;
-        if result > 0 {
-            self.ever_read = true;
-            return Some(buf);
-        }
-        self.spent.push(buf);
-        None
-    }
-
-    fn hand_out(&mut self, out: &mut Vec<Buf>, most: usize) {
-        let n = self.ready.len().min(most);
-        out.extend(self.ready.drain(..n));
-    }
-}
-
-/// A probed ring with its two buffer groups registered.
-pub struct ProbedRing {
-    ring: IoUring,
-    tun_bufs: ProvidedBufs,
-    udp_bufs: ProvidedBufs,
-    multishot_read: bool,
-    multishot: bool,
-}
 
 pub struct UringIo {
-    ring: IoUring,
+    ring: Ring,
     tun: Tun,
     socket: Arc<Socket>,
     bell: Arc<Doorbell>,
     /// A poll on the doorbell is in flight (one-shot: re-armed after it fires).
     bell_armed: bool,
-    generation: u64,
-    /// Sockets replaced while receives were still armed on them (generation, socket, receives
-    /// armed), kept alive until those end.
-    retired: Vec<(u64, Arc<Socket>, usize)>,
-    tun_reads: Reads,
-    udp_reads: Reads,
-    /// Single receives: slot i holds receive i's header, address and control data.
-    udp_slots: Vec<MsgSlot>,
-    free_udp_slots: Vec<usize>,
-    /// A multishot receive's header: only its name and control lengths count.
-    udp_template: Box<MsgSlot>,
+    reads: ReadSide,
     send_slots: Vec<MsgSlot>,
     send_addrs: Vec<SockAddr>,
     cqes: Vec<(u64, i32, u32)>,
@@ -185,15 +76,10 @@ pub struct UringIo {
     first_write_error: Option<io::Error>,
     /// Which sends failed for want of GSO (by send slot), to resend one by one.
     gso_failed: Vec<usize>,
-    read_error: Option<io::Error>,
-    /// The ring was created disabled and waits for its worker thread to enable it.
-    disabled: bool,
     /// Why the ring may no longer be used, once it may not.
     broken: Option<String>,
     /// Memory of writes that never completed on a broken ring: kept, and leaked on drop.
     held: Vec<Vec<u8>>,
-    /// Fault injection for tests: the next this many enters fail with EIO without entering.
-    inject_enter_failures: u32,
 }
 
 // SAFETY: the raw pointers in the msghdrs point only into this struct's boxed slots, its own
@@ -208,120 +94,37 @@ fn os(socket: &Socket) -> io::Result<&OsSocket> {
     }
 }
 
-/// A ring with its buffer groups, if this kernel can run the backend. Refusals: ENOSYS (no
-/// io_uring), EPERM (the io_uring_disabled sysctl, seccomp), EINVAL or Unsupported (an
-/// opcode or feature missing, provided buffer rings among them).
-///
-/// Where the kernel has them (6.1+), the ring is single-issuer with deferred task work: the
-/// kernel then completes reads only when the worker asks for completions, instead of
-/// interrupting it with task work mid-round, and flags in the ring when it has some deferred
-/// (`IORING_SETUP_TASKRUN_FLAG`). It is created disabled, because the worker that will submit
-/// is another thread than this one, and enabled by the worker's first wait.
-pub fn probe(options: &UringOptions) -> io::Result<ProbedRing> {
-    let ring = match IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_taskrun_flag()
-        .setup_r_disabled()
-        .build(RING_ENTRIES)
-    {
-        Ok(r) => r,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .build(RING_ENTRIES)
-            .or_else(|_| IoUring::new(RING_ENTRIES))?,
-        Err(e) => return Err(e),
-    };
-    if !ring.params().is_feature_ext_arg() {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "no IORING_FEAT_EXT_ARG (kernel before 5.11)"));
-    }
-    let mut probe = Probe::new();
-    ring.submitter().register_probe(&mut probe)?;
-    for (code, name) in [
-        (opcode::Read::CODE, "READ"),
-        (opcode::Write::CODE, "WRITE"),
-        (opcode::RecvMsg::CODE, "RECVMSG"),
-        (opcode::SendMsg::CODE, "SENDMSG"),
-        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
-        (opcode::PollAdd::CODE, "POLL_ADD"),
-    ] {
-        if !probe.is_supported(code) {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("opcode IORING_OP_{name} not supported")));
-        }
-    }
-    let multishot_read = probe.is_supported(opcode::ReadMulti::CODE);
-    let count = options.buffers;
-    let no_rings = |e: io::Error| io::Error::new(e.kind(), format!("no provided buffer rings ({e})"));
-    let tun_bufs = ProvidedBufs::register(&ring, TUN_GROUP, count, TUN_BUF).map_err(no_rings)?;
-    let udp_bufs = ProvidedBufs::register(&ring, UDP_GROUP, count, UDP_PREFIX + UDP_BUF).map_err(no_rings)?;
-    Ok(ProbedRing { ring, tun_bufs, udp_bufs, multishot_read, multishot: options.multishot })
-}
-
 impl UringIo {
     /// Takes a probed ring, leaves the TUN blocking and arms the reads.
     pub fn new(probed: ProbedRing, tun: Tun, socket: Arc<Socket>, bell: Arc<Doorbell>) -> io::Result<UringIo> {
-        os(&socket)?;
+        let socket_fd = os(&socket)?.fd();
         if bell.fd().is_none() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a twin doorbell on the io_uring backend"));
         }
         tun.set_nonblocking(false)?;
         let ProbedRing { ring, tun_bufs, udp_bufs, multishot_read, multishot } = probed;
-        // Single-issuer rings are the ones `probe` created disabled.
-        let ring_disabled = ring.params().is_setup_single_issuer();
-        let mut template = Box::new(MsgSlot::new());
-        template.arm(0);
         let mut u = UringIo {
-            ring,
+            ring: Ring::new(ring),
             tun,
             socket,
             bell,
             bell_armed: false,
-            generation: 0,
-            retired: Vec::new(),
-            tun_reads: Reads::new(tun_bufs, multishot && multishot_read),
-            udp_reads: Reads::new(udp_bufs, multishot),
-            udp_slots: (0..SINGLE_READS_IN_FLIGHT).map(|_| MsgSlot::new()).collect(),
-            free_udp_slots: (0..SINGLE_READS_IN_FLIGHT).rev().collect(),
-            udp_template: template,
+            reads: ReadSide::new(tun_bufs, udp_bufs, multishot && multishot_read, multishot),
             send_slots: (0..WRITE_CHUNK).map(|_| MsgSlot::new()).collect(),
             send_addrs: Vec::with_capacity(WRITE_CHUNK),
             cqes: Vec::new(),
             writes_pending: 0,
             first_write_error: None,
             gso_failed: Vec::new(),
-            read_error: None,
-            disabled: ring_disabled,
             broken: None,
             held: Vec::new(),
-            inject_enter_failures: 0,
         };
-        u.arm_reads();
+        u.reads.arm(&mut u.ring, u.tun.fd(), socket_fd);
         u.arm_bell()?;
-        if !u.disabled {
-            u.ring.submit()?;
+        if !u.ring.is_disabled() {
+            u.ring.ring.submit()?;
         }
         Ok(u)
-    }
-
-    /// What engaged, for the start-up line.
-    fn reads_engaged(&self) -> String {
-        let how = |multishot: bool| if multishot { "multishot" } else { "single" };
-        format!(
-            "{} TUN reads, {} UDP receives, {} provided buffers each",
-            how(self.tun_reads.multishot),
-            how(self.udp_reads.multishot),
-            self.tun_reads.bufs.in_ring() + self.tun_reads.bufs.lent()
-        )
-    }
-
-    /// Enables a ring created disabled, on the thread that will submit from now on.
-    fn enable(&mut self) -> io::Result<()> {
-        if self.disabled {
-            self.ring.submitter().register_enable_rings()?;
-            self.disabled = false;
-        }
-        Ok(())
     }
 
     /// Polls the doorbell's eventfd (a poll needs no buffer, so nothing to keep alive).
@@ -332,31 +135,17 @@ impl UringIo {
         let fd = self.bell.fd().unwrap_or(-1);
         let entry =
             opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(user_data(KIND_BELL, 0, 0));
-        self.push(&entry)?;
+        self.ring.push(&entry)?;
         self.bell_armed = true;
         Ok(())
     }
 
-    /// Submits what is queued and, with `want`, waits for that many completions.
-    fn enter(&mut self, want: usize) -> io::Result<usize> {
-        if self.inject_enter_failures > 0 {
-            self.inject_enter_failures -= 1;
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        self.ring.submit_and_wait(want) // 0: submit only (and run deferred completions)
-    }
-
-    /// Queues one submission, submitting first if the queue is full.
-    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
-        loop {
-            // SAFETY: every entry built here points at memory that stays valid until its
-            // completion is reaped: fixed slots, the provided buffer rings, or a caller's
-            // batch that the call does not return before its operations complete (or, when
-            // the ring broke, that the backend keeps: `hold_*`).
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return Ok(());
+    fn arm_reads(&mut self) {
+        match os(&self.socket) {
+            Ok(s) => self.reads.arm(&mut self.ring, self.tun.fd(), s.fd()),
+            Err(e) => {
+                self.reads.error.get_or_insert(e);
             }
-            self.enter(0)?;
         }
     }
 
@@ -383,79 +172,16 @@ impl UringIo {
         }
     }
 
-    /// Arms what reads the buffers in the rings allow: one multishot per source, re-armed
-    /// after it ended, or single reads up to `SINGLE_READS_IN_FLIGHT`, never more than the
-    /// ring has buffers (a read without one would end at once with ENOBUFS).
-    fn arm_reads(&mut self) {
-        if let Err(e) = self.arm_tun_reads().and_then(|_| self.arm_udp_recvs()) {
-            self.read_error.get_or_insert(e);
-        }
-    }
-
-    fn arm_tun_reads(&mut self) -> io::Result<()> {
-        let fd = types::Fd(self.tun.fd());
-        let group = self.tun_reads.bufs.group();
-        if self.tun_reads.multishot {
-            if self.tun_reads.armed == 0 && self.tun_reads.bufs.in_ring() > 0 {
-                let entry = opcode::ReadMulti::new(fd, 0, group).build().user_data(user_data(KIND_TUN_READ_MULTI, 0, 0));
-                self.push(&entry)?;
-                self.tun_reads.armed = 1;
-            }
-            return Ok(());
-        }
-        let len = self.tun_reads.bufs.buf_size() as u32;
-        while self.tun_reads.armed < SINGLE_READS_IN_FLIGHT.min(self.tun_reads.bufs.in_ring()) {
-            let entry = opcode::Read::new(fd, std::ptr::null_mut(), len)
-                .buf_group(group)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT)
-                .user_data(user_data(KIND_TUN_READ, 0, 0));
-            self.push(&entry)?;
-            self.tun_reads.armed += 1;
-        }
-        Ok(())
-    }
-
-    fn arm_udp_recvs(&mut self) -> io::Result<()> {
-        let fd = types::Fd(os(&self.socket)?.fd());
-        let group = self.udp_reads.bufs.group();
-        if self.udp_reads.multishot {
-            if self.udp_reads.armed == 0 && self.udp_reads.bufs.in_ring() > 0 {
-                let hdr: *const libc::msghdr = &self.udp_template.hdr;
-                let entry = opcode::RecvMsgMulti::new(fd, hdr, group)
-                    .build()
-                    .user_data(user_data(KIND_UDP_RECV_MULTI, self.generation, 0));
-                self.push(&entry)?;
-                self.udp_reads.armed = 1;
-            }
-            return Ok(());
-        }
-        let len = self.udp_reads.bufs.buf_size();
-        while self.udp_reads.armed < SINGLE_READS_IN_FLIGHT.min(self.udp_reads.bufs.in_ring()) {
-            let Some(i) = self.free_udp_slots.pop() else { break };
-            let slot = &mut self.udp_slots[i];
-            slot.arm(len);
-            let entry = opcode::RecvMsg::new(fd, &mut slot.hdr)
-                .buf_group(group)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT)
-                .user_data(user_data(KIND_UDP_RECV, self.generation, i));
-            self.push(&entry)?;
-            self.udp_reads.armed += 1;
-        }
-        Ok(())
-    }
-
     /// Sorts every completion there is: reads become ready buffers, writes are counted.
     fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
-        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+        self.ring.completions(&mut cqes);
         for &(data, result, flags) in &cqes {
             let (kind, generation, i) = split_user_data(data);
             match kind {
-                KIND_TUN_READ | KIND_TUN_READ_MULTI => self.on_tun_read(result, flags),
+                KIND_TUN_READ | KIND_TUN_READ_MULTI => self.reads.on_tun_read(result, flags),
                 KIND_UDP_RECV | KIND_UDP_RECV_MULTI => {
-                    self.on_udp_recv(kind == KIND_UDP_RECV_MULTI, generation, i, result, flags)
+                    self.reads.on_udp_recv(kind == KIND_UDP_RECV_MULTI, generation, i, result, flags)
                 }
                 KIND_SEND | KIND_TUN_WRITE => {
                     self.writes_pending = self.writes_pending.saturating_sub(1);
@@ -476,74 +202,7 @@ impl UringIo {
         }
         cqes.clear();
         self.cqes = cqes;
-        self.retired.retain(|(_, _, armed)| *armed > 0);
-        self.tun_reads.bufs.give_back(&mut self.tun_reads.spent);
-        self.udp_reads.bufs.give_back(&mut self.udp_reads.spent);
-    }
-
-    fn on_tun_read(&mut self, result: i32, flags: u32) {
-        if !cqueue::more(flags) {
-            self.tun_reads.armed = self.tun_reads.armed.saturating_sub(1);
-        }
-        if let Some(buf) = self.tun_reads.take(flags, result) {
-            self.tun_reads.ready.push_back(buf);
-        }
-        if result < 0 {
-            self.read_failed(true, -result);
-        }
-    }
-
-    fn on_udp_recv(&mut self, multishot: bool, generation: u64, slot: usize, result: i32, flags: u32) {
-        if !cqueue::more(flags) {
-            if !multishot {
-                self.free_udp_slots.push(slot);
-            }
-            if generation == self.generation & 0xff_ffff {
-                self.udp_reads.armed = self.udp_reads.armed.saturating_sub(1);
-            } else if let Some(r) = self.retired.iter_mut().find(|r| r.0 & 0xff_ffff == generation) {
-                r.2 = r.2.saturating_sub(1);
-            }
-        }
-        if let Some(mut buf) = self.udp_reads.take(flags, result) {
-            let parsed = if multishot {
-                parse_multishot(&mut buf, &self.udp_template.hdr)
-            } else {
-                let s = &self.udp_slots[slot];
-                buf.src = from_storage(&s.addr);
-                buf.stride = gro_segment_size(&s.hdr).unwrap_or(buf.len);
-                true
-            };
-            if parsed && buf.len > 0 {
-                self.udp_reads.ready.push_back(buf);
-            } else {
-                self.udp_reads.spent.push(buf);
-            }
-        }
-        if result < 0 {
-            self.read_failed(false, -result);
-        }
-    }
-
-    /// A read ended with `errno`. A kernel that refuses the multishot the first time it is
-    /// armed cannot do it: that source falls back to single reads, and says so.
-    fn read_failed(&mut self, tun: bool, errno: i32) {
-        let reads = if tun { &mut self.tun_reads } else { &mut self.udp_reads };
-        match errno {
-            libc::ENOBUFS => reads.ran_dry += 1,
-            libc::EINTR | libc::EAGAIN | libc::ECANCELED => {}
-            libc::EINVAL | libc::EOPNOTSUPP if reads.multishot && !reads.ever_read => {
-                reads.multishot = false;
-                let what = if tun { "TUN reads" } else { "UDP receives" };
-                warn!("io_uring refused multishot {what} ({}); single reads from now on", io::Error::from_raw_os_error(errno));
-            }
-            _ => {
-                self.read_error.get_or_insert(io::Error::from_raw_os_error(errno));
-            }
-        }
-    }
-
-    fn has_ready(&self) -> bool {
-        !self.tun_reads.ready.is_empty() || !self.udp_reads.ready.is_empty()
+        self.reads.settle();
     }
 
     /// Submits what is queued and waits until `writes_pending` is zero; a failed enter is
@@ -552,7 +211,7 @@ impl UringIo {
         self.refuse_if_broken()?;
         let mut failures = 0;
         while self.writes_pending > 0 {
-            match self.enter(1) {
+            match self.ring.enter(1) {
                 Ok(_) => failures = 0,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => {
@@ -582,7 +241,7 @@ impl UringIo {
             fill_send_msghdr(&mut slot.hdr, &mut slot.iov, &self.send_addrs[i], batch.bytes(g), &mut slot.control, g);
             let entry =
                 opcode::SendMsg::new(types::Fd(sock.fd()), &slot.hdr).build().user_data(user_data(KIND_SEND, 0, i));
-            self.push(&entry)?;
+            self.ring.push(&entry)?;
             self.writes_pending += 1;
         }
         self.complete_writes()?;
@@ -594,46 +253,6 @@ impl UringIo {
         }
         Ok(n)
     }
-
-    /// Cancels every read armed on `fd` (the TUN queue or a socket).
-    fn cancel_reads_on(&mut self, fd: i32) {
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all());
-        let _ = self.push(&cancel.build().user_data(user_data(KIND_CANCEL, 0, 0)));
-    }
-
-    fn reads_in_flight(&self) -> bool {
-        self.tun_reads.armed > 0 || self.udp_reads.armed > 0 || self.retired.iter().any(|r| r.2 > 0)
-    }
-}
-
-/// Where a multishot receive's payload, source and GRO segment size are in its buffer; false
-/// if the kernel's header does not fit.
-fn parse_multishot(buf: &mut Buf, template: &libc::msghdr) -> bool {
-    let whole = buf.len;
-    let Ok(out) = types::RecvMsgOut::parse(&buf.data[..whole], template) else { return false };
-    let start = out.payload_data().as_ptr() as usize - buf.data.as_ptr() as usize;
-    let len = out.payload_data().len();
-    // SAFETY: sockaddr_storage is plain data; the name bytes are copied into it, at most its size.
-    let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
-    let name = out.name_data();
-    let n = name.len().min(size_of::<libc::sockaddr_storage>());
-    // SAFETY: copies `n` bytes, within both the name and the storage.
-    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (&mut addr as *mut libc::sockaddr_storage).cast(), n) };
-    // The control data, copied to aligned memory for the CMSG walkers.
-    let mut control = [0u64; CMSG_ROOM / 8];
-    let c = out.control_data();
-    let c_len = c.len().min(CMSG_ROOM);
-    // SAFETY: copies `c_len` bytes, within both the control data and `control`.
-    unsafe { std::ptr::copy_nonoverlapping(c.as_ptr(), control.as_mut_ptr().cast::<u8>(), c_len) };
-    // SAFETY: an all-zero msghdr is valid; only the control fields are read.
-    let mut hdr: libc::msghdr = unsafe { zeroed() };
-    hdr.msg_control = control.as_mut_ptr().cast();
-    hdr.msg_controllen = c_len;
-    buf.src = from_storage(&addr);
-    buf.start = start;
-    buf.len = len;
-    buf.stride = gro_segment_size(&hdr).unwrap_or(len);
-    true
 }
 
 impl WorkerIo for UringIo {
@@ -642,7 +261,7 @@ impl WorkerIo for UringIo {
     }
 
     fn engaged(&self) -> Option<String> {
-        Some(self.reads_engaged())
+        Some(self.reads.engaged())
     }
 
     fn tun_read_limit(&self) -> usize {
@@ -654,53 +273,48 @@ impl WorkerIo for UringIo {
     }
 
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
-        self.enable()?;
+        self.ring.enable()?;
         self.reap();
         self.arm_reads();
         self.arm_bell()?;
-        if self.has_ready() {
-            // Busy: only enter to submit, or to run completions the kernel deferred to us.
-            if !self.ring.submission().is_empty() || self.ring.submission().taskrun() {
-                self.ring.submit_and_wait(0)?;
+        if self.reads.has_ready() {
+            // Busy: enter only to submit, or to run completions the kernel deferred to us.
+            if self.ring.has_work_for_enter() {
+                self.ring.enter(0)?;
                 self.reap();
             }
         } else {
-            let ts = types::Timespec::from(timeout);
-            let args = types::SubmitArgs::new().timespec(&ts);
-            match self.ring.submitter().submit_with_args(1, &args) {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR)) => {}
-                Err(e) => return Err(e),
-            }
+            self.ring.wait_one(timeout)?;
             self.reap();
         }
-        match self.read_error.take() {
+        match self.reads.error.take() {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
     fn read_tun(&mut self, out: &mut Vec<Buf>) -> io::Result<()> {
-        self.tun_reads.hand_out(out, TUN_READ_BATCH);
+        self.reads.tun.hand_out(out, TUN_READ_BATCH);
         Ok(())
     }
 
     fn recv_udp(&mut self, out: &mut Vec<Buf>) -> io::Result<()> {
-        self.udp_reads.hand_out(out, UDP_RECV_BATCH);
+        self.reads.udp.hand_out(out, UDP_RECV_BATCH);
         Ok(())
     }
 
     fn recycle_tun(&mut self, bufs: &mut Vec<Buf>) {
-        self.tun_reads.bufs.give_back(bufs);
-        if let Err(e) = self.arm_tun_reads() {
-            self.read_error.get_or_insert(e);
+        self.reads.tun.bufs.give_back(bufs);
+        if let Err(e) = self.reads.arm_tun(&mut self.ring, self.tun.fd()) {
+            self.reads.error.get_or_insert(e);
         }
     }
 
     fn recycle_udp(&mut self, bufs: &mut Vec<Buf>) {
-        self.udp_reads.bufs.give_back(bufs);
-        if let Err(e) = self.arm_udp_recvs() {
-            self.read_error.get_or_insert(e);
+        self.reads.udp.bufs.give_back(bufs);
+        let armed = os(&self.socket).and_then(|s| self.reads.arm_udp(&mut self.ring, s.fd()));
+        if let Err(e) = armed {
+            self.reads.error.get_or_insert(e);
         }
     }
 
@@ -750,7 +364,7 @@ impl WorkerIo for UringIo {
                 let entry = opcode::Write::new(types::Fd(fd), frame.as_ptr(), frame.len() as u32)
                     .build()
                     .user_data(user_data(KIND_TUN_WRITE, 0, i));
-                if let Err(e) = self.push(&entry) {
+                if let Err(e) = self.ring.push(&entry) {
                     self.settle_tun_batch(batch);
                     batch.clear();
                     return Err(e);
@@ -776,16 +390,8 @@ impl WorkerIo for UringIo {
 
     fn set_socket(&mut self, socket: Arc<Socket>) {
         let old = std::mem::replace(&mut self.socket, socket);
-        let armed = std::mem::take(&mut self.udp_reads.armed);
-        // Receives armed on the old socket end (cancelled) and are armed on the new one as
-        // they do; the old socket lives until then.
-        if armed > 0 {
-            if let Ok(fd) = os(&old).map(|s| s.fd()) {
-                self.cancel_reads_on(fd);
-            }
-            self.retired.push((self.generation, old, armed));
-        }
-        self.generation += 1;
+        let old_fd = os(&old).ok().map(|s| s.fd());
+        self.reads.retire(&mut self.ring, old, old_fd);
         self.arm_reads();
     }
 }
@@ -797,23 +403,22 @@ impl Drop for UringIo {
         std::mem::forget(std::mem::take(&mut self.held));
         // The buffers of reads still in flight must outlive them: cancel every read and reap
         // until none is left. If that does not finish, the buffers are leaked.
-        let mut fds = vec![self.tun.fd()];
-        fds.extend(std::iter::once(&self.socket).chain(self.retired.iter().map(|r| &r.1)).filter_map(|s| os(s).ok()).map(|s| s.fd()));
+        let sockets = std::iter::once(&self.socket).chain(self.reads.retired_sockets());
+        let mut fds: Vec<i32> = sockets.filter_map(|s| os(s).ok()).map(|s| s.fd()).collect();
+        fds.push(self.tun.fd());
         for fd in fds {
-            self.cancel_reads_on(fd);
+            self.ring.cancel_all_on(fd);
         }
         for _ in 0..100 {
-            if !self.reads_in_flight() {
+            if !self.reads.in_flight() {
                 return;
             }
-            let ts = types::Timespec::from(Duration::from_millis(10));
-            let args = types::SubmitArgs::new().timespec(&ts);
-            let _ = self.ring.submitter().submit_with_args(1, &args);
+            let _ = self.ring.wait_one(Duration::from_millis(10));
             self.reap();
         }
-        if self.reads_in_flight() {
-            self.tun_reads.bufs.leak();
-            self.udp_reads.bufs.leak();
+        if self.reads.in_flight() {
+            self.reads.tun.bufs.leak();
+            self.reads.udp.bufs.leak();
         }
     }
 }
@@ -821,6 +426,7 @@ impl Drop for UringIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::UringOptions;
 
     /// Whether this runs under CI (`CI=true`), where skipping is failing.
     fn under_ci() -> bool {
@@ -830,6 +436,10 @@ mod tests {
     /// A ring on a TUN of a network namespace of this test thread's own (root only; under
     /// CI, always root, a missing root fails the test instead of skipping it).
     fn ring_on_a_private_tun() -> Option<UringIo> {
+        ring_with(&UringOptions::default())
+    }
+
+    fn ring_with(options: &UringOptions) -> Option<UringIo> {
         // SAFETY: geteuid only reads the caller's credentials.
         if unsafe { libc::geteuid() } != 0 {
             assert!(!under_ci(), "this test needs root under CI");
@@ -839,7 +449,7 @@ mod tests {
         // SAFETY: unshare(CLONE_NEWNET) moves only this thread (the test's own) to a new,
         // empty network namespace; nothing else of the process changes.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", io::Error::last_os_error());
-        let ring = match probe() {
+        let ring = match probe(options) {
             Ok(r) => r,
             Err(e) => {
                 assert!(!under_ci(), "no io_uring under CI: {e}");
@@ -848,11 +458,133 @@ mod tests {
             }
         };
         let tun = Tun::open("wgturing0", false, false).expect("a TUN in the private namespace");
-        let socket = Arc::new(Socket::Os(OsSocket::bind(0, 0, false).expect("a UDP socket")));
+        let socket = Arc::new(Socket::Os(OsSocket::bind(0, 0, true).expect("a UDP socket")));
         let bell = Arc::new(Doorbell::event().expect("an eventfd"));
         let mut io = UringIo::new(ring, tun, socket, bell).expect("the backend");
         io.wait(Duration::ZERO).expect("enabled on this thread");
         Some(io)
+    }
+
+    /// Brings the private TUN up as 10.9.0.1/24 and returns a UDP socket whose datagrams to
+    /// 10.9.0.2 the kernel routes into it.
+    fn traffic_into_the_tun() -> std::net::UdpSocket {
+        // No IPv6 on it: the kernel's own router solicitations would be reads too.
+        for cmd in [
+            "ip link set lo up",
+            "sysctl -qw net.ipv6.conf.wgturing0.disable_ipv6=1",
+            "ip link set wgturing0 up",
+            "ip addr add 10.9.0.1/24 dev wgturing0",
+        ] {
+            let ok = std::process::Command::new("sh").arg("-c").arg(cmd).status().map(|s| s.success());
+            assert!(matches!(ok, Ok(true)), "{cmd}");
+        }
+        std::net::UdpSocket::bind("10.9.0.1:0").expect("a socket on the TUN's address")
+    }
+
+    /// Waits (up to a second) until `n` TUN reads are ready, and takes them.
+    fn read_tun_packets(io: &mut UringIo, n: usize) -> Vec<Buf> {
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while got.len() < n && std::time::Instant::now() < deadline {
+            io.wait(Duration::from_millis(50)).expect("wait");
+            io.read_tun(&mut got).expect("read");
+        }
+        got
+    }
+
+    /// The kernel's ring of TUN buffers runs dry while the worker holds them all: the armed
+    /// multishot read ends with ENOBUFS (the packets wait in the TUN's queue), and once the
+    /// buffers are back the read is armed again and the waiting packets arrive, in order.
+    /// Single reads are never armed beyond the buffers in the ring, and resume the same way.
+    #[test]
+    fn a_ring_that_runs_dry_is_armed_again_when_buffers_come_back() {
+        for multishot in [true, false] {
+            std::thread::spawn(move || {
+                let Some(mut io) = ring_with(&UringOptions { multishot, buffers: 2 }) else { return };
+                let sender = traffic_into_the_tun();
+                assert_eq!(io.reads.tun.multishot, multishot, "this kernel has multishot reads");
+                for i in 0..6u8 {
+                    sender.send_to(&[i; 20], "10.9.0.2:9").expect("send");
+                }
+                let mut held = read_tun_packets(&mut io, 2);
+                assert_eq!(held.len(), 2, "the two buffers of the ring filled");
+                // Nothing more can be read until buffers come back, and the read says why.
+                assert!(read_tun_packets(&mut io, 1).is_empty());
+                if multishot {
+                    assert!(io.reads.tun.ran_dry > 0, "the armed read ended with ENOBUFS");
+                } else {
+                    assert_eq!(io.reads.tun.armed, 0, "no single read is armed without a buffer for it");
+                }
+                let mut payloads = Vec::new();
+                for _ in 0..3 {
+                    payloads.extend(held.iter().map(|b| b.filled()[28]));
+                    io.recycle_tun(&mut held);
+                    held = read_tun_packets(&mut io, 2);
+                }
+                assert!(held.is_empty() || held.len() == 2);
+                assert_eq!(payloads, [0, 1, 2, 3, 4, 5], "every packet, in order");
+            })
+            .join()
+            .expect("the test thread");
+        }
+    }
+
+    /// UDP receives through the multishot RECVMSG: the payload, its source and the GRO
+    /// segment size are read from the buffer's header; with single receives from the slot.
+    #[test]
+    fn udp_receives_carry_payload_and_source_either_way() {
+        for multishot in [true, false] {
+            std::thread::spawn(move || {
+                let Some(mut io) = ring_with(&UringOptions { multishot, buffers: 4 }) else { return };
+                let _ = traffic_into_the_tun();
+                let port = io.socket.local_port().expect("port");
+                let sender = std::net::UdpSocket::bind("10.9.0.1:0").expect("a sender");
+                for i in 0..10u8 {
+                    sender.send_to(&[i; 100], ("10.9.0.1", port)).expect("send");
+                }
+                // An empty datagram reaches the worker too (which counts it as malformed).
+                sender.send_to(&[], ("10.9.0.1", port)).expect("send");
+                let mut got = Vec::new();
+                let deadline = std::time::Instant::now() + Duration::from_secs(1);
+                while got.len() < 11 && std::time::Instant::now() < deadline {
+                    io.wait(Duration::from_millis(50)).expect("wait");
+                    let mut bufs = Vec::new();
+                    io.recv_udp(&mut bufs).expect("receive");
+                    for b in &bufs {
+                        assert_eq!(b.src, Some(sender.local_addr().unwrap()), "the source");
+                        got.push(b.filled().first().copied().map(|x| (x, b.len)));
+                    }
+                    io.recycle_udp(&mut bufs);
+                }
+                let want: Vec<_> = (0..10).map(|i| Some((i, 100))).chain([None]).collect();
+                assert_eq!(got, want, "every datagram, in order, the empty one too (multishot {multishot})");
+                // A GSO send of ten 100-byte datagrams arrives as one GRO receive: its
+                // segment size comes from the control data.
+                let segment: libc::c_int = 100;
+                // SAFETY: sets UDP_SEGMENT (103) from a live c_int on the sender's own fd.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&sender),
+                        libc::SOL_UDP,
+                        103,
+                        (&segment as *const libc::c_int).cast(),
+                        size_of::<libc::c_int>() as u32,
+                    )
+                };
+                assert_eq!(rc, 0);
+                sender.send_to(&[7; 1000], ("10.9.0.1", port)).expect("a GSO send");
+                let mut bufs = Vec::new();
+                while bufs.is_empty() && std::time::Instant::now() < deadline + Duration::from_secs(1) {
+                    io.wait(Duration::from_millis(50)).expect("wait");
+                    io.recv_udp(&mut bufs).expect("receive");
+                }
+                assert_eq!(bufs.len(), 1, "one receive");
+                assert_eq!((bufs[0].len, bufs[0].stride), (1000, 100), "ten segments of 100 bytes");
+                io.recycle_udp(&mut bufs);
+            })
+            .join()
+            .expect("the test thread");
+        }
     }
 
     fn packets(n: usize) -> TunWriteBatch {
@@ -875,13 +607,13 @@ mod tests {
     #[test]
     fn a_failing_enter_never_hands_back_a_batch_the_kernel_may_hold() {
         let Some(mut io) = ring_on_a_private_tun() else { return };
-        io.inject_enter_failures = 3;
+        io.ring.inject_enter_failures = 3;
         let mut batch = packets(300);
         let _ = io.write_tun(&mut batch); // the writes' own results (a TUN that is down) do not matter
         assert_eq!(io.writes_pending, 0, "every write completed before the batch came back");
         assert!(io.broken().is_none() && io.held.is_empty());
 
-        io.inject_enter_failures = 10 * MAX_ENTER_FAILURES;
+        io.ring.inject_enter_failures = 10 * MAX_ENTER_FAILURES;
         let mut batch = packets(10);
         let ptrs: Vec<*const u8> = batch.packets().iter().map(|p| p.as_ptr()).collect();
         assert!(io.write_tun(&mut batch).is_err());
