@@ -12,7 +12,8 @@
 # Environment (all optional):
 #   SECONDS=5 ROUNDS=1        traffic seconds per row, rounds (rows alternate implementations)
 #   IMPLS="wgturbo wgturbo-uring wireguard-go"   wgturbo is the default backend, wgturbo-syscalls
-#                             and wgturbo-uring force one; wireguard-go is trixie's offloading build
+#                             and wgturbo-uring force one, wgturbo-pinned and wgturbo-unpinned set
+#                             WGTURBO_PIN; wireguard-go is trixie's offloading build
 #                             (WIREGUARD_GO=path picks another, e.g. the system one);
 #                             wgturbo-base runs BASE=path/to/another/wgturbo, for an A/B of two builds
 #   SIZES="64 512 1420 imix"  PEERS="1 1000 10000"  DIRECTIONS="upload download"
@@ -97,6 +98,8 @@ group() {
         case "$impl" in
           wgturbo-uring) env+=(WGTURBO_IO=uring) ;;
           wgturbo-syscalls) env+=(WGTURBO_IO=syscalls) ;;
+          wgturbo-pinned) env+=(WGTURBO_PIN=1) ;;
+          wgturbo-unpinned) env+=(WGTURBO_PIN=0) ;;
           # An A/B of two builds in one run: BASE=path/to/another/wgturbo.
           wgturbo-base) daemon=${BASE:?wgturbo-base needs BASE=path of a wgturbo binary} ;;
         esac
@@ -275,7 +278,8 @@ for k in sorted(med, key=lambda k: (not k[0], k[1], str(k[2]), k[3], k[4], k[5])
 # The chart: per-core Mpps at 1 peer, by direction and size, a bar per implementation.
 keys = sorted({(k[1], str(k[2])) for k in med if k[0] and k[3] == 1 and k[4] == 1})
 impls = sorted({k[5] for k in med})
-colors = {"wireguard-go": "#5bc0de", "wgturbo": "#d9534f", "wgturbo-uring": "#f0ad4e", "wgturbo-syscalls": "#8b0000"}
+colors = {"wireguard-go": "#5bc0de", "wgturbo": "#d9534f", "wgturbo-uring": "#f0ad4e", "wgturbo-syscalls": "#8b0000",
+          "wgturbo-pinned": "#5cb85c", "wgturbo-unpinned": "#337ab7"}
 top = max([m["mpps"] for m in med.values()] + [0.001])
 w, left, bar = 900, 170, 16
 h = 60 + len(keys) * (len(impls) * (bar + 4) + 32)

@@ -2,7 +2,8 @@
 # profile.sh [SCENARIO] [SECONDS]: where each core's time goes while iperf3 runs through two
 # wgturbo daemons in two namespaces (SCENARIO tcp1|tcp4|udp1, as in bench.sh). Records the
 # whole machine with `perf record -a -g` for SECONDS in the middle of the transfer, then prints
-# the share of CPU per thread kind and the top symbols. A benchmark aid, not a test.
+# the share of CPU per thread kind and the top symbols. A benchmark aid, not a test. IMPL=
+# wgturbo-uring or wgturbo-syscalls picks the backend; PERF_OUT=FILE keeps the recording.
 #
 # SCENARIO gateway-upload|gateway-download: the gateway benchmark's per-core row at 64 bytes
 # with one peer (IMPL=wgturbo by default; wgturbo-uring, wgturbo-syscalls, wireguard-go), the
@@ -65,6 +66,9 @@ make_ns A a; make_ns B b
 link_ns "$A" "$B" 0 192.0.2.1 192.0.2.2 2001:db8::1 2001:db8::2
 genkey a; genkey b
 IA="wgt${RUN_ID}a" IB="wgt${RUN_ID}b"
+case "${IMPL:-wgturbo}" in
+  wgturbo-uring) export WGTURBO_IO=uring ;; wgturbo-syscalls) export WGTURBO_IO=syscalls ;;
+esac
 start_impl wgturbo "$A" "$IA" && start_impl wgturbo "$B" "$IB" || die "daemons did not start"
 configure "$A" "$IA" "$WORK/a.key" 51820 10.200.0.1/24 fd00:200::1/64 "$(cat "$WORK/b.pub")" 10.200.0.2/32 192.0.2.2:51821 >/dev/null
 configure "$B" "$IB" "$WORK/b.key" 51821 10.200.0.2/24 fd00:200::2/64 "$(cat "$WORK/a.pub")" 10.200.0.1/32 "" >/dev/null
@@ -78,6 +82,7 @@ PIDS+=("$!"); sleep 0.5
 ip netns exec "$A" timeout $((SECS + 25)) iperf3 -c 10.200.0.2 -t $((SECS + 4)) "${args[@]}" > "$WORK/iperf.txt" 2>&1 &
 PIDS+=("$!"); sleep 2
 perf record -q -a -g -F 499 -o "$WORK/perf.data" -- sleep "$SECS" >/dev/null 2>&1
+[ -n "${PERF_OUT:-}" ] && cp "$WORK/perf.data" "$PERF_OUT"
 wait "${PIDS[-1]}" 2>/dev/null
 grep -E 'receiver' "$WORK/iperf.txt" | tail -1
 echo "== CPU share by thread (all cores; wg-worker-N are the daemons' workers, iperf3 the load)"
