@@ -134,6 +134,9 @@ fn bad_knob_values_are_one_clear_error() {
         ("WGTURBO_PIN", "yes", "must be 0 or 1"),
         ("WGTURBO_PARALLEL_CRYPTO", "2", "must be 0, 1 or always"),
         ("WGTURBO_IO", "epoll", "must be 'uring' or 'syscalls'"),
+        ("WGTURBO_URING_MULTISHOT", "yes", "must be 0 or 1"),
+        ("WGTURBO_URING_BUFFERS", "100", "must be a power of two from 1 to 32768"),
+        ("WGTURBO_URING_BUFFERS", "65536", "must be a power of two from 1 to 32768"),
     ] {
         let (ok, err) = run_bounded(&["-f", iface.as_str()], &[(name, value)]);
         assert!(!ok, "{name}={value}");

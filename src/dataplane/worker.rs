@@ -59,6 +59,7 @@ pub fn supervise(shared: Arc<Shared>, mut io: Box<dyn WorkerIo>, config: WorkerC
             return;
         }
         error!("worker {} panicked; restarting its loop on the same queue", config.index);
+        io.worker_restarted();
     }
 }
 

@@ -99,6 +99,13 @@ impl ProvidedBufs {
         self.slots.len() - self.lent.len()
     }
 
+    /// Puts fresh buffers under every lent id: for when the worker dropped what it held (a
+    /// worker restarted after a panic) and will never give those back.
+    pub fn replace_lent(&mut self) {
+        let mut fresh: Vec<Buf> = (0..self.lent.len()).map(|_| Buf::new(self.buf_size)).collect();
+        self.give_back(&mut fresh);
+    }
+
     /// Moves the buffer a completion named out of the ring, `len` bytes filled. None for an
     /// id the ring does not hold (a kernel that broke the contract; nothing is lent).
     pub fn lend(&mut self, id: u16, len: usize) -> Option<Buf> {

@@ -83,6 +83,9 @@ pub trait WorkerIo: Send {
     fn write_tun(&mut self, batch: &mut TunWriteBatch) -> io::Result<()>;
     /// The device rebound its port: use this socket from now on.
     fn set_socket(&mut self, socket: Arc<Socket>);
+    /// The worker restarted after a panic and dropped the read buffers it held: they will
+    /// not come back through `recycle_*`.
+    fn worker_restarted(&mut self) {}
     /// Why this backend can no longer be used at all, if so (an io_uring ring whose enters
     /// keep failing with writes in flight): the worker then stops the device.
     fn broken(&self) -> Option<String> {

@@ -388,6 +388,13 @@ impl WorkerIo for UringIo {
         self.broken.clone()
     }
 
+    fn worker_restarted(&mut self) {
+        // What the worker held is gone with its state; without new buffers in their place
+        // the rings would shrink by a batch each time, and reads stop once they are empty.
+        self.reads.tun.bufs.replace_lent();
+        self.reads.udp.bufs.replace_lent();
+    }
+
     fn set_socket(&mut self, socket: Arc<Socket>) {
         let old = std::mem::replace(&mut self.socket, socket);
         let old_fd = os(&old).ok().map(|s| s.fd());
@@ -527,6 +534,28 @@ mod tests {
             .join()
             .expect("the test thread");
         }
+    }
+
+    /// A worker that panicked dropped the buffers it held; the backend puts fresh ones in
+    /// their place, so reads go on instead of stopping with an empty ring.
+    #[test]
+    fn buffers_a_restarted_worker_dropped_are_replaced() {
+        std::thread::spawn(|| {
+            let Some(mut io) = ring_with(&UringOptions { multishot: true, buffers: 2 }) else { return };
+            let sender = traffic_into_the_tun();
+            for i in 0..4u8 {
+                sender.send_to(&[i; 20], "10.9.0.2:9").expect("send");
+            }
+            let held = read_tun_packets(&mut io, 2);
+            assert_eq!(held.len(), 2);
+            drop(held); // as a panicking worker's state is
+            assert!(read_tun_packets(&mut io, 1).is_empty(), "the ring is empty");
+            io.worker_restarted();
+            let next = read_tun_packets(&mut io, 2);
+            assert_eq!(next.iter().map(|b| b.filled()[28]).collect::<Vec<_>>(), [2, 3], "reads go on");
+        })
+        .join()
+        .expect("the test thread");
     }
 
     /// UDP receives through the multishot RECVMSG: the payload, its source and the GRO
