@@ -65,44 +65,39 @@ interop! {
     boringtun_to_wgturbo_v6 / boringtun_to_wgturbo_v6_syscalls: "boringtun" -> "wgturbo" over "6";
 }
 
+/// The interop script on io_uring with one read knob set, the start-up line checked for what
+/// engaged.
+fn uring_interop(a: &str, b: &str, outer: &str, knob: (&str, &str), engaged: &str) {
+    let env = [("WGTURBO_IO", "uring"), knob, ("EXPECT_STARTUP", engaged)];
+    script_env("test-interop.sh", &[a, b, outer], &env);
+}
+
 /// io_uring's reads forced off multishot: single reads with buffer selection, the fallback of
 /// a kernel without multishot, against each other implementation in each role.
 #[test]
 fn uring_single_reads_wgturbo_to_wireguard_go() {
-    let env = [
-        ("WGTURBO_IO", "uring"),
-        ("WGTURBO_URING_MULTISHOT", "0"),
-        ("EXPECT_STARTUP", "single TUN reads, single UDP receives"),
-    ];
-    script_env("test-interop.sh", &["wgturbo", "wireguard-go", "4"], &env);
+    let single = "single TUN reads, single UDP receives";
+    uring_interop("wgturbo", "wireguard-go", "4", ("WGTURBO_URING_MULTISHOT", "0"), single);
 }
 
 #[test]
 fn uring_single_reads_boringtun_to_wgturbo() {
-    let env = [
-        ("WGTURBO_IO", "uring"),
-        ("WGTURBO_URING_MULTISHOT", "0"),
-        ("EXPECT_STARTUP", "single TUN reads, single UDP receives"),
-    ];
-    script_env("test-interop.sh", &["boringtun", "wgturbo", "6"], &env);
+    let single = "single TUN reads, single UDP receives";
+    uring_interop("boringtun", "wgturbo", "6", ("WGTURBO_URING_MULTISHOT", "0"), single);
 }
 
 /// Rings of two buffers: the multishot reads run dry all the time (ENOBUFS) and are armed
 /// again as buffers come back; ping, TCP and UDP still cross, both ways.
 #[test]
 fn uring_tiny_buffer_rings_wireguard_go_to_wgturbo() {
-    let env = [
-        ("WGTURBO_IO", "uring"),
-        ("WGTURBO_URING_BUFFERS", "2"),
-        ("EXPECT_STARTUP", "multishot TUN reads, multishot UDP receives, 2 provided buffers"),
-    ];
-    script_env("test-interop.sh", &["wireguard-go", "wgturbo", "4"], &env);
+    let tiny = "multishot TUN reads, multishot UDP receives, 2 provided buffers";
+    uring_interop("wireguard-go", "wgturbo", "4", ("WGTURBO_URING_BUFFERS", "2"), tiny);
 }
 
 #[test]
 fn uring_tiny_buffer_rings_wgturbo_to_boringtun() {
-    let env = [("WGTURBO_IO", "uring"), ("WGTURBO_URING_BUFFERS", "2"), ("EXPECT_STARTUP", "2 provided buffers")];
-    script_env("test-interop.sh", &["wgturbo", "boringtun", "6"], &env);
+    let tiny = "multishot TUN reads, multishot UDP receives, 2 provided buffers";
+    uring_interop("wgturbo", "boringtun", "6", ("WGTURBO_URING_BUFFERS", "2"), tiny);
 }
 
 #[test]

@@ -472,6 +472,12 @@ mod tests {
         Some(io)
     }
 
+    /// Runs `test` on a thread of its own: `ring_with` moves its thread to a network
+    /// namespace of its own, and each test's TUN must be alone there.
+    fn on_own_thread(test: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(test).join().expect("the test thread");
+    }
+
     /// Brings the private TUN up as 10.9.0.1/24 and returns a UDP socket whose datagrams to
     /// 10.9.0.2 the kernel routes into it.
     fn traffic_into_the_tun() -> std::net::UdpSocket {
@@ -506,7 +512,7 @@ mod tests {
     #[test]
     fn a_ring_that_runs_dry_is_armed_again_when_buffers_come_back() {
         for multishot in [true, false] {
-            std::thread::spawn(move || {
+            on_own_thread(move || {
                 let Some(mut io) = ring_with(&UringOptions { multishot, buffers: 2 }) else { return };
                 let sender = traffic_into_the_tun();
                 assert_eq!(io.reads.tun.multishot, multishot, "this kernel has multishot reads");
@@ -530,9 +536,7 @@ mod tests {
                 }
                 assert!(held.is_empty() || held.len() == 2);
                 assert_eq!(payloads, [0, 1, 2, 3, 4, 5], "every packet, in order");
-            })
-            .join()
-            .expect("the test thread");
+            });
         }
     }
 
@@ -540,7 +544,7 @@ mod tests {
     /// their place, so reads go on instead of stopping with an empty ring.
     #[test]
     fn buffers_a_restarted_worker_dropped_are_replaced() {
-        std::thread::spawn(|| {
+        on_own_thread(|| {
             let Some(mut io) = ring_with(&UringOptions { multishot: true, buffers: 2 }) else { return };
             let sender = traffic_into_the_tun();
             for i in 0..4u8 {
@@ -553,9 +557,7 @@ mod tests {
             io.worker_restarted();
             let next = read_tun_packets(&mut io, 2);
             assert_eq!(next.iter().map(|b| b.filled()[28]).collect::<Vec<_>>(), [2, 3], "reads go on");
-        })
-        .join()
-        .expect("the test thread");
+        });
     }
 
     /// UDP receives through the multishot RECVMSG: the payload, its source and the GRO
@@ -563,7 +565,7 @@ mod tests {
     #[test]
     fn udp_receives_carry_payload_and_source_either_way() {
         for multishot in [true, false] {
-            std::thread::spawn(move || {
+            on_own_thread(move || {
                 let Some(mut io) = ring_with(&UringOptions { multishot, buffers: 4 }) else { return };
                 let _ = traffic_into_the_tun();
                 let port = io.socket.local_port().expect("port");
@@ -610,9 +612,7 @@ mod tests {
                 assert_eq!(bufs.len(), 1, "one receive");
                 assert_eq!((bufs[0].len, bufs[0].stride), (1000, 100), "ten segments of 100 bytes");
                 io.recycle_udp(&mut bufs);
-            })
-            .join()
-            .expect("the test thread");
+            });
         }
     }
 
