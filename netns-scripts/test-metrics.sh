@@ -59,6 +59,13 @@ in2=$(inbound)
 [ "$rx1" -gt $((rx0 + 10000000)) ] || die "receive bytes did not grow during traffic ($rx0 -> $rx1)"
 [ "$rx2" -gt "$rx1" ] || die "receive bytes did not grow ($rx1 -> $rx2)"
 [ "$in2" -gt "$in0" ] || die "worker packets did not grow ($in0 -> $in2)"
+# io_uring's buffer rings running dry are counted per worker and direction; with rings of two
+# buffers (WGTURBO_URING_BUFFERS=2, tests/netns.rs) the traffic above must have run them dry.
+dry=$(awk -v d="$IA" 'index($0, "wgturbo_worker_reads_ran_dry_total{device=\"" d "\"") == 1 { n += $2; k++ } END { printf "%.0f %d", n, k }' "$WORK/page")
+[ "${dry#* }" -ge 2 ] || die "no wgturbo_worker_reads_ran_dry_total samples: $(grep ran_dry "$WORK/page")"
+if [ "${WGTURBO_URING_BUFFERS:-}" = 2 ]; then
+  [ "${dry% *}" -gt 0 ] || die "rings of two buffers never ran dry under iperf3: $(grep ran_dry "$WORK/page")"
+fi
 wg_rx=$(ip netns exec "$A" wg show "$IA" transfer | awk '{ print $2 }')
 [ "$wg_rx" -ge "$rx2" ] || die "wg show says $wg_rx received, the metrics $rx2"
 

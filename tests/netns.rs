@@ -211,6 +211,13 @@ fn metrics_scraped_during_traffic_count_what_was_sent() {
     script("test-metrics.sh", &["wireguard-go"]);
 }
 
+/// The same with io_uring buffer rings of two buffers: the counter of reads that found their
+/// ring empty grows, and everything else still counts exactly.
+#[test]
+fn metrics_count_io_uring_rings_running_dry() {
+    script_env("test-metrics.sh", &["wireguard-go"], &[("WGTURBO_URING_BUFFERS", "2")]);
+}
+
 /// wireguard-go's own netns.sh shape: interfaces moved out of the sockets' namespace, MTU 1420
 /// and 34,736 over v4 and v6, roaming with a port change, crypto-RP with a more specific
 /// allowed IP on another peer, NAT with persistent keepalive, source address fall-over.

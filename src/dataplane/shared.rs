@@ -273,6 +273,10 @@ pub struct WorkerCounters {
     /// Datagrams received from UDP (each GRO segment counts) and their bytes.
     pub udp_datagrams: AtomicU64,
     pub udp_bytes: AtomicU64,
+    /// Times the backend's TUN reads and UDP receives found their buffers all taken (the
+    /// io_uring backend's provided buffer rings running dry); copied from it each round.
+    pub tun_reads_ran_dry: AtomicU64,
+    pub udp_reads_ran_dry: AtomicU64,
     /// When the worker last went round its loop (a `Stamp`; 0: not yet): a worker that stops
     /// moving stops the watchdog pings (`answering`).
     pub heartbeat: AtomicU64,

@@ -90,7 +90,10 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
     };
     while !shared.stopping() {
         if let Some(w) = shared.workers.get(config.index) {
-            w.heartbeat.store(shared.stamp(Instant::now()), std::sync::atomic::Ordering::Relaxed);
+            w.heartbeat.store(shared.stamp(Instant::now()), Ordering::Relaxed);
+            let [tun, udp] = io.reads_ran_dry();
+            w.tun_reads_ran_dry.store(tun, Ordering::Relaxed);
+            w.udp_reads_ran_dry.store(udp, Ordering::Relaxed);
         }
         if !use_current_socket(shared, io, &mut st, config.index) {
             std::thread::sleep(IDLE_WAIT);

@@ -83,6 +83,11 @@ pub trait WorkerIo: Send {
     fn write_tun(&mut self, batch: &mut TunWriteBatch) -> io::Result<()>;
     /// The device rebound its port: use this socket from now on.
     fn set_socket(&mut self, socket: Arc<Socket>);
+    /// Times a read found its buffers all taken and had to wait for them (io_uring's
+    /// provided buffer rings running dry, ENOBUFS), TUN and UDP: counts since the start.
+    fn reads_ran_dry(&self) -> [u64; 2] {
+        [0, 0]
+    }
     /// The worker restarted after a panic and dropped the read buffers it held: they will
     /// not come back through `recycle_*`.
     fn worker_restarted(&mut self) {}

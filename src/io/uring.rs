@@ -388,6 +388,10 @@ impl WorkerIo for UringIo {
         self.broken.clone()
     }
 
+    fn reads_ran_dry(&self) -> [u64; 2] {
+        [self.reads.tun.ran_dry, self.reads.udp.ran_dry]
+    }
+
     fn worker_restarted(&mut self) {
         // What the worker held is gone with its state; without new buffers in their place
         // the rings would shrink by a batch each time, and reads stop once they are empty.

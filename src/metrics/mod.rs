@@ -341,6 +341,13 @@ impl Collector for DeviceCollector {
         )?;
         family(
             &mut enc,
+            "wgturbo_worker_reads_ran_dry",
+            "Times a worker's io_uring reads found their provided buffers all taken (ENOBUFS) and waited for them: outbound = TUN reads, inbound = UDP receives. Growing with drops: raise WGTURBO_URING_BUFFERS.",
+            Counter,
+            per_worker(|w| [&w.tun_reads_ran_dry, &w.udp_reads_ran_dry]),
+        )?;
+        family(
+            &mut enc,
             "wgturbo_crypto_jobs_helped",
             "Seal/open jobs of one worker's batch done by another worker (parallel crypto).",
             Counter,
