@@ -95,10 +95,6 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
             w.tun_reads_ran_dry.store(tun, Ordering::Relaxed);
             w.udp_reads_ran_dry.store(udp, Ordering::Relaxed);
         }
-        if !use_current_socket(shared, io, &mut st, config.index) {
-            std::thread::sleep(IDLE_WAIT);
-            continue;
-        }
         let pool = &shared.crypto_pool;
         if pool.park(config.index) {
             if let Err(e) = io.wait(IDLE_WAIT) {
@@ -111,9 +107,11 @@ fn run(shared: &Shared, io: &mut dyn WorkerIo, config: WorkerConfig) {
             }
         }
         pool.unpark(config.index);
-        // The port may have been rebound while this worker waited: the round must send from
-        // the new socket, or the peer roams to the old port, which nothing reads any more.
+        // After the wait, not before it: the port may have been rebound while this worker
+        // waited (a rebind rings every worker's bell), and the round must send from the new
+        // socket, or the peer roams to the old port, which nothing reads any more.
         if !use_current_socket(shared, io, &mut st, config.index) {
+            std::thread::sleep(IDLE_WAIT);
             continue;
         }
         // Another worker's chunks first: its flow waits on them. (Helping only when idle was

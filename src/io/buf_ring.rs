@@ -89,9 +89,9 @@ impl ProvidedBufs {
         self.buf_size
     }
 
-    /// Buffers lent to the worker now.
-    pub fn lent(&self) -> usize {
-        self.lent.len()
+    /// Buffers in all, in the ring or lent.
+    pub fn count(&self) -> usize {
+        self.slots.len()
     }
 
     /// Buffers in the ring now, for the kernel to fill.

@@ -97,19 +97,19 @@ fn os(socket: &Socket) -> io::Result<&OsSocket> {
 impl UringIo {
     /// Takes a probed ring, leaves the TUN blocking and arms the reads.
     pub fn new(probed: ProbedRing, tun: Tun, socket: Arc<Socket>, bell: Arc<Doorbell>) -> io::Result<UringIo> {
-        let socket_fd = os(&socket)?.fd();
+        os(&socket)?;
         if bell.fd().is_none() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a twin doorbell on the io_uring backend"));
         }
         tun.set_nonblocking(false)?;
-        let ProbedRing { ring, tun_bufs, udp_bufs, multishot_read, multishot } = probed;
+        let ProbedRing { ring, tun_bufs, udp_bufs, multishot_tun, multishot_udp } = probed;
         let mut u = UringIo {
             ring: Ring::new(ring),
             tun,
             socket,
             bell,
             bell_armed: false,
-            reads: ReadSide::new(tun_bufs, udp_bufs, multishot && multishot_read, multishot),
+            reads: ReadSide::new(tun_bufs, udp_bufs, multishot_tun, multishot_udp),
             send_slots: (0..WRITE_CHUNK).map(|_| MsgSlot::new()).collect(),
             send_addrs: Vec::with_capacity(WRITE_CHUNK),
             cqes: Vec::new(),
@@ -119,7 +119,7 @@ impl UringIo {
             broken: None,
             held: Vec::new(),
         };
-        u.reads.arm(&mut u.ring, u.tun.fd(), socket_fd);
+        u.arm_reads();
         u.arm_bell()?;
         if !u.ring.is_disabled() {
             u.ring.ring.submit()?;

@@ -159,7 +159,7 @@ impl ReadSide {
             "{} TUN reads, {} UDP receives, {} provided buffers each",
             how(self.tun.multishot),
             how(self.udp.multishot),
-            self.tun.bufs.in_ring() + self.tun.bufs.lent()
+            self.tun.bufs.count()
         )
     }
 

@@ -41,10 +41,10 @@ pub struct ProbedRing {
     pub(super) ring: IoUring,
     pub(super) tun_bufs: ProvidedBufs,
     pub(super) udp_bufs: ProvidedBufs,
-    /// The kernel has `IORING_OP_READ_MULTISHOT` (6.7).
-    pub(super) multishot_read: bool,
-    /// Multishot reads are wanted.
-    pub(super) multishot: bool,
+    /// Multishot TUN reads (wanted, and `IORING_OP_READ_MULTISHOT`, 6.7, is there) and
+    /// multishot UDP receives (wanted).
+    pub(super) multishot_tun: bool,
+    pub(super) multishot_udp: bool,
 }
 
 /// A ring if this kernel can run the backend, with its buffer groups. Refusals: ENOSYS (no
@@ -94,7 +94,13 @@ pub fn probe(options: &UringOptions) -> io::Result<ProbedRing> {
     let no_rings = |e: io::Error| io::Error::new(e.kind(), format!("no provided buffer rings ({e})"));
     let tun_bufs = ProvidedBufs::register(&ring, TUN_GROUP, count, TUN_BUF).map_err(no_rings)?;
     let udp_bufs = ProvidedBufs::register(&ring, UDP_GROUP, count, UDP_PREFIX + UDP_BUF).map_err(no_rings)?;
-    Ok(ProbedRing { ring, tun_bufs, udp_bufs, multishot_read, multishot: options.multishot })
+    Ok(ProbedRing {
+        ring,
+        tun_bufs,
+        udp_bufs,
+        multishot_tun: options.multishot && multishot_read,
+        multishot_udp: options.multishot,
+    })
 }
 
 /// The ring and the calls into it.
